@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Sets up policystack on a fresh Debian/Ubuntu machine with Python 3.11: apt packages, a venv in
+# .venv, pinned Python packages, lerobot (--no-deps), the torchvision import patch, and policystack
+# itself (editable). Idempotent: a second run checks and returns in seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+
+# 1. System packages: ffmpeg (video decoding through torchcodec, which LeRobot uses), EGL and
+#    OSMesa (headless MuJoCo rendering).
+APT_PKGS=(ffmpeg libegl1 libgl1 libosmesa6)
+missing=()
+for p in "${APT_PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "[setup] apt-get install ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# 2. Python environment.
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating $VENV with $($PY --version)"
+  "$PY" -m venv "$VENV"
+fi
+"$VENV/bin/python" -c 'import sys; assert sys.version_info >= (3, 11), "policystack needs Python >= 3.11"'
+
+stamp="$VENV/.policystack-setup"
+want=$(cat requirements.txt pyproject.toml scripts/setup.sh scripts/patch_torchvision.py | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  echo "[setup] up to date ($VENV)"
+  exit 0
+fi
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+echo "[setup] installing Python packages (first run: a few minutes)"
+"${PIP[@]}" install -q --upgrade pip
+"${PIP[@]}" install -q -r requirements.txt
+"${PIP[@]}" install -q --no-deps lerobot==0.4.4
+"$VENV/bin/python" scripts/patch_torchvision.py
+"${PIP[@]}" install -q --no-deps --no-build-isolation -e .
+"$VENV/bin/python" -c 'import torch, torchvision, lerobot, mujoco, policystack; print("[setup] ok: torch", torch.__version__, "lerobot", lerobot.__version__, "mujoco", mujoco.__version__)'
+echo "$want" > "$stamp"
