@@ -131,7 +131,13 @@ class Policy(nn.Module):
         if not self._action_queue:
             chunk = self.predict_action_chunk(obs)[:, : self.config.n_action_steps]  # [B, n, A]
             self._action_queue.extend(chunk.transpose(0, 1))
+        self.observe(obs)
         return self._action_queue.popleft()
+
+    def observe(self, obs: dict[str, Any]) -> None:
+        """Called by ``select_action`` with every step's observation, after any prediction: a
+        policy with observation history appends to it here (``predict_action_chunk`` itself only
+        reads the history, so calling it directly has no side effect)."""
 
     def reset(self) -> None:
         """Clear history and queued actions (call at every episode start)."""

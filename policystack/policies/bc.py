@@ -1,0 +1,163 @@
+"""bc: plain behaviour cloning, the reference implementation of the Policy interface.
+
+Per camera a small conv net ending in a spatial softmax (keypoints, as in robomimic and
+diffusion_policy) encodes each frame; the keypoints of every camera and frame of history, plus
+the normalised state, go through an MLP that regresses a whole chunk of normalised actions
+(L1 loss, padded steps masked). Random-shift augmentation (DrQ) on the images during training.
+
+    images uint8 [B, T, 3, H, W] --conv+spatial softmax--> [B, T, 2K] per camera --+
+    state [B, T, D] --normalise--------------------------------------------------+--> MLP --> [B, H, A]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from policystack.policies.base import Policy, PolicyConfig
+from policystack.policies.normalize import Normalizer
+from policystack.types import ACTION, OBS_STATE, FeatureSpec, Stats
+
+
+@dataclass
+class BCConfig(PolicyConfig):
+    n_obs_steps: int = 1
+    horizon: int = 8  # actions regressed per chunk
+    n_action_steps: int = 4  # executed before predicting again
+    # vision
+    conv_channels: tuple[int, ...] = (32, 64, 64)  # stride-2 conv stages before the keypoint layer
+    keypoints: int = 32  # spatial-softmax keypoints per camera (2 numbers each)
+    random_shift: int = 4  # pixels of random shift augmentation in training (0 = off)
+    # head
+    hidden_dim: int = 256
+    n_layers: int = 3
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.conv_channels:
+            raise ValueError("BCConfig.conv_channels needs at least one stage, e.g. (32, 64, 64)")
+        if self.keypoints < 1 or self.hidden_dim < 1 or self.n_layers < 1:
+            raise ValueError("BCConfig.keypoints, hidden_dim and n_layers must be >= 1")
+        self.conv_channels = tuple(self.conv_channels)
+
+
+class SpatialSoftmax(nn.Module):
+    """[B, C, H, W] feature map -> [B, 2K] expected (x, y) of K learned keypoint heat maps."""
+
+    def __init__(self, in_channels: int, keypoints: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, keypoints, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, _, h, w = x.shape
+        heat = self.proj(x).flatten(2).softmax(-1)  # [B, K, H*W]
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=x.device),
+                                torch.linspace(-1, 1, w, device=x.device), indexing="ij")
+        grid = torch.stack([xs.flatten(), ys.flatten()], -1)  # [H*W, 2]
+        return (heat @ grid).flatten(1)  # [B, 2K]
+
+
+class ConvEncoder(nn.Module):
+    """uint8 [N, 3, H, W] -> float [N, 2K]."""
+
+    def __init__(self, channels: tuple[int, ...], keypoints: int):
+        super().__init__()
+        layers, c_in = [], 3
+        for c in channels:
+            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(8 if c % 8 == 0 else 1, c), nn.ReLU()]
+            c_in = c
+        layers += [nn.Conv2d(c_in, c_in, 3, padding=1), nn.ReLU()]
+        self.net = nn.Sequential(*layers)
+        self.keypoints = SpatialSoftmax(c_in, keypoints)
+
+    def forward(self, img: Tensor) -> Tensor:
+        x = img.float() / 127.5 - 1.0
+        return self.keypoints(self.net(x))
+
+
+def random_shift(img: Tensor, pad: int) -> Tensor:
+    """DrQ augmentation: pad by replication and crop back at a random offset per sample."""
+    n, _, h, w = img.shape
+    padded = F.pad(img.float(), (pad, pad, pad, pad), mode="replicate")
+    dx = torch.randint(0, 2 * pad + 1, (n,), device=img.device)
+    dy = torch.randint(0, 2 * pad + 1, (n,), device=img.device)
+    rows = (dy[:, None] + torch.arange(h, device=img.device)[None])  # [N, H]
+    cols = (dx[:, None] + torch.arange(w, device=img.device)[None])  # [N, W]
+    idx = torch.arange(n, device=img.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+class BCPolicy(Policy):
+    name = "bc"
+    config_class = BCConfig
+
+    def __init__(self, config: BCConfig, features: FeatureSpec, stats: Stats | None):
+        super().__init__(config, features, stats)
+        self.cameras = sorted(k for k, f in features.items() if f.is_visual)
+        self.has_state = OBS_STATE in features
+        if not self.cameras and not self.has_state:
+            raise KeyError(f"bc needs {OBS_STATE!r} or at least one camera among the features {sorted(features)}")
+        shapes = {k: f.shape for k, f in features.items() if not f.is_visual}
+        modes = {k: m for k, m in config.normalization.items() if k in shapes}
+        self.normalizer = Normalizer(shapes, modes, stats)
+        self.encoders = nn.ModuleDict({k.replace(".", "_"): ConvEncoder(config.conv_channels, config.keypoints)
+                                       for k in self.cameras})
+        self.action_dim = features[ACTION].shape[0]
+        state_dim = features[OBS_STATE].shape[0] if self.has_state else 0
+        in_dim = config.n_obs_steps * (len(self.cameras) * 2 * config.keypoints + state_dim)
+        layers: list[nn.Module] = []
+        for i in range(config.n_layers):
+            layers += [nn.Linear(in_dim if i == 0 else config.hidden_dim, config.hidden_dim), nn.GELU(),
+                       nn.Dropout(config.dropout)]
+        layers.append(nn.Linear(config.hidden_dim, config.horizon * self.action_dim))
+        self.head = nn.Sequential(*layers)
+        self._history: list[dict[str, Tensor]] = []
+
+    def _features(self, obs: dict[str, Tensor]) -> Tensor:
+        """obs with a time axis ([B, T, ...]) -> [B, T * F]."""
+        parts = []
+        for cam in self.cameras:
+            img = obs[cam]  # [B, T, 3, H, W] uint8
+            b, t = img.shape[:2]
+            flat = img.flatten(0, 1)
+            if self.training and self.config.random_shift > 0:
+                flat = random_shift(flat, self.config.random_shift)
+            parts.append(self.encoders[cam.replace(".", "_")](flat).view(b, t, -1))
+        if self.has_state:
+            parts.append(self.normalizer.normalize(OBS_STATE, obs[OBS_STATE].float()))
+        return torch.cat(parts, -1).flatten(1)
+
+    def compute_loss(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
+        pred = self.head(self._features(batch)).view(-1, self.config.horizon, self.action_dim)
+        target = self.normalizer.normalize(ACTION, batch[ACTION])
+        err = (pred - target).abs().mean(-1)  # [B, H]
+        valid = ~batch[f"{ACTION}_is_pad"] if f"{ACTION}_is_pad" in batch else torch.ones_like(err, dtype=torch.bool)
+        loss = (err * valid).sum() / valid.sum().clamp(min=1)
+        return loss, {"l1": loss.item()}
+
+    def _obs_keys(self) -> list[str]:
+        return self.cameras + ([OBS_STATE] if self.has_state else [])
+
+    @torch.no_grad()
+    def predict_action_chunk(self, obs: dict) -> Tensor:
+        """One step of obs (state [B, D], images [B, 3, H, W]) -> [B, H, A] unnormalised actions.
+        History: the steps seen by ``observe`` (select_action), the first one repeated at an
+        episode start, as the loader pads."""
+        step = {k: obs[k] for k in self._obs_keys()}
+        past = self._history[-(self.config.n_obs_steps - 1):] if self.config.n_obs_steps > 1 else []
+        frames = [past[0] if past else step] * (self.config.n_obs_steps - 1 - len(past)) + past + [step]
+        stacked = {k: torch.stack([f[k] for f in frames], 1) for k in step}
+        pred = self.head(self._features(stacked)).view(-1, self.config.horizon, self.action_dim)
+        return self.normalizer.unnormalize(ACTION, pred)
+
+    def observe(self, obs: dict) -> None:
+        if self.config.n_obs_steps > 1:
+            self._history = (self._history + [{k: obs[k] for k in self._obs_keys()}])[-(self.config.n_obs_steps - 1):]
+
+    def reset(self) -> None:
+        super().reset()
+        self._history = []

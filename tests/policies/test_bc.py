@@ -1,0 +1,107 @@
+"""bc: shapes, loss masking, overfitting a small batch, history at inference, save/load."""
+
+import numpy as np
+import pytest
+import torch
+
+from policystack.policies.base import Policy
+from policystack.policies.bc import BCConfig, BCPolicy, random_shift
+from policystack.types import Feature
+
+FEATURES = {
+    "observation.state": Feature("float32", (5,)),
+    "observation.images.front": Feature("video", (32, 32, 3)),
+    "action": Feature("float32", (3,)),
+}
+STATS = {
+    "observation.state": {"mean": np.zeros(5), "std": np.ones(5)},
+    "action": {"mean": np.array([1.0, 0.0, -1.0]), "std": np.array([2.0, 1.0, 0.5])},
+}
+
+
+def make_batch(b=8, t=2, h=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "observation.state": torch.randn(b, t, 5, generator=g),
+        "observation.images.front": torch.randint(0, 256, (b, t, 3, 32, 32), generator=g, dtype=torch.uint8),
+        "action": torch.randn(b, h, 3, generator=g),
+        "action_is_pad": torch.zeros(b, h, dtype=torch.bool),
+        "task": ["do it"] * b,
+    }
+
+
+def small_config(**kw):
+    return BCConfig(**{"n_obs_steps": 2, "horizon": 4, "n_action_steps": 2, "conv_channels": (8, 16),
+                       "keypoints": 8, "hidden_dim": 64, **kw})
+
+
+def test_loss_ignores_padded_steps():
+    torch.manual_seed(0)
+    policy = BCPolicy(small_config(), FEATURES, STATS)
+    batch = make_batch()
+    batch["action_is_pad"][:, 2:] = True
+    policy.eval()
+    loss_a, _ = policy.compute_loss(batch)
+    batch["action"][:, 2:] += 100.0  # padded targets must not matter
+    loss_b, _ = policy.compute_loss(batch)
+    torch.testing.assert_close(loss_a, loss_b)
+
+
+def test_overfits_a_small_batch():
+    torch.manual_seed(0)
+    policy = BCPolicy(small_config(random_shift=0), FEATURES, STATS)
+    batch = make_batch()
+    opt = torch.optim.AdamW(policy.parameters(), lr=3e-3)
+    first = None
+    for _ in range(150):
+        loss, logs = policy.compute_loss(batch)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.2 * first, (first, loss.item())
+
+
+def test_select_action_uses_observation_history():
+    torch.manual_seed(0)
+    policy = BCPolicy(small_config(n_action_steps=1), FEATURES, STATS).eval()
+    b = make_batch(b=2)
+    steps = [{"observation.state": b["observation.state"][:, i],
+              "observation.images.front": b["observation.images.front"][:, i], "task": b["task"]} for i in range(2)]
+    first = policy.select_action(steps[0])
+    # at an episode start the first frame is repeated, like the loader's padding
+    repeated = {k: torch.stack([steps[0][k]] * 2, 1) for k in ("observation.state", "observation.images.front")}
+    expect_first = policy.normalizer.unnormalize("action", policy.head(policy._features(repeated)).view(2, 4, 3))[:, 0]
+    torch.testing.assert_close(first, expect_first)
+    second = policy.select_action(steps[1])
+    stacked = {k: b[k] for k in ("observation.state", "observation.images.front")}
+    expect = policy.normalizer.unnormalize("action", policy.head(policy._features(stacked)).view(2, 4, 3))[:, 0]
+    torch.testing.assert_close(second, expect)
+    assert policy.predict_action_chunk(steps[1]).shape == (2, 4, 3)
+
+
+def test_save_load_gives_same_actions(tmp_path):
+    torch.manual_seed(0)
+    policy = BCPolicy(small_config(), FEATURES, STATS).eval()
+    policy.save_pretrained(tmp_path)
+    loaded = Policy.from_pretrained(tmp_path)
+    obs = {"observation.state": torch.randn(3, 5),
+           "observation.images.front": torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8), "task": ["x"] * 3}
+    torch.testing.assert_close(loaded.predict_action_chunk(obs), policy.predict_action_chunk(obs))
+    assert isinstance(loaded, BCPolicy) and loaded.config == policy.config
+
+
+def test_random_shift_keeps_shape_and_content_range():
+    img = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    out = random_shift(img, 2)
+    assert out.shape == img.shape and out.min() >= 0 and out.max() <= 255
+    assert torch.equal(random_shift(img, 0), img.float())
+
+
+def test_missing_features_are_reported():
+    with pytest.raises(KeyError, match="no 'action'"):
+        BCPolicy(small_config(), {"observation.state": Feature("float32", (5,))}, STATS)
+    with pytest.raises(KeyError, match="bc needs"):
+        BCPolicy(small_config(), {"action": Feature("float32", (3,))}, STATS)
+    with pytest.raises(ValueError, match="conv_channels"):
+        BCConfig(conv_channels=())
