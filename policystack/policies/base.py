@@ -74,6 +74,25 @@ class PolicyConfig:
         return cls(**d)
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The policy directory (config.json + model.safetensors) that ``path`` names. Accepted, in
+    order: that directory itself; a training checkpoint holding it as ``pretrained/``; a run
+    directory whose ``checkpoints/latest`` (a symlink or a file naming the step directory) leads
+    to one. Anything else is a FileNotFoundError saying what was looked for."""
+    path = Path(path).expanduser()
+    if (path / CONFIG_NAME).is_file():
+        return path
+    if (path / "pretrained" / CONFIG_NAME).is_file():
+        return path / "pretrained"
+    latest = path / "checkpoints" / "latest"
+    if latest.is_symlink() or latest.is_dir():
+        return resolve_checkpoint(latest.resolve())
+    if latest.is_file():
+        return resolve_checkpoint(path / "checkpoints" / latest.read_text().strip())
+    raise FileNotFoundError(f"{path}: not a policy checkpoint (expected {CONFIG_NAME} and {WEIGHTS_NAME}, "
+                            f"a pretrained/ subdirectory, or a run directory with checkpoints/latest)")
+
+
 _REGISTRY: dict[str, type[Policy]] = {}
 
 
@@ -160,11 +179,12 @@ class Policy(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> Policy:
-        """Rebuild a policy from ``save_pretrained`` output alone. Called on ``Policy`` it builds the
-        saved family; called on a family it checks the checkpoint is of that family."""
-        directory = Path(directory)
+        """Rebuild a policy from ``save_pretrained`` output alone (``directory`` may also be a
+        training checkpoint or run directory, see ``resolve_checkpoint``). Called on ``Policy`` it
+        builds the saved family; called on a family it checks the checkpoint is of that family."""
+        directory = resolve_checkpoint(directory)
         cfg_path = directory / CONFIG_NAME
-        if not cfg_path.is_file() or not (directory / WEIGHTS_NAME).is_file():
+        if not (directory / WEIGHTS_NAME).is_file():
             raise FileNotFoundError(f"{directory}: not a policy checkpoint (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
         meta = json.loads(cfg_path.read_text())
         name = meta.get("policy")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from policystack.policies.base import Policy, PolicyConfig, get_policy_class
+from policystack.policies.base import Policy, PolicyConfig, get_policy_class, resolve_checkpoint
 from policystack.policies.normalize import Normalizer
 from policystack.types import Feature
 
@@ -97,6 +97,20 @@ def test_save_load_round_trip_keeps_stats(tmp_path):
     assert isinstance(q, LinearTestPolicy) and q.config == p.config
     torch.testing.assert_close(q.predict_action_chunk(obs), p.predict_action_chunk(obs))
     assert sorted(f.name for f in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_resolve_checkpoint_follows_run_layout(tmp_path):
+    p = LinearTestPolicy(LinearTestConfig(), FEATURES, STATS)
+    step_dir = tmp_path / "run" / "checkpoints" / "000100"
+    p.save_pretrained(step_dir / "pretrained")
+    assert resolve_checkpoint(step_dir) == step_dir / "pretrained"
+    (tmp_path / "run" / "checkpoints" / "latest").write_text("000100\n")
+    assert resolve_checkpoint(tmp_path / "run") == step_dir / "pretrained"
+    (tmp_path / "run" / "checkpoints" / "latest").unlink()
+    (tmp_path / "run" / "checkpoints" / "latest").symlink_to("000100")
+    assert isinstance(Policy.from_pretrained(tmp_path / "run"), LinearTestPolicy)
+    with pytest.raises(FileNotFoundError, match="checkpoints/latest"):
+        resolve_checkpoint(tmp_path)
 
 
 def test_from_pretrained_errors(tmp_path):
