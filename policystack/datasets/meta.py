@@ -121,6 +121,9 @@ class DatasetMeta:
     tasks: list[str]  # task_index -> instruction
     episodes: dict[str, np.ndarray]  # EPISODE_COLUMNS + "tasks" + videos/<key>/*, one row per episode
     stats: Stats | None
+    # episodes listed in meta/episodes past info.json's total_episodes: the rows of a save that
+    # was interrupted before info.json (the writer's commit record) was rewritten; left out above
+    uncommitted_episodes: int = 0
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -150,6 +153,7 @@ class DatasetMeta:
         tasks = _load_tasks(root / TASKS_PATH)
         video_keys = [k for k, f in features.items() if f.dtype == "video"]
         episodes = _load_episodes(root, video_keys)
+        episodes, uncommitted = _drop_uncommitted(episodes, info)
         n_eps, n_frames = len(episodes["episode_index"]), int(episodes["length"].sum())
         if n_eps != info["total_episodes"] or n_frames != info["total_frames"]:
             raise DataError(f"{where}: total_episodes={info['total_episodes']} total_frames={info['total_frames']}"
@@ -160,7 +164,8 @@ class DatasetMeta:
             if not isinstance(raw, dict):
                 raise DataError(f"{root / STATS_PATH}: expected a JSON object feature -> stats")
             stats = stats_from_json(raw, str(root / STATS_PATH))
-        return cls(root=root, info=info, features=features, tasks=tasks, episodes=episodes, stats=stats)
+        return cls(root=root, info=info, features=features, tasks=tasks, episodes=episodes, stats=stats,
+                   uncommitted_episodes=uncommitted)
 
     # -- properties --------------------------------------------------------------------------
     @property
@@ -230,6 +235,9 @@ class DatasetMeta:
             codec = f" ({f.info.get('video.codec')})" if f.info and f.dtype == "video" else ""
             lines.append(f"  {k:<32} {f.dtype:<8} {list(f.shape)}{codec}")
         lines.append(f"stats       {'present' if self.stats else 'missing (run `policystack dataset stats`)'}")
+        if self.uncommitted_episodes:
+            lines.append(f"note        {self.uncommitted_episodes} uncommitted episode(s) of an interrupted save "
+                         "are ignored (`policystack dataset validate --fix` removes them)")
         return "\n".join(lines)
 
 
@@ -277,3 +285,17 @@ def _load_episodes(root: Path, video_keys: list[str]) -> dict[str, np.ndarray]:
     if np.any(out["dataset_to_index"] - out["dataset_from_index"] != out["length"]):
         raise DataError(f"{root / EPISODES_DIR}: dataset_to_index - dataset_from_index != length for some episode")
     return out
+
+
+def _drop_uncommitted(episodes: dict[str, np.ndarray], info: dict) -> tuple[dict[str, np.ndarray], int]:
+    """Leave out trailing episodes that info.json does not count yet (an interrupted save).
+
+    Only when the episodes info.json counts are exactly 0..n-1 with its total_frames, so a
+    mismatch of any other kind still fails the totals check."""
+    n, total = info["total_episodes"], info["total_frames"]
+    idx = episodes["episode_index"]
+    if not isinstance(n, int) or len(idx) <= n or not np.array_equal(idx[:n], np.arange(n)):
+        return episodes, 0
+    if int(episodes["length"][:n].sum()) != total or np.any(idx[n:] < n):
+        return episodes, 0
+    return {k: v[:n] for k, v in episodes.items()}, len(idx) - n

@@ -1,0 +1,241 @@
+"""WindowedDataset returns what LeRobotDataset returns, fast paths included, and fails clearly."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import _lerobot_fixtures
+import numpy as np
+import pytest
+import torch
+from _lerobot_fixtures import EPISODE_LENGTHS, FPS, IMAGE_KEY, TASKS, VIDEO_KEY
+
+from policystack.datasets.loader import WindowedDataset, collate_windows
+from policystack.types import DataError
+
+lerobot_root = _lerobot_fixtures.lerobot_root  # the session fixture (a LeRobot-written dataset)
+
+OBS = [-1, 0]
+ACT = list(range(16))
+DELTAS = {"observation.state": OBS, "action": ACT, VIDEO_KEY: OBS, IMAGE_KEY: OBS}
+
+
+def as_seconds(deltas: dict) -> dict:
+    return {k: [d / FPS for d in v] for k, v in deltas.items()}
+
+
+def assert_same_sample(ours: dict, theirs: dict, where: str) -> None:
+    """Every key equal: numeric values exactly (dtype and shape too), images as uint8 == float * 255."""
+    assert set(ours) == set(theirs), f"{where}: keys differ: {set(ours) ^ set(theirs)}"
+    for k, want in theirs.items():
+        got = ours[k]
+        if isinstance(want, str):
+            assert got == want, f"{where}: {k}"
+        elif k in (VIDEO_KEY, IMAGE_KEY):
+            assert got.dtype == torch.uint8 and got.shape == want.shape, f"{where}: {k} {got.shape} {want.shape}"
+            assert torch.equal(got, (want * 255).round().to(torch.uint8)), f"{where}: {k} pixels differ"
+            assert torch.equal(got.float() / 255, want), f"{where}: {k} not exactly LeRobot's float frames"
+        else:
+            assert got.dtype == want.dtype and got.shape == want.shape, f"{where}: {k} {got.dtype}{tuple(got.shape)} vs {want.dtype}{tuple(want.shape)}"
+            assert torch.equal(got, want), f"{where}: {k} values differ"
+
+
+def edge_and_random_indices(n_random: int = 12) -> list[int]:
+    starts = np.cumsum((0, *EPISODE_LENGTHS))
+    edges = {int(s + o) for s in starts[:-1] for o in (0, 1)} | {int(e - o) for e in starts[1:] for o in (1, 2)}
+    rng = np.random.default_rng(0)
+    return sorted(edges | set(rng.integers(0, starts[-1], n_random).tolist()))
+
+
+@pytest.fixture(scope="module")
+def lerobot_ds(lerobot_root):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    return LeRobotDataset("test/loader", root=lerobot_root, delta_timestamps=as_seconds(DELTAS))
+
+
+@pytest.mark.parametrize("cache", ["disk", "memory"])
+def test_matches_lerobot_with_windows(lerobot_root, lerobot_ds, tmp_path, cache):
+    ours = WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=tmp_path if cache == "disk" else False)
+    assert len(ours) == len(lerobot_ds) == sum(EPISODE_LENGTHS)
+    for i in edge_and_random_indices():
+        assert_same_sample(ours[i], lerobot_ds[i], f"index {i}")
+    # the pad masks are really exercised: first frame pads obs[-1], the 5-frame episode pads actions
+    assert ours[0]["observation.state_is_pad"].tolist() == [True, False]
+    short = EPISODE_LENGTHS[0] + EPISODE_LENGTHS[1]
+    assert ours[short]["action_is_pad"].sum().item() == 16 - EPISODE_LENGTHS[2]
+    assert {ours[i]["task"] for i in range(len(ours))} == set(TASKS)
+
+
+def test_matches_lerobot_without_deltas_and_with_seconds(lerobot_root, tmp_path):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    plain = LeRobotDataset("test/loader", root=lerobot_root)
+    ours = WindowedDataset(lerobot_root, cache_dir=tmp_path)
+    for i in (0, 5, len(ours) - 1):
+        assert_same_sample(ours[i], plain[i], f"index {i} (no deltas)")
+        assert ours[i][VIDEO_KEY].shape == (3, 32, 32)
+    # delta_timestamps in seconds is the same as frame offsets
+    a = WindowedDataset(lerobot_root, delta_timestamps=as_seconds(DELTAS), cache_dir=tmp_path)
+    b = WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=tmp_path)
+    for k, v in a[13].items():
+        assert v == b[13][k] if isinstance(v, str) else torch.equal(v, b[13][k])
+
+
+def test_batch_gather_equals_single_items(lerobot_root, tmp_path):
+    ds = WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=tmp_path)
+    idx = [3, 0, 53, 12, 12, 40]
+    batch = ds.get_batch(idx)
+    for j, i in enumerate(idx):
+        one = ds[i]
+        for k, v in one.items():
+            assert v == batch[k][j] if isinstance(v, str) else torch.equal(v, batch[k][j]), (k, i)
+    assert batch[VIDEO_KEY].shape == (6, 2, 3, 32, 32) and batch["action"].shape == (6, 16, 3)
+    with pytest.raises(IndexError, match="out of range"):
+        ds.get_batch([len(ds)])
+
+
+def test_keys_subset_skips_cameras(lerobot_root, tmp_path):
+    ds = WindowedDataset(lerobot_root, delta_indices={"action": ACT}, keys=["observation.state", "action"],
+                         cache_dir=tmp_path)
+    s = ds[7]
+    assert set(s) == {"observation.state", "action", "action_is_pad", "task"}
+    assert s["action"].shape == (16, 3) and s["observation.state"].shape == (6,)
+    assert not (ds.cache_dir / "frames").exists()  # nothing decoded
+
+
+@pytest.mark.parametrize("collate", ["default", "windows"])
+def test_workers_give_the_same_batches(lerobot_root, tmp_path, collate):
+    ds = WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=tmp_path)
+    fn = collate_windows if collate == "windows" else None
+
+    def batches(workers):
+        loader = torch.utils.data.DataLoader(ds, batch_size=8, shuffle=False, num_workers=workers, collate_fn=fn)
+        return list(loader)
+
+    single, multi = batches(0), batches(2)
+    assert len(single) == len(multi) == -(-len(ds) // 8)
+    for a, b in zip(single, multi):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k] == b[k] if isinstance(a[k], list) else (a[k].dtype == b[k].dtype and torch.equal(a[k], b[k])), k
+
+
+def test_column_cache_is_reused_and_shared_by_mmap(lerobot_root, tmp_path):
+    first = WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=tmp_path)
+    manifest = first.cache_dir / "columns" / "manifest.json"
+    mtime = manifest.stat().st_mtime_ns
+    second = WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=tmp_path)
+    assert manifest.stat().st_mtime_ns == mtime  # not rebuilt
+    assert isinstance(second._ensure_open()["action"], np.memmap)
+    assert torch.equal(first[20]["action"], second[20]["action"])
+
+
+def test_frame_cache_stays_within_budget(lerobot_root, tmp_path):
+    one_segment = 20 * 3 * 32 * 32 + 128  # the longest episode, plus the .npy header
+    ds = WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=tmp_path, frame_cache_bytes=2 * one_segment)
+    for i in range(len(ds)):
+        ds[i]
+    frames = list((ds.cache_dir / "frames").glob("*.npy"))
+    assert frames and sum(p.stat().st_size for p in frames) <= 2 * one_segment
+    mem = WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=False, frame_cache_bytes=one_segment)
+    ref = WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=tmp_path / "ref")
+    for i in (0, 30, 0, 50, 13):  # evictions and re-decodes give the same frames
+        assert torch.equal(mem[i][VIDEO_KEY], ref[i][VIDEO_KEY])
+    assert mem._frame_cache()._bytes <= one_segment
+
+
+# --- bad input --------------------------------------------------------------------------------
+@pytest.fixture
+def broken_copy(lerobot_root, tmp_path) -> Path:
+    root = tmp_path / "ds"
+    shutil.copytree(lerobot_root, root)
+    return root
+
+
+def test_delta_on_unknown_key(lerobot_root, tmp_path):
+    with pytest.raises(KeyError, match="observation.nope"):
+        WindowedDataset(lerobot_root, delta_indices={"observation.nope": [0]}, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="multiples of 1/fps"):
+        WindowedDataset(lerobot_root, delta_timestamps={"action": [0.05]}, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="not both"):
+        WindowedDataset(lerobot_root, delta_timestamps={"action": [0.1]}, delta_indices={"action": [1]})
+
+
+def test_truncated_parquet(broken_copy, tmp_path):
+    data = broken_copy / "data/chunk-000/file-000.parquet"
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    with pytest.raises(DataError, match=r"file-000\.parquet.*truncated"):
+        WindowedDataset(broken_copy, delta_indices=DELTAS, cache_dir=tmp_path)
+
+
+def test_missing_video(broken_copy, tmp_path):
+    video = broken_copy / f"videos/{VIDEO_KEY}/chunk-000/file-000.mp4"
+    video.unlink()
+    ds = WindowedDataset(broken_copy, delta_indices=DELTAS, cache_dir=tmp_path)
+    with pytest.raises(DataError, match=r"file-000\.mp4: video file not found"):
+        ds[0]
+
+
+def test_truncated_video(broken_copy, tmp_path):
+    video = broken_copy / f"videos/{VIDEO_KEY}/chunk-000/file-000.mp4"
+    video.write_bytes(video.read_bytes()[: video.stat().st_size * 2 // 3])
+    ds = WindowedDataset(broken_copy, delta_indices=DELTAS, cache_dir=tmp_path)
+    with pytest.raises(DataError, match=r"file-000\.mp4: .*(truncated|no frame)"):
+        for i in range(len(ds)):
+            ds[i]
+
+
+def test_index_column_out_of_order(broken_copy, tmp_path):
+    import pyarrow.parquet as pq
+
+    path = broken_copy / "data/chunk-000/file-000.parquet"
+    table = pq.read_table(path)
+    idx = table.column("index").to_numpy().copy()
+    idx[[3, 4]] = idx[[4, 3]]
+    table = table.set_column(table.column_names.index("index"), "index", [idx])
+    pq.write_table(table, path)
+    with pytest.raises(DataError, match="column 'index'"):
+        WindowedDataset(broken_copy, cache_dir=tmp_path)
+
+
+# --- datasets written by policystack's own writer ---------------------------------------------------
+@pytest.mark.skipif(importlib.util.find_spec("policystack.datasets.writer") is None,
+                    reason="policystack.datasets.writer is not written yet")
+def test_matches_lerobot_on_our_writer(tmp_path):
+    """Our writer puts each episode in its own data / video file: the multi-file path."""
+    from _lerobot_fixtures import write_policystack_dataset
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    root = write_policystack_dataset(tmp_path / "ours")
+    theirs = LeRobotDataset("test/ours", root=root, delta_timestamps=as_seconds(DELTAS))
+    ours = WindowedDataset(root, delta_indices=DELTAS, cache_dir=tmp_path / "cache")
+    assert len(ours) == len(theirs)
+    for i in edge_and_random_indices(6):
+        assert_same_sample(ours[i], theirs[i], f"index {i} (policystack writer)")
+
+
+def test_string_feature(tmp_path):
+    """A dtype "string" feature: as LeRobot without offsets; a list of strings with them (LeRobot
+    cannot window strings: torch.stack fails)."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    root = tmp_path / "strings"
+    w = LeRobotDataset.create("test/strings", fps=FPS, root=root, use_videos=False, features={
+        "action": {"dtype": "float32", "shape": (2,), "names": None},
+        "note": {"dtype": "string", "shape": (1,), "names": None}})
+    for ep in range(2):
+        for i in range(4):
+            w.add_frame({"action": np.full(2, i, np.float32), "note": f"note {ep}-{i}", "task": "t"})
+        w.save_episode()
+    w.finalize()
+    theirs = LeRobotDataset("test/strings", root=root)
+    plain = WindowedDataset(root, cache_dir=tmp_path / "cache")
+    for i in range(len(plain)):
+        assert_same_sample(plain[i], theirs[i], f"index {i}")
+    for _ in range(2):  # built, then from the column cache
+        ds = WindowedDataset(root, delta_indices={"note": [-1, 0]}, cache_dir=tmp_path / "cache")
+        assert ds[4]["note"] == ["note 1-0", "note 1-0"] and ds[4]["note_is_pad"].tolist() == [True, False]
+        assert ds[6]["note"] == ["note 1-1", "note 1-2"]
