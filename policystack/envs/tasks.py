@@ -1,0 +1,259 @@
+"""The six tasks of the tabletop suite, easiest first. Each randomises object colours and
+positions per seed, words its instruction from templates, and defines success and reward terms.
+
+| id (policystack/...) | goal                                      | success                                        |
+|----------------------|-------------------------------------------|------------------------------------------------|
+| Reach-v0             | put the gripper on one of 3 coloured balls | pinch site within 3 cm of the named ball       |
+| PressButton-v0       | press one of 3 coloured buttons           | the named button pressed >= 8 mm               |
+| OpenDrawer-v0        | pull a drawer open                        | drawer open >= 12 cm                           |
+| Push-v0              | push a cube into a coloured goal zone     | cube centre within 4 cm of the zone centre     |
+| PickPlace-v0         | put the named cube into the bowl          | cube inside the bowl, released                 |
+| Stack-v0             | stack one cube on another                 | top cube resting on the bottom one, released   |
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import mujoco
+import numpy as np
+
+from policystack.envs.base import TabletopEnv
+from policystack.envs.scene import (
+    COLORS,
+    CUBE_HALF,
+    add_bowl,
+    add_button,
+    add_cube,
+    add_drawer,
+    add_marker,
+    sample_positions,
+)
+
+# Object placement area on the table (xy, metres), reachable with the gripper pointing down.
+AREA_LOW, AREA_HIGH = (0.35, -0.22), (0.62, 0.22)
+
+
+def _pick_colors(rng: np.random.Generator, n: int) -> list[str]:
+    names = list(COLORS)
+    return [names[i] for i in rng.choice(len(names), size=n, replace=False)]
+
+
+class ReachEnv(TabletopEnv):
+    """Reach a coloured ball (3 balls float above the table; distractors are the other two)."""
+
+    name = "Reach"
+    max_episode_steps = 50
+    templates: ClassVar[tuple[str, ...]] = ("reach the {c} ball", "move the gripper to the {c} ball",
+                                            "touch the {c} sphere")
+    n_balls = 3
+    success_dist = 0.03
+
+    @classmethod
+    def build(cls, spec: mujoco.MjSpec) -> None:
+        for i in range(cls.n_balls):
+            add_marker(spec, f"ball{i}", "ball", [0.025])
+
+    def randomize(self) -> str:
+        rng = self.np_random
+        colors = _pick_colors(rng, self.n_balls)
+        xy = sample_positions(rng, self.n_balls, AREA_LOW, AREA_HIGH, 0.12)
+        for i in range(self.n_balls):
+            bid = self.model.body(f"ball{i}").id
+            self.model.body_pos[bid] = [*xy[i], rng.uniform(0.06, 0.3)]
+            self.model.geom_rgba[self.model.geom(f"ball{i}").id] = COLORS[colors[i]]
+        self.target = f"ball{int(rng.integers(self.n_balls))}"
+        color = colors[int(self.target[-1])]
+        return self.templates[int(rng.integers(len(self.templates)))].format(c=color)
+
+    def evaluate(self) -> tuple[bool, dict[str, float]]:
+        dist = float(np.linalg.norm(self.ee_pos - self.body_pos(self.target)))
+        return dist < self.success_dist, {"dist": -dist}
+
+
+class PressButtonEnv(TabletopEnv):
+    """Press the named one of three coloured push buttons."""
+
+    name = "PressButton"
+    max_episode_steps = 60
+    templates: ClassVar[tuple[str, ...]] = ("press the {c} button", "push the {c} button down",
+                                            "hit the {c} button")
+    n_buttons = 3
+    press_depth = 0.008
+
+    @classmethod
+    def build(cls, spec: mujoco.MjSpec) -> None:
+        for i in range(cls.n_buttons):
+            add_button(spec, f"button{i}")
+
+    def randomize(self) -> str:
+        rng = self.np_random
+        colors = _pick_colors(rng, self.n_buttons)
+        xy = sample_positions(rng, self.n_buttons, AREA_LOW, AREA_HIGH, 0.12)
+        for i in range(self.n_buttons):
+            self.model.body_pos[self.model.body(f"button{i}_housing").id] = [*xy[i], 0.0]
+            self.model.geom_rgba[self.model.geom(f"button{i}").id] = COLORS[colors[i]]
+        self.target = f"button{int(rng.integers(self.n_buttons))}"
+        return self.templates[int(rng.integers(len(self.templates)))].format(c=colors[int(self.target[-1])])
+
+    def depth(self, button: str) -> float:
+        return float(-self.data.qpos[self.model.joint(button).qposadr[0]])
+
+    def evaluate(self) -> tuple[bool, dict[str, float]]:
+        top = self.body_pos(self.target) + [0.0, 0.0, 0.016]
+        dist = float(np.linalg.norm(self.ee_pos - top))
+        depth = self.depth(self.target)
+        return depth >= self.press_depth, {"dist": -dist, "press": depth / self.press_depth}
+
+
+class OpenDrawerEnv(TabletopEnv):
+    """Pull a drawer open by its handle (the cabinet stands at the far side of the table)."""
+
+    name = "OpenDrawer"
+    max_episode_steps = 80
+    templates: ClassVar[tuple[str, ...]] = ("open the {c} drawer", "pull the {c} drawer open",
+                                            "slide the {c} drawer out")
+    open_dist = 0.12
+
+    @classmethod
+    def build(cls, spec: mujoco.MjSpec) -> None:
+        add_drawer(spec, "drawer")
+
+    def randomize(self) -> str:
+        rng = self.np_random
+        self.model.body_pos[self.model.body("drawer_cabinet").id] = [rng.uniform(0.68, 0.74),
+                                                                     rng.uniform(-0.15, 0.15), 0.0]
+        color = _pick_colors(rng, 1)[0]
+        for part in ("front", "floor", "back", "left", "right"):
+            self.model.geom_rgba[self.model.geom(f"drawer_{part}").id] = COLORS[color]
+        return self.templates[int(rng.integers(len(self.templates)))].format(c=color)
+
+    @property
+    def opening(self) -> float:
+        return float(self.data.qpos[self.model.joint("drawer").qposadr[0]])
+
+    def handle_pos(self) -> np.ndarray:
+        return self.data.geom_xpos[self.model.geom("drawer_handle").id].copy()
+
+    def evaluate(self) -> tuple[bool, dict[str, float]]:
+        dist = float(np.linalg.norm(self.ee_pos - self.handle_pos()))
+        return self.opening >= self.open_dist, {"dist": -dist, "open": self.opening / self.open_dist}
+
+
+class PushEnv(TabletopEnv):
+    """Push a cube into a coloured goal zone on the table."""
+
+    name = "Push"
+    max_episode_steps = 120
+    templates: ClassVar[tuple[str, ...]] = ("push the {c} cube to the {z} zone",
+                                            "slide the {c} cube onto the {z} target",
+                                            "move the {c} cube into the {z} area")
+    zone_radius = 0.06
+    success_dist = 0.04
+
+    @classmethod
+    def build(cls, spec: mujoco.MjSpec) -> None:
+        add_cube(spec, "cube")
+        add_marker(spec, "zone", "zone", [cls.zone_radius, 0.001])
+
+    def randomize(self) -> str:
+        rng = self.np_random
+        cube_c, zone_c = _pick_colors(rng, 2)
+        for _ in range(100):
+            xy = sample_positions(rng, 2, (0.38, -0.2), (0.6, 0.2), 0.14)
+            if np.linalg.norm(xy[0] - xy[1]) <= 0.24:
+                break
+        self.set_free_body("cube", [*xy[0], CUBE_HALF], rng.uniform(-0.4, 0.4))
+        self.model.body_pos[self.model.body("zone").id] = [*xy[1], 0.001]
+        self.model.geom_rgba[self.model.geom("cube").id] = COLORS[cube_c]
+        self.model.geom_rgba[self.model.geom("zone").id] = COLORS[zone_c][:3] + (0.6,)
+        return self.templates[int(rng.integers(len(self.templates)))].format(c=cube_c, z=zone_c)
+
+    def evaluate(self) -> tuple[bool, dict[str, float]]:
+        cube = self.body_pos("cube")
+        goal = self.body_pos("zone")
+        d_goal = float(np.linalg.norm(cube[:2] - goal[:2]))
+        d_reach = float(np.linalg.norm(self.ee_pos - cube))
+        return d_goal < self.success_dist, {"reach": -d_reach, "goal": -d_goal}
+
+
+class PickPlaceEnv(TabletopEnv):
+    """Pick the named one of two cubes and place it in the bowl."""
+
+    name = "PickPlace"
+    max_episode_steps = 120
+    templates: ClassVar[tuple[str, ...]] = ("put the {c} cube in the {b} bowl",
+                                            "place the {c} cube into the {b} bowl",
+                                            "pick up the {c} cube and drop it in the {b} bowl")
+    bowl_radius = 0.075
+
+    @classmethod
+    def build(cls, spec: mujoco.MjSpec) -> None:
+        add_cube(spec, "cube0")
+        add_cube(spec, "cube1")
+        add_bowl(spec, "bowl", radius=cls.bowl_radius)
+
+    def randomize(self) -> str:
+        rng = self.np_random
+        c0, c1, cb = _pick_colors(rng, 3)
+        xy = sample_positions(rng, 3, AREA_LOW, AREA_HIGH, 0.15)
+        self.set_free_body("cube0", [*xy[0], CUBE_HALF], rng.uniform(-0.4, 0.4))
+        self.set_free_body("cube1", [*xy[1], CUBE_HALF], rng.uniform(-0.4, 0.4))
+        self.model.body_pos[self.model.body("bowl").id] = [*xy[2], 0.0]
+        self.model.geom_rgba[self.model.geom("cube0").id] = COLORS[c0]
+        self.model.geom_rgba[self.model.geom("cube1").id] = COLORS[c1]
+        for gid in range(self.model.ngeom):
+            if self.model.geom(gid).name.startswith("bowl"):
+                self.model.geom_rgba[gid] = COLORS[cb]
+        self.target = f"cube{int(rng.integers(2))}"
+        color = c0 if self.target == "cube0" else c1
+        return self.templates[int(rng.integers(len(self.templates)))].format(c=color, b=cb)
+
+    def evaluate(self) -> tuple[bool, dict[str, float]]:
+        cube = self.body_pos(self.target)
+        bowl = self.body_pos("bowl")
+        d_xy = float(np.linalg.norm(cube[:2] - bowl[:2]))
+        inside = d_xy < self.bowl_radius - CUBE_HALF and cube[2] < 0.05
+        released = not self.touching_gripper({self.model.geom(self.target).id})
+        d_reach = float(np.linalg.norm(self.ee_pos - cube))
+        return bool(inside and released), {"reach": -d_reach, "place": -d_xy}
+
+
+class StackEnv(TabletopEnv):
+    """Stack the named cube on the other named cube (a third cube is a distractor)."""
+
+    name = "Stack"
+    max_episode_steps = 120
+    templates: ClassVar[tuple[str, ...]] = ("stack the {a} cube on the {b} cube",
+                                            "put the {a} cube on top of the {b} cube",
+                                            "place the {a} cube onto the {b} cube")
+
+    @classmethod
+    def build(cls, spec: mujoco.MjSpec) -> None:
+        for i in range(3):
+            add_cube(spec, f"cube{i}")
+
+    def randomize(self) -> str:
+        rng = self.np_random
+        colors = _pick_colors(rng, 3)
+        xy = sample_positions(rng, 3, AREA_LOW, AREA_HIGH, 0.1)
+        for i in range(3):
+            self.set_free_body(f"cube{i}", [*xy[i], CUBE_HALF], rng.uniform(-0.4, 0.4))
+            self.model.geom_rgba[self.model.geom(f"cube{i}").id] = COLORS[colors[i]]
+        top, bottom = (int(i) for i in rng.choice(3, size=2, replace=False))
+        self.top, self.bottom = f"cube{top}", f"cube{bottom}"
+        return self.templates[int(rng.integers(len(self.templates)))].format(a=colors[top], b=colors[bottom])
+
+    def evaluate(self) -> tuple[bool, dict[str, float]]:
+        a, b = self.body_pos(self.top), self.body_pos(self.bottom)
+        d_xy = float(np.linalg.norm(a[:2] - b[:2]))
+        dz = float(a[2] - b[2])
+        on_top = d_xy < 0.025 and abs(dz - 2 * CUBE_HALF) < 0.01
+        released = not self.touching_gripper({self.model.geom(self.top).id})
+        d_reach = float(np.linalg.norm(self.ee_pos - a))
+        return bool(on_top and released), {"reach": -d_reach, "stack": -float(np.linalg.norm(a - b - [0, 0, 2 * CUBE_HALF]))}
+
+
+TASKS: dict[str, type[TabletopEnv]] = {
+    cls.name: cls for cls in (ReachEnv, PressButtonEnv, OpenDrawerEnv, PushEnv, PickPlaceEnv, StackEnv)
+}
