@@ -1,0 +1,149 @@
+"""``policystack eval``: evaluate a checkpoint (or the scripted expert) in simulation.
+
+    policystack eval checkpoint=DIR|expert env=TASK[,TASK...] [episodes=20] [n_envs=1] [seed=1000]
+        [out=DIR] [videos=2] [max_steps=N] [device=cpu] [policy=NAME] [overwrite=false]
+        [cameras=front,wrist] [image_size=96] [action_mode=ee_delta]
+
+checkpoint: a policy directory, a training checkpoint or a run directory (its latest checkpoint),
+or ``expert`` for the task's scripted expert. policy=NAME checks the checkpoint is of that family.
+cameras / image_size / action_mode override the env settings, which otherwise follow the
+checkpoint's features. Writes OUT/eval_info.json, OUT/eval.png and OUT/videos/<task>/*.mp4 (OUT
+defaults to CHECKPOINT/eval/<tasks>, or outputs/eval/expert/<tasks>); prints each task's success
+rate with its Wilson 95% interval.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+USAGE = __doc__.split("\n\n")[1]
+
+
+@dataclass
+class EvalArgs:
+    checkpoint: str
+    env: str
+    episodes: int = 20
+    n_envs: int = 1
+    seed: int = 1000
+    out: str = ""
+    videos: int = 2
+    max_steps: int = 0  # 0: the task's own limit
+    device: str = "cpu"
+    policy: str = ""
+    overwrite: bool = False
+    cameras: str | None = None
+    image_size: int = 0
+    action_mode: str = ""
+
+    @property
+    def tasks(self) -> list[str]:
+        return [t for t in self.env.split(",") if t]
+
+    def env_overrides(self) -> dict[str, Any] | None:
+        kw: dict[str, Any] = {}
+        if self.cameras is not None:
+            kw["cameras"] = tuple(c for c in self.cameras.split(",") if c and c != "none")
+        if self.image_size:
+            kw["image_size"] = self.image_size
+        if self.action_mode:
+            kw["action_mode"] = self.action_mode
+        return kw or None
+
+    def out_dir(self) -> Path:
+        if self.out:
+            return Path(self.out)
+        name = "_".join(self.tasks)
+        if self.checkpoint == "expert":
+            return Path("outputs/eval/expert") / name
+        return Path(self.checkpoint) / "eval" / name
+
+
+def _bool(key: str, value: str) -> bool:
+    v = value.lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{key}={value!r}: expected true or false")
+
+
+def parse_args(argv: list[str]) -> EvalArgs:
+    """key=value arguments -> EvalArgs; errors name the offending argument."""
+    types = {f.name: f.type for f in fields(EvalArgs)}
+    kwargs: dict[str, Any] = {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise ValueError(f"argument {arg!r}: expected key=value")
+        if key not in types:
+            raise ValueError(f"unknown argument {key!r}; valid: {', '.join(types)}")
+        try:
+            kwargs[key] = int(value) if types[key] == "int" else _bool(key, value) if types[key] == "bool" else value
+        except ValueError:
+            raise ValueError(f"{key}={value!r}: expected an integer") from None
+    missing = [k for k in ("checkpoint", "env") if k not in kwargs]
+    if missing:
+        raise ValueError(f"missing required argument(s): {', '.join(k + '=' for k in missing)}")
+    args = EvalArgs(**kwargs)
+    if not args.tasks:
+        raise ValueError("env=: expected at least one task name")
+    return args
+
+
+def load_policy(checkpoint: str, policy: str = "", device: str = "cpu") -> Any:
+    """The policy to evaluate: ``expert`` -> ScriptedExpert; else ``Policy.from_pretrained`` (with
+    ``policy`` set, the checkpoint must be of that family)."""
+    if checkpoint == "expert":
+        from policystack.eval.expert import ScriptedExpert
+
+        return ScriptedExpert()
+    from policystack.policies.base import Policy, get_policy_class
+
+    klass = get_policy_class(policy) if policy else Policy
+    return klass.from_pretrained(checkpoint, map_location=device)
+
+
+def evaluate(args: EvalArgs, progress: bool = True) -> dict[str, Any]:
+    """Run every task of ``args``; write the report. Returns {"results", "eval_info", "plot"}."""
+    from policystack.eval.report import EVAL_INFO, write_report
+    from policystack.eval.runner import EvalRunner
+
+    out = args.out_dir()
+    runners = [EvalRunner(task=t, episodes=args.episodes, n_envs=args.n_envs, seed=args.seed,
+                          max_steps=args.max_steps or None, env_kwargs=args.env_overrides(),
+                          video_dir=out / "videos" / t if args.videos else None, n_videos=args.videos,
+                          progress=progress) for t in args.tasks]  # validates all names before loading
+    policy = load_policy(args.checkpoint, args.policy, args.device)
+    if (out / EVAL_INFO).exists() and not args.overwrite:
+        raise FileExistsError(f"{out / EVAL_INFO} exists; pass another out= or overwrite=true")
+    results = [runner.run(policy) for runner in runners]
+    paths = write_report(out, results, args.checkpoint)
+    return {"results": results, **paths}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage:\n" + USAGE)
+        return 0
+    os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering (inherited by env workers)
+    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+    try:
+        args = parse_args(argv)
+        report = evaluate(args)
+    except (KeyError, ValueError, FileNotFoundError, FileExistsError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"policystack eval: {msg}", file=sys.stderr)
+        return 2
+    for r in report["results"]:
+        print(f"{r.task}: success {r.success_rate:.1%} [{r.ci_low:.1%}, {r.ci_high:.1%}] "
+              f"({r.successes}/{r.n_episodes}), mean length {r.mean_length:.1f}, mean reward {r.mean_reward:.2f}")
+        for v in r.videos:
+            print(f"  video: {v}")
+    print(f"eval_info: {report['eval_info']}")
+    print(f"plot:      {report['plot']}")
+    return 0

@@ -1,0 +1,398 @@
+"""The one training loop for every policy: ``train(cfg) -> run_dir``.
+
+Reads top to bottom as nanoGPT's train.py: processes and device, run directory, data and policy
+(everything checked before training starts: dataset, stats, cameras, env, one forward/backward),
+optimiser and schedule, resume, then the loop (forward under bf16 autocast on CUDA, backward,
+gradient clipping, AdamW step, LR schedule, EMA, logging, periodic evaluation, checkpoints).
+
+Policies meet the loop only through the Policy interface: ``compute_loss(batch) -> (loss, logs)``
+and ``save_pretrained``. Under ``torchrun`` (DDP, gloo on CPU, nccl on GPU) ``compute_loss`` is
+called through ``LossModule`` wrapped in DistributedDataParallel; each process reads its own slice
+of the seeded data order (``StepBatchSampler``); rank 0 alone logs, evaluates and checkpoints.
+
+Exactness: the data order is a function of the step, the sanity step and the evaluations run on
+forked RNG streams, and checkpoints hold every RNG state, so a run killed and resumed reproduces
+the weights of an uninterrupted run on CPU bit for bit (tests/training/test_resume.py).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from policystack.datasets.loader import WindowedDataset, collate_windows
+from policystack.datasets.meta import DatasetMeta, atomic_write_json
+from policystack.policies.base import WEIGHTS_NAME, Policy, PolicyConfig, resolve_checkpoint
+from policystack.training import checkpoint
+from policystack.training.config import (
+    EnvConfig,
+    TrainConfig,
+    config_to_dict,
+    policy_config,
+    save_config_yaml,
+)
+from policystack.training.ema import EMA
+from policystack.training.sampler import StepBatchSampler
+from policystack.training.tracking import Tracker, truncate_metrics
+from policystack.types import (
+    ACTION,
+    DEFAULT_FEATURE_KEYS,
+    OBS_IMAGES,
+    DataError,
+    FeatureSpec,
+    camera_key,
+    is_image_key,
+)
+
+
+# --- pieces the loop uses ----------------------------------------------------------------------
+class LossModule(nn.Module):
+    """``forward(batch) = policy.compute_loss(batch)``: what DDP and torch.compile wrap, so that
+    gradient synchronisation sees the call (the policy itself stays unwrapped for saving)."""
+
+    def __init__(self, policy: Policy):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
+        return self.policy.compute_loss(batch)
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``min_ratio`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def param_groups(policy: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices and kernels (dim >= 2), none on biases, norms and scalars (nanoGPT)."""
+    params = [p for p in policy.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+
+def dataset_features(cfg: TrainConfig) -> tuple[DatasetMeta, FeatureSpec]:
+    """The dataset's metadata and the features a policy trains on: every feature but LeRobot's
+    default columns and strings, cameras limited to ``dataset.cameras`` when given."""
+    if not cfg.dataset.path:
+        raise ValueError("dataset.path is required: policystack train dataset.path=<LeRobot v3 dataset dir>")
+    meta = DatasetMeta.load(cfg.dataset.path)
+    features = {k: f for k, f in meta.features.items() if k not in DEFAULT_FEATURE_KEYS and f.dtype != "string"}
+    if ACTION not in features:
+        raise DataError(f"{meta.root}/meta/info.json: no {ACTION!r} feature to train on; features: {sorted(features)}")
+    if cfg.dataset.cameras is not None:
+        have = [k.removeprefix(OBS_IMAGES + ".") for k in features if is_image_key(k)]
+        missing = [c for c in cfg.dataset.cameras if camera_key(c) not in features]
+        if missing:
+            raise DataError(f"{meta.root}/meta/info.json: dataset.cameras names {missing}, which the dataset does "
+                            f"not have; its cameras: {have}")
+        features = {k: f for k, f in features.items() if not is_image_key(k) or
+                    k.removeprefix(OBS_IMAGES + ".") in cfg.dataset.cameras}
+    if meta.stats is None:
+        raise DataError(f"{meta.root}/meta/stats.json: missing; a policy needs normalisation statistics "
+                        f"(run `policystack dataset stats --write {meta.root}`)")
+    return meta, features
+
+
+def build_policy(klass: type[Policy], pcfg: PolicyConfig, features: FeatureSpec, meta: DatasetMeta) -> Policy:
+    """The policy for this dataset; a mismatch (a camera or key the config needs that the dataset
+    lacks, missing statistics) is raised naming the dataset."""
+    cameras = getattr(pcfg, "cameras", None)
+    if cameras:
+        missing = [c for c in cameras if camera_key(c) not in features]
+        if missing:
+            raise DataError(f"{meta.root}: the {klass.name} config names cameras {missing}, which the dataset "
+                            f"does not provide; its cameras: {[k for k in features if is_image_key(k)]}")
+    try:
+        return klass(pcfg, features, meta.stats)
+    except (KeyError, ValueError) as e:
+        msg = e.args[0] if e.args else str(e)
+        raise DataError(f"{meta.root}: dataset does not fit policy {klass.name!r}: {msg}") from None
+
+
+def check_env(env: EnvConfig, features: FeatureSpec) -> dict[str, Any]:
+    """Build the evaluation env once and check that it produces every observation the policy reads,
+    with the same shapes, and takes its actions (before training, not at the first evaluation).
+    Returns the env kwargs: those ``env`` sets over those derived from the policy's features."""
+    from policystack.eval.envs import check_features, env_kwargs_from_features, make_eval_env
+
+    kwargs = env_kwargs_from_features(env.task, features)
+    kwargs.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in
+                   (("cameras", env.cameras), ("image_size", env.image_size), ("action_mode", env.action_mode))
+                   if v is not None})
+    e = make_eval_env(env.task, kwargs)
+    try:
+        check_features(features, e.observation_space, e.action_space, env.task)
+    except ValueError as err:  # its wording speaks of a checkpoint: here it is the dataset's features
+        raise ValueError(f"env={env.task} cannot evaluate a policy trained on this dataset (set env.cameras / "
+                         f"env.image_size / env.action_mode, or another env): {err}") from None
+    finally:
+        e.close()
+    return kwargs
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+def _check_one_step(model: nn.Module, policy: Policy, batch: dict, device: torch.device, amp: bool) -> float:
+    """One forward/backward before the loop, so a bad shape, a missing key or out-of-memory shows
+    now and not after an hour. Runs on a forked RNG; gradients and buffers are put back."""
+    buffers = {k: b.clone() for k, b in policy.named_buffers()}
+    devices = [device.index or 0] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss, _ = model(batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the first batch gives a non-finite loss ({loss.item()})")
+            loss.backward()
+    except Exception as e:
+        e.add_note(f"(policystack train: the check step on one batch, before training, failed for policy "
+                   f"{policy.name!r}; batch keys {sorted(batch)})")
+        raise
+    for p in policy.parameters():
+        p.grad = None
+    with torch.no_grad():
+        for k, b in policy.named_buffers():
+            b.copy_(buffers[k])
+    return float(loss.detach())
+
+
+def _distributed(cfg: TrainConfig) -> tuple[int, int, int]:
+    """(rank, world size, local rank); initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, 0
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(seconds=cfg.ddp.timeout_s))
+    return rank, world, local
+
+
+def _device(cfg: TrainConfig, local_rank: int, world: int) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if cfg.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={cfg.device!r} but CUDA is not available; use device=cpu")
+        return torch.device(f"cuda:{local_rank}" if world > 1 else cfg.device)
+    return torch.device("cpu")
+
+
+def _broadcast(obj: Any, world: int) -> Any:
+    if world == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _run_dir(cfg: TrainConfig, rank: int, world: int) -> tuple[Path, Path | None]:
+    """(run directory, checkpoint to resume from or None); refuses to write into another run."""
+    if cfg.resume:
+        if not cfg.out:
+            raise ValueError("resume=true needs out=<run dir> (or pass resume=<run dir>)")
+        run_dir = Path(cfg.out)
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"resume: run directory {run_dir} does not exist")
+        return run_dir, checkpoint.latest_checkpoint(run_dir)
+    name = f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.policy['name']}"
+    run_dir = Path(cfg.out) if cfg.out else Path("runs") / _broadcast(name, world)
+    if (run_dir / "config.yaml").exists() or checkpoint.step_dirs(run_dir):
+        raise FileExistsError(f"{run_dir} already holds a training run; continue it with resume=true "
+                              f"(or `policystack train resume={run_dir}`), or choose another out=")
+    return run_dir, None
+
+
+# --- the loop --------------------------------------------------------------------------------
+def train(cfg: TrainConfig) -> Path:
+    """Train ``cfg.policy`` on ``cfg.dataset`` for ``cfg.steps`` steps; returns the run directory
+    (config.yaml, metrics.jsonl, checkpoints/<step>/ + latest, eval/)."""
+    # -- processes, device, threads
+    rank, world, local_rank = _distributed(cfg)
+    master = rank == 0
+    device = _device(cfg, local_rank, world)
+    amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    torch.set_num_threads(cfg.threads or max(1, cores // local_world - cfg.dataset.num_workers))
+    run_dir, resume_from = _run_dir(cfg, rank, world)
+    torch.manual_seed(cfg.seed + rank)
+    np.random.seed((cfg.seed + rank) % 2**32)
+    random.seed(cfg.seed + rank)
+
+    # -- data and policy, checked before anything long starts
+    klass, pcfg = policy_config(cfg)
+    meta, features = dataset_features(cfg)
+    deltas = {k: (pcfg.observation_delta_indices if k.startswith("observation.") else pcfg.action_delta_indices)
+              for k in features if k.startswith("observation.") or k == ACTION}
+    dataset = WindowedDataset(meta.root, delta_indices=deltas, keys=list(features),
+                              cache_dir=cfg.dataset.cache_dir, frame_cache_bytes=cfg.dataset.frame_cache_bytes)
+    policy = build_policy(klass, pcfg, features, meta)
+    eval_kwargs = check_env(cfg.env, features) if cfg.env.task is not None else None
+    if cfg.eval.every and master:
+        from policystack.eval.runner import EvalRunner  # noqa: F401 -- fail now if evaluation is unavailable
+    if cfg.init_from and resume_from is None:
+        src = resolve_checkpoint(cfg.init_from)  # a policy dir, a training checkpoint or a run dir
+        checkpoint.check_compatible(src, policy)
+        policy.load_state_dict(load_file(src / WEIGHTS_NAME))
+    policy.to(device).train()
+
+    # -- optimiser, schedule, EMA; the module the loop calls
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(param_groups(policy, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, o.warmup_steps, cfg.steps, o.min_lr_ratio))
+    ema = EMA(policy, cfg.ema.decay) if cfg.ema.enabled else None
+    model: nn.Module = LossModule(policy)
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=cfg.ddp.find_unused_parameters)
+    if cfg.compile:
+        model = torch.compile(model)
+    first = np.arange(min(cfg.batch_size, len(dataset)))
+    check_loss = _check_one_step(model, policy, to_device(dataset.get_batch(first), device), device, amp)
+
+    # -- resume: weights, optimiser, schedule, EMA, RNG; the data order follows from the step
+    start = 0
+    sampler_kwargs = dict(n=len(dataset), batch_size=cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world)
+    if resume_from is not None:
+        state = checkpoint.load_checkpoint(resume_from, policy, optimizer, scheduler, ema, rank=rank)
+        start = state["step"]
+        expected = StepBatchSampler(start_step=0, end_step=0, **sampler_kwargs).state_dict()
+        if state["data_order"] != expected:
+            raise ValueError(f"{resume_from}: saved data order {state['data_order']} differs from this run's "
+                             f"{expected}: resume with the same dataset, seed, batch_size and process count")
+        if start >= cfg.steps:
+            raise ValueError(f"{resume_from} is at step {start} and steps={cfg.steps}: nothing to do "
+                             f"(pass a larger steps= to train further)")
+    sampler = StepBatchSampler(start_step=start, end_step=cfg.steps, **sampler_kwargs)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, num_workers=cfg.dataset.num_workers, collate_fn=collate_windows,
+        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed))
+
+    # -- run directory and tracking (rank 0)
+    tracker = None
+    if master:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.clean_partial(run_dir)
+        if resume_from is None and cfg.resume:  # resume asked, but the run died before its first checkpoint
+            truncate_metrics(run_dir / "metrics.jsonl", 0)
+        save_config_yaml(cfg, run_dir / "config.yaml")
+        tracker = Tracker(run_dir, config_to_dict(cfg), cfg.log.wandb, name=run_dir.name,
+                          resume_step=start if (resume_from is not None or cfg.resume) else None)
+        print(f"policystack train: {klass.name} ({sum(p.numel() for p in policy.parameters()):,} parameters) on "
+              f"{meta.root} ({len(dataset)} frames), {world} process(es) on {device}, steps {start}->{cfg.steps}, "
+              f"run {run_dir}; check step loss {check_loss:.4f}", file=sys.stderr, flush=True)
+    evaluator = None
+    if cfg.eval.every and master:
+        from policystack.eval.runner import EvalRunner
+
+        evaluator = EvalRunner(task=cfg.env.task, episodes=cfg.eval.episodes, n_envs=cfg.eval.n_envs,
+                               seed=cfg.eval.seed, max_steps=cfg.env.max_episode_steps, env_kwargs=eval_kwargs,
+                               video_dir=None, n_videos=cfg.eval.n_videos, progress=False)
+
+    # -- the loop
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.steps, initial=start, unit="step", dynamic_ncols=True, desc="train",
+               disable=not (master and cfg.log.progress))
+    sums: dict[str, float] = {}
+    n_logged, t_last, t0 = 0, time.perf_counter(), time.perf_counter()
+    try:
+        for step, batch in enumerate(loader, start=start):
+            batch = to_device(batch, device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss, logs = model(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), o.grad_clip or float("inf"))
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step used
+            optimizer.step()
+            scheduler.step()
+            if ema is not None:
+                ema.update(policy, step)
+            done = step + 1
+            loss_value = loss.detach()
+            if not torch.isfinite(loss_value):
+                raise FloatingPointError(f"loss is {loss_value.item()} at step {step}; lower optim.lr or check the data")
+            for k, v in {"loss": loss_value, **logs}.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            n_logged += 1
+            bar.update(1)
+
+            if done % cfg.log.every == 0 or done == cfg.steps:
+                record = {k: v / n_logged for k, v in sums.items()}
+                if world > 1:  # means over the processes
+                    t = torch.tensor(list(record.values()), dtype=torch.float64, device=device)
+                    dist.all_reduce(t)
+                    record = dict(zip(record, (t / world).tolist()))
+                now = time.perf_counter()
+                record.update(lr=lr, grad_norm=float(grad_norm),
+                              steps_per_s=n_logged / (now - t_last),
+                              samples_per_s=n_logged * cfg.batch_size * world / (now - t_last),
+                              epoch=done / sampler.batches_per_epoch, time_s=now - t0)
+                if master:
+                    tracker.log(done, record)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+                sums, n_logged, t_last = {}, 0, now
+
+            if evaluator is not None and (done % cfg.eval.every == 0 or done == cfg.steps):
+                tracker.log(done, _evaluate(evaluator, policy, ema, run_dir, done, cfg))
+            if world > 1 and cfg.eval.every and (done % cfg.eval.every == 0 or done == cfg.steps):
+                dist.barrier()
+
+            if done % cfg.checkpoint.every == 0 or done == cfg.steps:
+                rngs = [checkpoint.capture_rng()]
+                if world > 1:
+                    rngs = [None] * world
+                    dist.all_gather_object(rngs, checkpoint.capture_rng())
+                if master:
+                    checkpoint.save_checkpoint(
+                        run_dir, done, policy, optimizer, scheduler, ema, rngs,
+                        extra={"data_order": sampler.state_dict(), "world_size": world,
+                               "config": config_to_dict(cfg)},
+                        keep_last=cfg.checkpoint.keep_last)
+                if world > 1:
+                    dist.barrier()
+    finally:
+        bar.close()
+        if tracker is not None:
+            tracker.close()
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+    return run_dir
+
+
+def _evaluate(evaluator, policy: Policy, ema: EMA | None, run_dir: Path, step: int,
+              cfg: TrainConfig) -> dict[str, float]:
+    """Roll the policy (its EMA weights when EMA is on) out in the env; the result goes to
+    ``eval/<step>.json``; returns the scalars to log. EvalRunner forks the RNG, so training's random
+    stream is unaffected (resumed runs stay exact with evaluation on)."""
+    if cfg.eval.n_videos:
+        evaluator.video_dir = run_dir / "eval" / f"{step:06d}"
+    with ema.applied(policy) if ema is not None else nullcontext():
+        result = evaluator.run(policy)  # restores the caller's RNG state and the train mode itself
+    atomic_write_json(run_dir / "eval" / f"{step:06d}.json", {"step": step, **result.to_dict()})
+    return {"eval/success_rate": result.success_rate, "eval/ci_low": result.ci_low, "eval/ci_high": result.ci_high,
+            "eval/mean_length": result.mean_length, "eval/mean_reward": result.mean_reward}

@@ -1,0 +1,99 @@
+"""Config composition, overrides and their errors (no training)."""
+
+from __future__ import annotations
+
+import pytest
+
+from policystack.policies.bc import BCConfig
+from policystack.training.commands import main as train_main
+from policystack.training.config import (
+    TrainConfig,
+    compose_config,
+    load_config,
+    load_run_config,
+    policy_config,
+    presets,
+    save_config_yaml,
+)
+
+
+def test_defaults_compose_to_bc_without_env():
+    cfg = load_config([])
+    assert isinstance(cfg, TrainConfig)
+    assert cfg.policy["name"] == "bc" and cfg.env.task is None and cfg.dataset.path is None
+    klass, pcfg = policy_config(cfg)
+    assert klass.name == "bc" and isinstance(pcfg, BCConfig) and pcfg.conv_channels == (32, 64, 64)
+
+
+def test_overrides_reach_every_level():
+    cfg = load_config(["steps=123", "batch_size=7", "policy.horizon=5", "policy.n_action_steps=2",
+                       "dataset.path=/data/x", "env=PickPlace", "eval.every=50", "optim.lr=3e-4",
+                       "ema.enabled=true", "dataset.cameras=[front]"])
+    assert (cfg.steps, cfg.batch_size, cfg.optim.lr, cfg.ema.enabled) == (123, 7, 3e-4, True)
+    assert cfg.env.task == "PickPlace" and cfg.eval.every == 50 and cfg.dataset.cameras == ["front"]
+    assert policy_config(cfg)[1].horizon == 5
+
+
+def test_every_suite_task_has_an_env_preset():
+    from policystack.envs import task_names
+
+    assert {t.lower() for t in task_names()} | {"none"} == set(presets("env"))
+    for t in task_names():
+        assert load_config([f"env={t.lower()}"]).env.task == t
+
+
+def test_unknown_policy_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"policy='nope'.*valid: \[.*'bc'.*registered policies"):
+        compose_config(["policy=nope"])
+    cfg = load_config(["policy.name=nope"])  # a preset naming an unregistered family
+    with pytest.raises(KeyError, match=r"unknown policy 'nope'; available: \[.*'bc'"):
+        policy_config(cfg)
+
+
+def test_unknown_env_lists_tasks():
+    with pytest.raises(ValueError, match="env='Fly'.*PickPlace"):
+        compose_config(["env=Fly"])
+    with pytest.raises(ValueError, match="env.task='Fly'.*valid: the tabletop tasks Reach"):
+        load_config(["env.task=Fly"])
+
+
+def test_unknown_keys_and_bad_values_name_the_key():
+    with pytest.raises(ValueError, match="Could not override 'stepz'"):
+        compose_config(["stepz=3"])
+    with pytest.raises(ValueError, match="policy.hidden_dimz"):
+        compose_config(["policy.hidden_dimz=3"])
+    with pytest.raises(ValueError, match="steps"):
+        compose_config(["steps=abc"])
+    with pytest.raises(ValueError, match=r"unknown BCConfig fields \['bogus'\]"):
+        policy_config(load_config(["+policy.bogus=1"]))
+    with pytest.raises(ValueError, match="steps=0"):
+        load_config(["steps=0"])
+    with pytest.raises(ValueError, match="eval.every=10 needs an env"):
+        load_config(["eval.every=10"])
+    with pytest.raises(ValueError, match="n_action_steps"):
+        policy_config(load_config(["policy.horizon=2", "policy.n_action_steps=4"]))
+
+
+def test_missing_dataset_path_is_a_clear_cli_error(capsys, tmp_path):
+    assert train_main([f"out={tmp_path / 'run'}", "log.wandb.enabled=false"]) == 2
+    assert "dataset.path is required" in capsys.readouterr().err
+    assert train_main([f"dataset.path={tmp_path / 'nothing'}", f"out={tmp_path / 'run'}"]) == 2
+    assert "dataset directory not found" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing written before the checks pass
+
+
+def test_cli_prints_the_composed_config(capsys):
+    assert train_main(["--cfg", "steps=77", "env=reach"]) == 0
+    out = capsys.readouterr().out
+    assert "steps: 77" in out and "task: Reach" in out and "name: bc" in out
+
+
+def test_saved_config_reloads_with_overrides(tmp_path):
+    cfg = load_config(["steps=10", "policy.hidden_dim=16", "dataset.path=/d"])
+    save_config_yaml(cfg, tmp_path / "config.yaml")
+    again = load_run_config(tmp_path, ["steps=20", "optim.lr=0.01"])
+    assert again.steps == 20 and again.optim.lr == 0.01 and again.policy["hidden_dim"] == 16
+    with pytest.raises(ValueError, match="keeps its policy"):
+        load_run_config(tmp_path, ["policy=bc"])
+    with pytest.raises(ValueError, match="nosuchkey"):
+        load_run_config(tmp_path, ["nosuchkey=1"])

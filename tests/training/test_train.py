@@ -1,0 +1,177 @@
+"""Short real training runs: what a run directory holds, that its checkpoint acts on its own, EMA,
+keep-last-k, wandb offline, periodic evaluation, and the up-front checks on bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from policystack.policies.base import Policy
+from policystack.training import checkpoint
+from policystack.training.config import load_config
+from policystack.training.loop import train
+from policystack.types import DataError
+
+from .conftest import ACTION_DIM, SIZE, STATE_DIM, tiny_overrides
+
+
+def _act(policy: Policy, camera: bool) -> torch.Tensor:
+    obs = {"observation.state": torch.randn(2, STATE_DIM), "task": ["reach the red ball"] * 2}
+    if camera:
+        obs["observation.images.front"] = torch.randint(0, 256, (2, 3, SIZE, SIZE), dtype=torch.uint8)
+    policy.reset()
+    return torch.stack([policy.select_action(obs) for _ in range(3)], 1)  # [B, 3, A]
+
+
+@pytest.mark.parametrize("camera", [False, True], ids=["state", "camera"])
+def test_run_directory_and_checkpoint_that_acts(state_ds, camera_ds, tmp_path, camera):
+    ds = camera_ds if camera else state_ds
+    run = train(load_config(tiny_overrides(ds, tmp_path / "run")))
+    assert (run / "config.yaml").is_file() and "path: " + str(ds) in (run / "config.yaml").read_text()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4, 6]
+    assert all(np.isfinite(r["loss"]) and r["lr"] > 0 and r["steps_per_s"] > 0 for r in records)
+    # the rate of each record's last step: warm-up (step 1 of 2), then cosine over the 4 steps after it
+    assert records[0]["lr"] == pytest.approx(1e-3 * 2 / 3)
+    assert records[1]["lr"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 1 / 4)))
+    assert (run / "checkpoints" / "latest").is_symlink()
+    assert checkpoint.latest_checkpoint(run).name == "000006"
+    assert [p.name for p in checkpoint.step_dirs(run)] == ["000003", "000006"]
+
+    policy = Policy.from_pretrained(run)  # the run directory alone is enough
+    assert policy.name == "bc" and ("observation.images.front" in policy.features) == camera
+    actions = _act(policy, camera)
+    assert actions.shape == (2, 3, ACTION_DIM) and torch.isfinite(actions).all()
+    # the weights trained: the step-3 and step-6 checkpoints differ
+    a = load_file(run / "checkpoints" / "000003" / "pretrained" / "model.safetensors")
+    b = load_file(run / "checkpoints" / "000006" / "pretrained" / "model.safetensors")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_keep_last_k_and_latest(state_ds, tmp_path):
+    run = train(load_config(tiny_overrides(state_ds, tmp_path / "run", "steps=7", "checkpoint.every=1",
+                                           "checkpoint.keep_last=2")))
+    assert [p.name for p in checkpoint.step_dirs(run)] == ["000006", "000007"]
+    assert checkpoint.latest_checkpoint(run).name == "000007"
+    assert not list((run / "checkpoints").glob(".*"))  # no temporary directories left
+
+
+def test_ema_weights_are_what_pretrained_holds(state_ds, tmp_path):
+    """With EMA on, pretrained/ (what from_pretrained loads) holds the average and the raw weights
+    are kept in training_state.safetensors; without EMA there is no second copy."""
+    run = train(load_config(tiny_overrides(state_ds, tmp_path / "ema", "ema.enabled=true", "ema.decay=0.5")))
+    ckpt = checkpoint.latest_checkpoint(run)
+    pretrained = load_file(ckpt / "pretrained" / "model.safetensors")
+    raw = {k.removeprefix("model."): v for k, v in load_file(ckpt / checkpoint.STATE_TENSORS).items()
+           if k.startswith("model.")}
+    assert raw.keys() == pretrained.keys()
+    weights = [k for k in raw if k.endswith("weight")]
+    assert any(not torch.equal(raw[k], pretrained[k]) for k in weights)
+    loaded = Policy.from_pretrained(run).state_dict()
+    assert all(torch.equal(loaded[k], pretrained[k]) for k in pretrained)
+
+    plain = train(load_config(tiny_overrides(state_ds, tmp_path / "plain")))
+    state = load_file(checkpoint.latest_checkpoint(plain) / checkpoint.STATE_TENSORS)
+    assert not any(k.startswith("model.") for k in state)
+    # same seed and data: the raw EMA-run weights are the plain run's weights (EMA does not steer training)
+    plain_w = load_file(checkpoint.latest_checkpoint(plain) / "pretrained" / "model.safetensors")
+    assert all(torch.equal(raw[k], plain_w[k]) for k in raw)
+
+
+def test_ema_update_math():
+    from policystack.training.ema import EMA
+
+    model = torch.nn.Linear(2, 2)
+    ema = EMA(model, decay=0.9)
+    w0 = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model, step=100)  # decay = min(0.9, 101/110) = 0.9
+    torch.testing.assert_close(ema.shadow["weight"], 0.9 * w0 + 0.1 * (w0 + 1))
+    with ema.applied(model):
+        assert torch.equal(model.weight, ema.shadow["weight"])
+    assert torch.equal(model.weight, w0 + 1)  # raw weights back after the block
+
+
+def test_wandb_offline_inside_the_run_dir(state_ds, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # offline is the default, not the environment's doing
+    run = train(load_config(tiny_overrides(state_ds, tmp_path / "run", "log.wandb.enabled=true", "steps=2")))
+    assert (run / "wandb_id").is_file()
+    assert list((run / "wandb").glob("offline-run-*")), list((run / "wandb").iterdir())
+
+
+# --- bad input: clear errors before training, nothing written -------------------------------------
+def test_missing_camera_is_named(camera_ds, tmp_path):
+    with pytest.raises(DataError, match=r"dataset.cameras names \['wrist'\].*its cameras: \['front'\]"):
+        train(load_config(tiny_overrides(camera_ds, tmp_path / "run", "dataset.cameras=[wrist]")))
+    assert not (tmp_path / "run").exists()
+
+
+def test_dataset_without_stats(state_ds, tmp_path):
+    ds = tmp_path / "nostats"
+    shutil.copytree(state_ds, ds)
+    (ds / "meta" / "stats.json").unlink()
+    with pytest.raises(DataError, match="stats.json: missing.*policystack dataset stats"):
+        train(load_config(tiny_overrides(ds, tmp_path / "run")))
+
+
+def test_env_that_does_not_fit_the_dataset(state_ds, tmp_path):
+    with pytest.raises(ValueError, match=r"env=Reach cannot evaluate.*'observation.state'.*shape \[4\], the env gives \[15\]"):
+        train(load_config(tiny_overrides(state_ds, tmp_path / "run", "env=reach")))
+    assert not (tmp_path / "run").exists()
+
+
+def test_init_from_checkpoint_of_another_policy_or_config(state_ds, tmp_path):
+    run = train(load_config(tiny_overrides(state_ds, tmp_path / "src", "steps=2", "checkpoint.every=2")))
+    with pytest.raises(ValueError, match="policy config differs.*hidden_dim"):
+        train(load_config(tiny_overrides(state_ds, tmp_path / "a", f"init_from={run}", "policy.hidden_dim=16")))
+    other = tmp_path / "other"
+    shutil.copytree(checkpoint.latest_checkpoint(run) / "pretrained", other)
+    meta = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**meta, "policy": "diffusion"}))
+    with pytest.raises(ValueError, match="checkpoint of policy 'diffusion', but this run trains 'bc'"):
+        train(load_config(tiny_overrides(state_ds, tmp_path / "b", f"init_from={other}")))
+    # a compatible one starts from its weights
+    fine = train(load_config(tiny_overrides(state_ds, tmp_path / "c", f"init_from={run}", "steps=1",
+                                            "optim.lr=1e-12", "optim.warmup_steps=0")))
+    a = load_file(checkpoint.latest_checkpoint(run) / "pretrained" / "model.safetensors")
+    b = load_file(checkpoint.latest_checkpoint(fine) / "pretrained" / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_non_finite_first_batch_fails_before_training(state_ds, tmp_path):
+    ds = tmp_path / "inf"
+    shutil.copytree(state_ds, ds)
+    stats = json.loads((ds / "meta" / "stats.json").read_text())
+    stats["action"]["mean"] = [float("inf")] * ACTION_DIM  # every normalised action is -inf
+    (ds / "meta" / "stats.json").write_text(json.dumps(stats))
+    with pytest.raises(FloatingPointError, match="first batch gives a non-finite loss"):
+        train(load_config(tiny_overrides(ds, tmp_path / "run")))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def reach_ds(tmp_path_factory):
+    from policystack.envs.collect import main as collect
+
+    root = tmp_path_factory.mktemp("reach") / "ds"
+    assert collect(["env=Reach", "episodes=2", f"out={root}", "cameras="]) == 0
+    return root
+
+
+def test_periodic_evaluation_in_the_env(reach_ds, tmp_path):
+    run = train(load_config(tiny_overrides(reach_ds, tmp_path / "run", "env=reach", "eval.every=2", "steps=4",
+                                           "eval.episodes=2", "eval.n_envs=1", "env.max_episode_steps=5")))
+    assert sorted(p.name for p in (run / "eval").glob("*.json")) == ["000002.json", "000004.json"]
+    result = json.loads((run / "eval" / "000004.json").read_text())
+    assert result["n_episodes"] == 2 and 0 <= result["success_rate"] <= 1
+    assert all(e["length"] <= 5 for e in result["episodes"])
+    evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+             if "eval/success_rate" in line]
+    assert [r["step"] for r in evals] == [2, 4]
