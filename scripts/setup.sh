@@ -38,6 +38,13 @@ echo "[setup] installing Python packages (first run: a few minutes)"
 "${PIP[@]}" install -q --upgrade pip
 "${PIP[@]}" install -q -r requirements.txt
 "${PIP[@]}" install -q --no-deps lerobot==0.4.4
+# metaworld 3.1.1 declares mujoco==3.3.0 and would downgrade our mujoco 4.0.0 (mink needs >= 3.10);
+# it runs on mujoco 4 (policystack/envs/metaworld.py patches its mocap-weld setup for the 12-wide
+# eq_data), and its deps (gymnasium, numpy, scipy, imageio) come from requirements.txt.
+"${PIP[@]}" install -q --no-deps metaworld==3.1.1
+# The Panda + Robotiq 2F-85 model (MuJoCo Menagerie meshes) of policystack/envs ships in gym-hil's
+# wheel; only its data files are used, and it pins mujoco<3.9, hence --no-deps.
+"${PIP[@]}" install -q --no-deps gym-hil==0.1.14
 "$VENV/bin/python" scripts/patch_torchvision.py
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e .
 "$VENV/bin/python" -c 'import torch, torchvision, lerobot, mujoco, policystack; print("[setup] ok: torch", torch.__version__, "lerobot", lerobot.__version__, "mujoco", mujoco.__version__)'
