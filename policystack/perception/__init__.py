@@ -1,0 +1,1 @@
+"""Perception modules shared by the policy families: text encoders (and later image encoders, VLMs)."""

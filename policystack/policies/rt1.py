@@ -1,0 +1,362 @@
+"""RT-1 (Brohan et al. 2022; google-research/robotics_transformer): a language-conditioned Robotics
+Transformer that outputs every action dimension as one of 256 bins.
+
+Data flow, one sample (B batch, T = n_obs_steps frames, C cameras, K tokens per image, d width,
+A action dims, H horizon, E instruction-embedding size):
+
+    task str ------------------> sentence encoder (frozen, outside the checkpoint) -> cond [E]
+    images uint8 [T, C, 3, h, w] -> resize, ImageNet-normalise
+        -> EfficientNet with FiLM(cond) after every MBConv block -> 1x1 conv to d -> FiLM(cond)
+        -> feature map [d, g, g] (g*g = 81 at the paper size) -> TokenLearner -> [K = 8, d]
+        + a learned camera embedding; each camera gives its own K tokens per frame
+    state [T, D] (optional, not in RT-1) -> Linear -> one more token per frame
+    per frame t: [obs tokens (C*K [+1]) | action tokens (H*A)], action tokens' inputs are zeros
+    -> token embedding + learned positions -> decoder-only Transformer with RT-1's mask
+    -> the last frame's H*A action tokens -> Linear -> logits [H, A, 256]
+
+Training: cross-entropy of those logits against the actions normalised to [-1, 1] and binned
+(``tokenizers.UniformActionTokenizer``), padded actions masked out. Inference: argmax -> bin centre
+-> unnormalise. No action token sees a ground-truth action or another action token, so all A
+dimensions come out of one forward pass.
+
+The attention pattern is RT-1's (transformer_network.py ``_generate_masks``): causal token by token,
+except that action tokens attend to no action token (neither earlier steps' nor their own step's).
+Written as rules (layers/attention.py):
+    obs -> obs: CAUSAL_TOKENS, obs -> act: STRICT_PAST, act -> obs: CAUSAL, act -> act: NEVER.
+RT-1's code reads the logits of action dimension k at the position before action token k (a left
+shift inherited from next-token training); since action tokens see no action token, reading each
+dimension at its own token carries the same information and keeps one output per action token.
+
+Multi-camera (not in RT-1, which has one camera): every camera goes through the same FiLM-EfficientNet
+and TokenLearner and contributes its own K tokens per frame, told apart by a learned camera embedding.
+
+At inference the policy keeps the image tokens of the last T frames (RT-1's network state): each
+``select_action`` call encodes only the new frame (``predict_action_chunk`` reads the history,
+``observe`` appends to it); earlier slots are padded (masked out of attention) until T frames have been
+seen. ``reset()`` clears this history; so does a change of instruction.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from policystack.perception.text import TEXT_ENCODERS, TextEncoder, make_text_encoder, text_encoder_dim
+from policystack.policies.base import Policy, PolicyConfig
+from policystack.policies.layers.attention import (
+    AttentionRule,
+    TokenGroup,
+    apply_key_padding,
+    generate_attention_mask,
+)
+from policystack.policies.layers.efficientnet_film import FilmEfficientNet, efficientnet_stride
+from policystack.policies.layers.token_learner import TokenLearner
+from policystack.policies.layers.transformer import DecoderStack
+from policystack.policies.normalize import Normalizer
+from policystack.policies.tokenizers import UniformActionTokenizer
+from policystack.types import ACTION, OBS_STATE, PAD_SUFFIX, TASK, FeatureSpec, Stats, image_keys
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BINNED_ACTION_MODES = ("min_max", "quantile")
+
+
+# ----------------------------------------------------------------------------------------------
+# Config: defaults are the `tiny` preset (configs/policy/rt1.yaml); configs/policy/rt1_paper.yaml
+# holds the published sizes.
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class RT1Config(PolicyConfig):
+    # --- history and chunking (PolicyConfig fields) ---
+    n_obs_steps: int = 6  # frames of history (RT-1: 6)
+    horizon: int = 1  # actions predicted per step (RT-1: 1, the current action)
+    n_action_steps: int = 1  # actions executed per prediction
+    # Actions are binned over [-1, 1], so they must be normalised onto it: "min_max" maps the dataset's
+    # observed range onto the 256 bins (no training action is clipped; RT-1 bins over the action-space
+    # bounds, which is what min/max estimate), "quantile" maps q01..q99 (finer bins, 2% tails clipped).
+    normalization: dict[str, str] = field(
+        default_factory=lambda: {"observation.state": "mean_std", "action": "min_max"})
+
+    # --- language ---
+    text_encoder: str = "hashed"  # "minilm" (all-MiniLM-L6-v2, offline) or "hashed" (cheap, for tiny tests)
+
+    # --- image tokenizer ---
+    image_size: int = 64  # frames are resized to image_size x image_size (paper: 288 -> 9x9 = 81 tokens)
+    backbone_width: float = 0.25  # EfficientNet channel multiplier (B3: 1.2)
+    backbone_depth: float = 0.25  # EfficientNet depth multiplier (B3: 1.4)
+    backbone_stages: int = 4  # EfficientNet stages kept, 1..7 (7: stride 32; 4..6: stride 16)
+    backbone_weights: str | None = None  # local timm EfficientNet state dict loaded at a fresh build
+    tokens_per_image: int = 8  # TokenLearner output tokens per camera per frame (RT-1: 8)
+    token_learner_bottleneck: int = 64  # TokenLearner MLP width (RT-1: 64)
+    use_state: bool = True  # add one proprioceptive-state token per frame (RT-1: False)
+
+    # --- transformer ---
+    d_model: int = 128  # token width (RT-1: 512)
+    n_layer: int = 2  # decoder blocks (RT-1: 8)
+    n_head: int = 4  # attention heads (RT-1: 8)
+    head_dim: int = 32  # size of each head (RT-1: 128, so attention is 1024 wide inside a 512 model)
+    mlp_hidden: int = 256  # feed-forward width (RT-1: 512)
+    dropout: float = 0.1  # (RT-1: 0.1)
+
+    # --- action tokens ---
+    n_bins: int = 256  # bins per action dimension (RT-1: 256)
+
+    def __post_init__(self):
+        super().__post_init__()
+        name = type(self).__name__
+        if self.text_encoder not in TEXT_ENCODERS:
+            raise ValueError(f"{name}.text_encoder is {self.text_encoder!r}; choose one of {sorted(TEXT_ENCODERS)}")
+        mode = self.normalization.get(ACTION)
+        if mode not in BINNED_ACTION_MODES:
+            raise ValueError(f"{name}.normalization['action'] is {mode!r}; RT-1 bins actions over [-1, 1], so set it "
+                             f"to one of {BINNED_ACTION_MODES}")
+        for f in ("image_size", "tokens_per_image", "token_learner_bottleneck", "d_model", "n_layer", "n_head",
+                  "head_dim", "mlp_hidden"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"{name}.{f} must be >= 1, got {getattr(self, f)}")
+        if not 1 <= self.backbone_stages <= 7:
+            raise ValueError(f"{name}.backbone_stages must be in 1..7 (EfficientNet has 7 stages), "
+                             f"got {self.backbone_stages}")
+        if self.backbone_width <= 0 or self.backbone_depth <= 0:
+            raise ValueError(f"{name}.backbone_width/backbone_depth must be > 0 (B3: 1.2/1.4), got "
+                             f"{self.backbone_width}/{self.backbone_depth}")
+        if self.n_bins < 2:
+            raise ValueError(f"{name}.n_bins must be >= 2, got {self.n_bins}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"{name}.dropout must be in [0, 1), got {self.dropout}")
+        grid = self.feature_grid
+        if self.tokens_per_image > grid * grid:
+            raise ValueError(f"{name}.tokens_per_image={self.tokens_per_image} exceeds the {grid}x{grid} feature map "
+                             f"of image_size={self.image_size} with {self.backbone_stages} stages; raise image_size, "
+                             "lower backbone_stages or lower tokens_per_image")
+
+    @property
+    def feature_grid(self) -> int:
+        """Side of the backbone's feature map (each stride-2 conv maps n -> ceil(n / 2))."""
+        n = self.image_size
+        for _ in range(int(math.log2(efficientnet_stride(self.backbone_stages)))):
+            n = math.ceil(n / 2)
+        return n
+
+
+# ----------------------------------------------------------------------------------------------
+# The policy
+# ----------------------------------------------------------------------------------------------
+class RT1Policy(Policy):
+    """RT-1 over any number of cameras; see the module docstring for the data flow."""
+
+    name = "rt1"
+    config_class = RT1Config
+
+    def __init__(self, config: RT1Config, features: FeatureSpec, stats: Stats | None):
+        super().__init__(config, features, stats)
+        c = config
+        self.camera_keys = sorted(image_keys(features))
+        if not self.camera_keys:
+            raise KeyError(f"RT1Policy needs at least one camera feature 'observation.images.<cam>'; got {sorted(features)}")
+        if len(features[ACTION].shape) != 1:
+            raise ValueError(f"RT1Policy needs a 1-D action, got shape {features[ACTION].shape}")
+        if c.use_state and OBS_STATE not in features:
+            raise KeyError(f"RT1Config.use_state is True but the features have no {OBS_STATE!r}; "
+                           "set use_state: false for image-only data")
+        self.action_dim = features[ACTION].shape[0]
+        used = [ACTION] + ([OBS_STATE] if c.use_state else [])
+        self.normalizer = Normalizer({k: features[k].shape for k in used},
+                                     {k: m for k, m in c.normalization.items() if k in used}, stats)
+        self.action_tokenizer = UniformActionTokenizer(c.n_bins, -1.0, 1.0)
+        self._text_encoder: TextEncoder | None = None  # built on first use; frozen, not in the state dict
+        cond_dim = text_encoder_dim(c.text_encoder)
+
+        # image tokenizer: FiLM-EfficientNet -> TokenLearner (+ camera embedding)
+        self.image_encoder = FilmEfficientNet(cond_dim, c.d_model, c.backbone_width, c.backbone_depth,
+                                              c.backbone_stages)
+        if c.backbone_weights and stats is not None:  # a fresh build; from_pretrained loads all weights itself
+            self.image_encoder.load_backbone_weights(c.backbone_weights)
+        self.token_learner = TokenLearner(c.d_model, c.tokens_per_image, c.token_learner_bottleneck)
+        self.camera_embed = nn.Parameter(0.02 * torch.randn(len(self.camera_keys), 1, c.d_model))  # [C, 1, d]
+        self.state_proj = nn.Linear(features[OBS_STATE].shape[0], c.d_model) if c.use_state else None
+        self.register_buffer("image_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
+
+        # token sequence: per frame [obs tokens | action tokens], RT-1's attention rules
+        self.n_obs_tokens = len(self.camera_keys) * c.tokens_per_image + int(c.use_state)
+        self.n_act_tokens = c.horizon * self.action_dim
+        self.token_groups = rt1_token_groups(c.n_obs_steps, self.n_obs_tokens, self.n_act_tokens)
+        self.register_buffer("attn_mask", generate_attention_mask(self.token_groups), persistent=False)  # [N, N]
+        seq_len = c.n_obs_steps * (self.n_obs_tokens + self.n_act_tokens)
+
+        # decoder-only transformer (RT-1's Transformer: token Dense + learned positions, blocks, output Dense)
+        self.token_emb = nn.Linear(c.d_model, c.d_model)
+        self.pos_emb = nn.Embedding(seq_len, c.d_model)
+        self.transformer = DecoderStack(c.n_layer, c.d_model, c.n_head, c.head_dim, c.mlp_hidden, c.dropout)
+        self.head = nn.Linear(c.d_model, c.n_bins)
+
+        # inference state: image tokens of the last T frames, and the instructions they were encoded with
+        self._history: deque[Tensor] = deque(maxlen=c.n_obs_steps)
+        self._history_tasks: list[str] | None = None
+        self._pending: tuple[dict, Tensor] | None = None  # (obs, its tokens) from the last predict_action_chunk
+
+    # --- language ----------------------------------------------------------------------------
+    def embed_tasks(self, tasks: list[str] | str, batch_size: int) -> Tensor:
+        """Instruction embeddings [B, E] on the policy's device."""
+        if isinstance(tasks, str):
+            tasks = [tasks] * batch_size
+        if len(tasks) != batch_size:
+            raise ValueError(f"{TASK!r} has {len(tasks)} instructions for a batch of {batch_size}")
+        if self._text_encoder is None:
+            self._text_encoder = make_text_encoder(self.config.text_encoder)
+        return self._text_encoder.encode(list(tasks)).to(self.head.weight.device)
+
+    # --- observation tokens --------------------------------------------------------------------
+    def _preprocess(self, images: Tensor, key: str) -> Tensor:
+        """uint8 [N, 3, h, w] -> float [N, 3, S, S], ImageNet-normalised, on the policy's device."""
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"{key!r}: expected uint8 images [.., 3, H, W], got {images.dtype} {tuple(images.shape)}")
+        x = images.to(self.image_mean.device, non_blocking=True).float().div_(255.0)
+        size = self.config.image_size
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        return (x - self.image_mean) / self.image_std
+
+    def encode_frames(self, images: dict[str, Tensor], state: Tensor | None, cond: Tensor) -> Tensor:
+        """Observation tokens of T frames.
+
+        Args:
+            images: camera key -> uint8 [B, T, 3, h, w]; state: float [B, T, D] or None; cond: [B, E].
+        Returns:
+            [B, T, n_obs_tokens, d]: per frame C*K image tokens (camera order ``camera_keys``), then the
+            state token.
+        """
+        first = images[self.camera_keys[0]]
+        B, T = first.shape[:2]
+        K, d, C = self.config.tokens_per_image, self.config.d_model, len(self.camera_keys)
+        x = torch.stack([self._preprocess(images[k].flatten(0, 1), k) for k in self.camera_keys], dim=1)
+        x = x.view(B * T * C, *x.shape[2:])  # [(B T C), 3, S, S]; order b, t, c
+        cond_rep = cond[:, None, None].expand(B, T, C, cond.shape[-1]).reshape(B * T * C, -1)
+        feat = self.image_encoder(x, cond_rep)  # [(B T C), d, g, g]
+        tokens = self.token_learner(feat).view(B, T, C, K, d) + self.camera_embed  # [B, T, C, K, d]
+        tokens = tokens.flatten(2, 3)  # [B, T, C*K, d]
+        if self.state_proj is not None:
+            s = self.normalizer.normalize(OBS_STATE, state.to(tokens.device).float())  # [B, T, D]
+            tokens = torch.cat([tokens, self.state_proj(s)[:, :, None]], dim=2)  # [B, T, C*K+1, d]
+        return tokens
+
+    # --- transformer ----------------------------------------------------------------------------
+    def action_logits(self, obs_tokens: Tensor, frame_is_pad: Tensor | None = None) -> Tensor:
+        """obs_tokens [B, T, n_obs_tokens, d], frame_is_pad bool [B, T] -> logits [B, H, A, n_bins]."""
+        B, T = obs_tokens.shape[:2]
+        if T != self.config.n_obs_steps:
+            raise ValueError(f"RT1Policy was built for n_obs_steps={self.config.n_obs_steps} frames, got {T}")
+        act = obs_tokens.new_zeros(B, T, self.n_act_tokens, obs_tokens.shape[-1])  # no ground truth goes in
+        seq = torch.cat([obs_tokens, act], dim=2).flatten(1, 2)  # [B, N = T*(n_obs+n_act), d]
+        x = self.token_emb(seq) + self.pos_emb.weight  # [B, N, d]
+        mask = self.attn_mask
+        if frame_is_pad is not None and bool(frame_is_pad.any()):
+            per_frame = torch.cat([frame_is_pad[:, :, None].expand(B, T, self.n_obs_tokens),
+                                   frame_is_pad.new_zeros(B, T, self.n_act_tokens)], dim=2)
+            mask = apply_key_padding(mask, per_frame.flatten(1))  # [B, N, N]
+        x = self.transformer(x, mask).view(B, T, -1, x.shape[-1])  # [B, T, n_obs+n_act, d]
+        out = self.head(x[:, -1, self.n_obs_tokens:])  # [B, H*A, n_bins]: the last frame's action tokens
+        return out.view(B, self.config.horizon, self.action_dim, self.config.n_bins)
+
+    # --- training -------------------------------------------------------------------------------
+    def compute_loss(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
+        """Cross-entropy over the 256 bins of every action dimension, padded actions masked."""
+        for key in (*self.camera_keys, ACTION, TASK) + ((OBS_STATE,) if self.config.use_state else ()):
+            if key not in batch:
+                raise KeyError(f"RT1Policy.compute_loss: the batch has no {key!r}; got {sorted(batch)}")
+        B, T = batch[self.camera_keys[0]].shape[:2]
+        cond = self.embed_tasks(batch[TASK], B)
+        tokens = self.encode_frames({k: batch[k] for k in self.camera_keys}, batch.get(OBS_STATE), cond)
+        logits = self.action_logits(tokens, self._frame_is_pad(batch, B, T))  # [B, H, A, n_bins]
+
+        action = batch[ACTION].to(logits.device).float()  # [B, H, A]
+        if action.shape[1:] != (self.config.horizon, self.action_dim):
+            raise ValueError(f"batch['action'] has shape {tuple(action.shape)}; expected [B, {self.config.horizon}, "
+                             f"{self.action_dim}] (horizon from RT1Config)")
+        target = self.action_tokenizer.encode(self.normalizer.normalize(ACTION, action).clamp(-1.0, 1.0))
+        ce = F.cross_entropy(logits.flatten(0, 2), target.flatten(), reduction="none").view_as(target)  # [B, H, A]
+        pad = batch.get(ACTION + PAD_SUFFIX)
+        valid = (~pad.to(logits.device)).float()[:, :, None] if pad is not None else torch.ones_like(ce[..., :1])
+        n_valid = (valid.sum() * self.action_dim).clamp(min=1.0)
+        loss = (ce * valid).sum() / n_valid
+        with torch.no_grad():
+            acc = ((logits.argmax(-1) == target).float() * valid).sum() / n_valid
+        return loss, {"loss": loss.item(), "token_accuracy": acc.item()}
+
+    @staticmethod
+    def _frame_is_pad(batch: dict[str, Any], B: int, T: int) -> Tensor | None:
+        """bool [B, T]: frames that are repeats at an episode edge (any observation.*_is_pad), or None."""
+        pads = [v for k, v in batch.items() if k.startswith("observation.") and k.endswith(PAD_SUFFIX)]
+        if not pads:
+            return None
+        out = torch.zeros(B, T, dtype=torch.bool)
+        for p in pads:
+            out |= p.bool().cpu().view(B, T)
+        return out
+
+    # --- inference ------------------------------------------------------------------------------
+    def _frame_tokens(self, obs: dict[str, Any]) -> tuple[Tensor, list[str]]:
+        """Tokens [B, n_obs_tokens, d] of one step of observations (images uint8 [B, 3, h, w], state
+        [B, D], task list[str] or str) and its instructions."""
+        for key in (*self.camera_keys, TASK) + ((OBS_STATE,) if self.config.use_state else ()):
+            if key not in obs:
+                raise KeyError(f"RT1Policy: the observation has no {key!r}; got {sorted(obs)}")
+        B = obs[self.camera_keys[0]].shape[0]
+        if self._history and self._history[-1].shape[0] != B:
+            raise ValueError(f"batch size changed from {self._history[-1].shape[0]} to {B} within an episode; "
+                             "call reset() between episodes")
+        tasks = [obs[TASK]] * B if isinstance(obs[TASK], str) else list(obs[TASK])
+        if self._pending is not None and self._pending[0] is obs:  # encoded by predict_action_chunk just now
+            return self._pending[1], tasks
+        state = obs[OBS_STATE][:, None] if self.config.use_state else None
+        tokens = self.encode_frames({k: obs[k][:, None] for k in self.camera_keys}, state,
+                                    self.embed_tasks(tasks, B))  # [B, 1, n_obs_tokens, d]
+        return tokens[:, 0], tasks
+
+    @torch.no_grad()
+    def predict_action_chunk(self, obs: dict[str, Any]) -> Tensor:
+        """[B, H, A] unnormalised actions from the history (earlier frames, see ``observe``) and this
+        step's observations; the history itself is not changed."""
+        current, tasks = self._frame_tokens(obs)
+        self._pending = (obs, current)  # observe(obs) right after this reuses the tokens
+        past = list(self._history) if tasks == self._history_tasks else []  # tokens depend on the instruction
+        frames = (past + [current])[-self.config.n_obs_steps:]
+        n_pad = self.config.n_obs_steps - len(frames)
+        tokens = torch.stack([frames[0]] * n_pad + frames, dim=1)  # [B, T, n_obs, d], left-padded
+        is_pad = torch.arange(self.config.n_obs_steps)[None].expand(tokens.shape[0], -1) < n_pad  # [B, T]
+        ids = self.action_logits(tokens, is_pad).argmax(-1)  # [B, H, A]
+        return self.normalizer.unnormalize(ACTION, self.action_tokenizer.decode(ids))
+
+    @torch.no_grad()
+    def observe(self, obs: dict[str, Any]) -> None:
+        """Append this step's image tokens to the history of the last T frames (``select_action`` calls
+        it every step); a new instruction starts the history afresh."""
+        tokens, tasks = self._frame_tokens(obs)
+        self._pending = None
+        if tasks != self._history_tasks:
+            self._history.clear()
+            self._history_tasks = tasks
+        self._history.append(tokens)
+
+    def reset(self) -> None:
+        super().reset()
+        self._history.clear()
+        self._history_tasks = None
+        self._pending = None
+
+
+def rt1_token_groups(n_frames: int, n_obs_tokens: int, n_act_tokens: int) -> list[TokenGroup]:
+    """RT-1's layout and rules: per frame ``obs`` then ``act`` tokens; see the module docstring."""
+    groups = []
+    for t in range(n_frames):
+        groups.append(TokenGroup("obs", t, n_obs_tokens,
+                                 {"obs": AttentionRule.CAUSAL_TOKENS, "act": AttentionRule.STRICT_PAST}))
+        groups.append(TokenGroup("act", t, n_act_tokens, {"obs": AttentionRule.CAUSAL}))
+    return groups

@@ -1,0 +1,275 @@
+"""RT-1: presets build and train, paper size, overfitting, inference history == training path,
+loss masking, save/load, errors."""
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from policystack.policies.base import Policy
+from policystack.policies.layers.attention import verify_causality
+from policystack.policies.rt1 import RT1Config, RT1Policy
+
+CONFIGS = Path(__file__).parents[2] / "policystack" / "configs" / "policy"
+A, D = 4, 5
+CAMS = ("observation.images.front", "observation.images.wrist")
+TASKS = ["pick up the red block", "put the cube in the bowl", "open the drawer", "push the button"]
+# a small model for the behavioural tests (the presets are tested separately)
+SMALL = dict(n_obs_steps=3, image_size=16, backbone_stages=2, d_model=32, n_layer=1, n_head=2, head_dim=16,
+             mlp_hidden=64, tokens_per_image=4, token_learner_bottleneck=16, dropout=0.0)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: one thread is fastest and immune to other jobs on a shared 2-core machine
+    (two OpenMP threads competing with other processes make small ops 10-100x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def features(size=16, cams=CAMS, state=True):
+    from policystack.types import Feature
+    f = {"action": Feature("float32", (A,))}
+    if state:
+        f["observation.state"] = Feature("float32", (D,))
+    for k in cams:
+        f[k] = Feature("video", (size, size, 3))
+    return f
+
+
+STATS = {"observation.state": {"mean": np.zeros(D), "std": np.ones(D)},
+         "action": {"min": np.array([-2.0, 0.0, -1.0, 10.0]), "max": np.array([2.0, 1.0, 1.0, 20.0]),
+                    "q01": np.array([-1.5, 0.1, -0.9, 11.0]), "q99": np.array([1.5, 0.9, 0.9, 19.0])}}
+
+
+def make_batch(B, T, H=1, size=16, cams=CAMS, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = torch.tensor(STATS["action"]["min"]).float(), torch.tensor(STATS["action"]["max"]).float()
+    batch = {k: torch.randint(0, 256, (B, T, 3, size, size), dtype=torch.uint8, generator=g) for k in cams}
+    batch.update({
+        "observation.state": torch.randn(B, T, D, generator=g),
+        "action": lo + (hi - lo) * torch.rand(B, H, A, generator=g),
+        "action_is_pad": torch.zeros(B, H, dtype=torch.bool),
+        "observation.state_is_pad": torch.zeros(B, T, dtype=torch.bool),
+        "task": [TASKS[i % len(TASKS)] for i in range(B)],
+    })
+    return batch
+
+
+def step_obs(batch, t):
+    obs = {k: batch[k][:, t] for k in (*CAMS, "observation.state") if k in batch}
+    obs["task"] = batch["task"]
+    return obs
+
+
+def load_preset(name):
+    d = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    assert d.pop("name") == "rt1"
+    return RT1Config.from_dict(d, where=f"{name}.yaml")
+
+
+# --- configs -------------------------------------------------------------------------------------
+def test_tiny_yaml_is_the_dataclass_default():
+    assert load_preset("rt1") == RT1Config()
+
+
+def test_config_validation_messages():
+    with pytest.raises(ValueError, match="RT-1 bins actions over \\[-1, 1\\].*'min_max', 'quantile'"):
+        RT1Config(normalization={"action": "mean_std"})
+    with pytest.raises(ValueError, match="text_encoder is 'use'; choose one of \\['hashed', 'minilm'\\]"):
+        RT1Config(text_encoder="use")
+    with pytest.raises(ValueError, match="tokens_per_image=20 exceeds the 4x4 feature map"):
+        RT1Config(image_size=64, backbone_stages=4, tokens_per_image=20)
+    with pytest.raises(ValueError, match="backbone_stages must be in 1..7"):
+        RT1Config(backbone_stages=8)
+    with pytest.raises(ValueError, match="n_action_steps"):
+        RT1Config(horizon=1, n_action_steps=2)
+    assert RT1Config(image_size=288, backbone_stages=7).feature_grid == 9  # the paper's 81 tokens
+    assert RT1Config(image_size=300, backbone_stages=7).feature_grid == 10
+
+
+def test_policy_needs_a_camera_and_state_when_configured():
+    with pytest.raises(KeyError, match="at least one camera"):
+        RT1Policy(RT1Config(), features(cams=()), STATS)
+    with pytest.raises(KeyError, match="use_state is True but the features have no 'observation.state'"):
+        RT1Policy(RT1Config(), features(state=False), STATS)
+
+
+# --- presets -------------------------------------------------------------------------------------
+def test_tiny_preset_trains_one_step_and_acts():
+    torch.manual_seed(0)
+    policy = RT1Policy(load_preset("rt1"), features(size=96), STATS)  # env-sized frames, resized inside
+    batch = make_batch(2, 6, size=96)
+    loss, logs = policy.compute_loss(batch)
+    assert np.isfinite(loss.item()) and set(logs) == {"loss", "token_accuracy"}
+    loss.backward()
+    assert policy.image_encoder.films[0].to_gamma.weight.grad.abs().sum() > 0  # FiLM learns from the loss
+    torch.optim.AdamW(policy.parameters(), 1e-3).step()
+    policy.eval()
+    action = policy.select_action(step_obs(batch, 0))
+    assert action.shape == (2, A) and torch.isfinite(action).all()
+    print(f"tiny RT-1: {sum(p.numel() for p in policy.parameters()):,} parameters")
+
+
+def test_paper_preset_parameter_count_is_within_10_percent_of_35m():
+    cfg = load_preset("rt1_paper")
+    policy = RT1Policy(cfg, features(size=288, cams=CAMS[:1], state=False), STATS)
+    n = sum(p.numel() for p in policy.parameters())
+    print(f"paper RT-1: {n:,} parameters (paper: ~35M)")
+    assert abs(n - 35e6) / 35e6 < 0.10
+    assert policy.n_obs_tokens == 8 and cfg.feature_grid ** 2 == 81 and cfg.n_obs_steps == 6
+    assert len(policy.image_encoder.films) == 26  # FiLM after every MBConv block of EfficientNet-B3
+    verify_causality(policy.token_groups, policy.attn_mask, strict_order=True)
+
+
+@pytest.mark.slow
+def test_paper_preset_trains_one_step_and_acts():
+    torch.manual_seed(0)
+    policy = RT1Policy(load_preset("rt1_paper"), features(size=96, cams=CAMS[:1], state=False), STATS)
+    batch = make_batch(1, 6, size=96, cams=CAMS[:1])
+    t0 = time.perf_counter()
+    loss, _ = policy.compute_loss(batch)
+    loss.backward()
+    print(f"paper RT-1 train step (B=1): {time.perf_counter() - t0:.2f}s")
+    policy.eval()
+    action = policy.select_action(step_obs(batch, 0))
+    assert action.shape == (1, A) and torch.isfinite(action).all()
+
+
+# --- behaviour -----------------------------------------------------------------------------------
+def test_tiny_batch_overfits():
+    torch.manual_seed(0)
+    policy = RT1Policy(RT1Config(**dict(SMALL, n_obs_steps=2)), features(), STATS)
+    batch = make_batch(4, 2)
+    opt = torch.optim.AdamW(policy.parameters(), lr=3e-3)
+    first = None
+    for _ in range(150):
+        loss, logs = policy.compute_loss(batch)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    print(f"overfit: loss {first:.3f} -> {loss.item():.4f}, token accuracy {logs['token_accuracy']:.2f}")
+    assert loss.item() < 0.1 * first, (first, loss.item())
+    assert logs["token_accuracy"] > 0.9
+    # decoded actions land on the targets' bins: within one bin width of the normalised range
+    policy.eval()
+    with torch.no_grad():
+        tokens = policy.encode_frames({k: batch[k] for k in CAMS}, batch["observation.state"],
+                                      policy.embed_tasks(batch["task"], 4))
+        ids = policy.action_logits(tokens).argmax(-1)
+    pred = policy.normalizer.unnormalize("action", policy.action_tokenizer.decode(ids))
+    bin_width = torch.tensor(STATS["action"]["max"] - STATS["action"]["min"]).float() / 256
+    assert ((pred - batch["action"]).abs() <= 1.5 * bin_width).float().mean() > 0.9
+
+
+def test_inference_history_matches_the_training_path():
+    """select_action over T steps sees exactly the window the loader would give (with padding)."""
+    torch.manual_seed(0)
+    policy = RT1Policy(RT1Config(**SMALL), features(), STATS).eval()
+    T = policy.config.n_obs_steps
+    batch = make_batch(2, T + 1, seed=1)
+    torch.nn.init.normal_(policy.head.weight, std=1.0)  # make the argmax sensitive to every input
+    expected = []
+    with torch.no_grad():
+        cond = policy.embed_tasks(batch["task"], 2)
+        for t in range(T + 1):  # the window ending at t, left-padded by repeating frame 0 as the loader does
+            idx = [max(0, t - T + 1 + i) for i in range(T)]
+            window = {k: batch[k][:, idx] for k in CAMS}
+            tokens = policy.encode_frames(window, batch["observation.state"][:, idx], cond)
+            pad = torch.tensor([[t - T + 1 + i < 0 for i in range(T)]] * 2)
+            ids = policy.action_logits(tokens, pad).argmax(-1)
+            expected.append(policy.normalizer.unnormalize("action", policy.action_tokenizer.decode(ids))[:, 0])
+    got = [policy.select_action(step_obs(batch, t)) for t in range(T + 1)]
+    for t in range(T + 1):
+        torch.testing.assert_close(got[t], expected[t], msg=f"step {t}")
+    assert len(policy._history) == T
+    policy.reset()
+    assert not policy._history
+    torch.testing.assert_close(policy.select_action(step_obs(batch, 0)), expected[0])
+
+
+def test_padded_frames_are_masked_out():
+    torch.manual_seed(0)
+    policy = RT1Policy(RT1Config(**SMALL), features(), STATS).eval()
+    batch = make_batch(2, 3)
+    batch["observation.state_is_pad"][:, 0] = True
+    changed = {k: v.clone() for k, v in batch.items() if k != "task"}
+    changed["task"] = batch["task"]
+    changed["observation.images.front"][:, 0] = 255 - changed["observation.images.front"][:, 0]
+    with torch.no_grad():
+        torch.testing.assert_close(policy.compute_loss(changed)[0], policy.compute_loss(batch)[0])
+        changed["observation.state_is_pad"][:, 0] = False  # the same change counts once it is not padding
+        assert not torch.allclose(policy.compute_loss(changed)[0], policy.compute_loss(batch)[0])
+
+
+def test_loss_ignores_padded_actions_and_uses_every_horizon_step():
+    torch.manual_seed(0)
+    policy = RT1Policy(RT1Config(**SMALL, horizon=2), features(), STATS).eval()
+    batch = make_batch(2, 3, H=2)
+    batch["action_is_pad"][:, 1] = True
+    other = dict(batch, action=batch["action"].clone())
+    other["action"][:, 1] = torch.tensor(STATS["action"]["min"]).float()  # change only padded targets
+    with torch.no_grad():
+        torch.testing.assert_close(policy.compute_loss(other)[0], policy.compute_loss(batch)[0])
+        assert policy.predict_action_chunk(step_obs(batch, 0)).shape == (2, 2, A)
+
+
+def test_actions_decode_into_the_normalisation_range_with_quantile_mode():
+    torch.manual_seed(0)
+    policy = RT1Policy(RT1Config(**dict(SMALL, normalization={"observation.state": "mean_std",
+                                                              "action": "quantile"})), features(), STATS).eval()
+    batch = make_batch(3, 3)
+    act = policy.predict_action_chunk(step_obs(batch, 0))[:, 0]
+    lo, hi = torch.tensor(STATS["action"]["q01"]).float(), torch.tensor(STATS["action"]["q99"]).float()
+    assert ((act >= lo - 1e-4) & (act <= hi + 1e-4)).all()
+
+
+def test_save_load_round_trip_gives_the_same_actions(tmp_path):
+    torch.manual_seed(0)
+    policy = RT1Policy(RT1Config(**SMALL), features(), STATS)
+    policy.compute_loss(make_batch(2, 3))[0].backward()  # weights away from init (FiLM non-zero)
+    torch.optim.SGD(policy.parameters(), lr=0.5).step()
+    policy.eval()
+    policy.save_pretrained(tmp_path / "ckpt")
+    loaded = Policy.from_pretrained(tmp_path / "ckpt")
+    assert isinstance(loaded, RT1Policy) and loaded.config == policy.config
+    batch = make_batch(2, 4, seed=3)
+    for t in range(4):
+        torch.testing.assert_close(loaded.select_action(step_obs(batch, t)), policy.select_action(step_obs(batch, t)))
+
+
+def test_task_change_restarts_history_and_batch_size_change_is_refused():
+    torch.manual_seed(0)
+    policy = RT1Policy(RT1Config(**SMALL), features(), STATS).eval()
+    batch = make_batch(2, 3)
+    policy.select_action(step_obs(batch, 0))
+    policy.select_action(step_obs(batch, 1))
+    assert len(policy._history) == 2
+    obs = step_obs(batch, 2)
+    obs["task"] = ["stack the blocks", "stack the blocks"]
+    policy.select_action(obs)
+    assert len(policy._history) == 1
+    with pytest.raises(ValueError, match="batch size changed from 2 to 1.*reset\\(\\)"):
+        policy.select_action({k: v[:1] for k, v in step_obs(batch, 0).items()})
+
+
+def test_bad_inputs_name_the_key():
+    policy = RT1Policy(RT1Config(**SMALL), features(), STATS)
+    batch = make_batch(2, 3)
+    del batch["observation.images.wrist"]
+    with pytest.raises(KeyError, match="the batch has no 'observation.images.wrist'"):
+        policy.compute_loss(batch)
+    batch = make_batch(2, 3)
+    batch["observation.images.front"] = batch["observation.images.front"].float()
+    with pytest.raises(ValueError, match="'observation.images.front': expected uint8 images"):
+        policy.compute_loss(batch)
+    with pytest.raises(ValueError, match="built for n_obs_steps=3 frames, got 2"):
+        policy.compute_loss(make_batch(2, 2))
+    with pytest.raises(KeyError, match="the observation has no 'task'"):
+        policy.select_action({k: v for k, v in step_obs(make_batch(2, 1), 0).items() if k != "task"})
