@@ -1,0 +1,138 @@
+"""``policystack daemon``: run a checkpoint on a robot through the control daemon, or read its
+telemetry.
+
+    policystack daemon run robot=sim checkpoint=DIR task=Reach episodes=20 rate=500 record=DIR
+    policystack daemon status [telemetry=tcp://127.0.0.1:5557] [timeout=5]
+
+``run`` keys: robot (config name or YAML path), checkpoint (omit to wait for a remote worker:
+``python -m policystack.robot.worker --connect tcp://HOST:PORT``), task (sim task name), instruction
+(override the language instruction), episodes, max_steps, seed, rate (loop Hz), record (dataset
+dir), port (obs; chunks port+1, telemetry port+2), host, cameras (comma list), image_size,
+replan_every, import (module registering a Policy subclass), no_rt (true: no SCHED_FIFO),
+and any robot config key as ``robot.<key>=value`` (e.g. ``robot.watchdog_s=0.5``).
+The shared token is ``$POLICYSTACK_DAEMON_TOKEN`` (a random one is made for a local worker).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import yaml
+
+from policystack.robot.config import TOKEN_ENV, load_robot_config, token_from_env
+
+RUN_KEYS = {"robot", "checkpoint", "task", "instruction", "episodes", "max_steps", "seed", "rate", "record",
+            "port", "host", "cameras", "image_size", "replan_every", "import", "no_rt", "threads"}
+
+
+def parse_kv(argv: list[str], valid: set[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for a in argv:
+        key, sep, value = a.partition("=")
+        if not sep:
+            raise ValueError(f"argument {a!r}: expected key=value")
+        if key not in valid and not key.startswith("robot."):
+            raise KeyError(f"unknown key {key!r}; valid keys: {sorted(valid)} or robot.<config key>")
+        out[key] = value
+    return out
+
+
+def _run(argv: list[str]) -> int:
+    from policystack.robot.supervisor import DaemonConfig, DaemonError, Supervisor
+
+    kv = parse_kv(argv, RUN_KEYS)
+    overrides = {k[len("robot."):]: yaml.safe_load(v) for k, v in kv.items() if k.startswith("robot.")}
+    if "rate" in kv:
+        overrides["rate_hz"] = float(kv["rate"])
+    robot = load_robot_config(kv.get("robot", "sim"), overrides)
+    token = token_from_env(required=False)
+    if token is None:
+        if "checkpoint" not in kv:
+            raise KeyError(f"a remote worker needs the shared token: set ${TOKEN_ENV} on both hosts")
+        token = os.urandom(24).hex().encode()
+    cfg = DaemonConfig(
+        robot=robot, token=token, checkpoint=kv.get("checkpoint"), task=kv.get("task", "Reach"),
+        instruction=kv.get("instruction"), episodes=int(kv.get("episodes", 1)),
+        max_steps=int(kv["max_steps"]) if "max_steps" in kv else None, seed=int(kv.get("seed", 0)),
+        record=kv.get("record"), host=kv.get("host", "127.0.0.1"), port=int(kv.get("port", 5555)),
+        cameras=tuple(c for c in kv.get("cameras", "front").split(",") if c),
+        image_size=int(kv.get("image_size", 96)),
+        replan_every=int(kv["replan_every"]) if "replan_every" in kv else None,
+        worker_imports=tuple(m for m in kv.get("import", "").split(",") if m),
+        worker_threads=int(kv.get("threads", 1)),
+        no_rt=str(kv.get("no_rt", "false")).lower() in ("1", "true", "yes"))
+    sup = Supervisor(cfg)
+    print(json.dumps({"telemetry": sup.addrs["telemetry"], "obs": sup.addrs["obs"]}), flush=True)
+    try:
+        results = sup.run()
+    except DaemonError as e:
+        print(f"policystack daemon: {e}", file=sys.stderr)
+        return 1
+    n = len(results)
+    k = sum(r.success for r in results)
+    lat = sorted(sup.latencies)
+    from policystack.eval.metrics import wilson_interval
+
+    summary = {"episodes": n, "successes": k, "success_rate": k / n if n else None,
+               "success_wilson95": list(wilson_interval(k, n)) if n else None,
+               "results": [r.__dict__ for r in results],
+               "obs_to_chunk_ms_p50": round(lat[len(lat) // 2] * 1e3, 2) if lat else None,
+               "rejected_messages": sup.dec.rejected}
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+def _status(argv: list[str]) -> int:
+    import zmq
+
+    from policystack.robot.transport import Decoder
+
+    kv = parse_kv(argv, {"telemetry", "timeout"})
+    addr = kv.get("telemetry", "tcp://127.0.0.1:5557")
+    timeout = float(kv.get("timeout", 5))
+    token = token_from_env(required=True)
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
+    sub.connect(addr)
+    dec = Decoder(token, max_bytes=1 << 20, kinds=("telemetry",))
+    try:
+        if not sub.poll(int(timeout * 1000)):
+            print(f"policystack daemon status: no telemetry from {addr} within {timeout} s "
+                  "(is the daemon running? right port?)", file=sys.stderr)
+            return 1
+        msg, why = dec.decode(sub.recv())
+        if msg is None:
+            print(f"policystack daemon status: telemetry rejected: {why}", file=sys.stderr)
+            return 1
+        print(json.dumps(json.loads(msg.body["status"]), indent=2))
+        return 0
+    finally:
+        sub.close(0)
+        ctx.term()
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    sub, rest = argv[0], argv[1:]
+    try:
+        if sub == "run":
+            return _run(rest)
+        if sub == "status":
+            return _status(rest)
+        if sub == "worker":
+            from policystack.robot.worker import main as worker_main
+
+            return worker_main(rest)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        print(f"policystack daemon {sub}: {e}", file=sys.stderr)
+        return 2
+    print(f"policystack daemon: unknown subcommand {sub!r}; valid: run, status, worker", file=sys.stderr)
+    return 2

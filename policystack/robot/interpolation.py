@@ -1,0 +1,91 @@
+"""Setpoints between the time-stamped actions of a chunk, and cross-fading at chunk seams.
+
+A chunk is ``actions [n, A]`` predicted from an observation taken at ``t_obs`` (the daemon's
+monotonic clock) with policy period ``dt``. Action i is the setpoint the robot should reach at the
+end of its policy step: time ``t_obs + (i + 1) * dt`` (the suite's env holds action i as the
+servo target during step i). Between those times setpoints are linear in time; before the first
+the first action holds; one ``dt`` past the last the chunk has run out (``sample`` returns False
+and the safety filter holds).
+
+Seams: when a chunk replaces the running one at time ``t_r``, the output there is ``y(t_r)`` and
+the new chunk gives ``c(t_r)``; the offset ``d = y(t_r) - c(t_r)`` is added to the new chunk and
+faded out with a smoothstep over ``blend_s``: ``y(t) = c(t) + d * (1 - s((t - t_r) / blend_s))``.
+The output is continuous at every seam whatever came before (a seam during a fade included), and
+its slope changes by at most the two chunks' slopes at the seam plus ``1.5 |d| / blend_s``.
+Latency needs no special case: the part of a chunk already in the past is simply never sampled.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def smoothstep(u: float) -> float:
+    u = 0.0 if u < 0.0 else (1.0 if u > 1.0 else u)
+    return u * u * (3.0 - 2.0 * u)
+
+
+class ChunkInterpolator:
+    """Preallocated for chunks of up to ``max_len`` actions of ``dim`` components."""
+
+    def __init__(self, dim: int, max_len: int, blend_s: float):
+        self.dim, self.max_len, self.blend_s = dim, max_len, float(blend_s)
+        self.values = np.zeros((max_len, dim))
+        self.n = 0
+        self.t_first = 0.0  # time of action 0
+        self.dt = 1.0
+        self.offset = np.zeros(dim)
+        self.t_seam = -np.inf
+        self._cur = np.zeros(dim)
+
+    @property
+    def active(self) -> bool:
+        return self.n > 0
+
+    def clear(self) -> None:
+        self.n = 0
+        self.offset[:] = 0.0
+
+    def load(self, t_obs: float, dt: float, actions: np.ndarray, now: float) -> None:
+        """Replace the running chunk at time ``now``; actions: [n, dim] with 1 <= n <= max_len."""
+        n = actions.shape[0]
+        if not 1 <= n <= self.max_len or actions.shape[1] != self.dim or not dt > 0:
+            raise ValueError(f"chunk of shape {actions.shape} with dt={dt}: expected [1..{self.max_len}, "
+                             f"{self.dim}] and dt > 0")
+        had = self.sample(now, self._cur)
+        self.values[:n] = actions
+        self.n, self.t_first, self.dt = n, t_obs + dt, dt
+        if had and self.blend_s > 0 and np.isfinite(self._cur).all():
+            self._raw(now, self.offset)
+            np.subtract(self._cur, self.offset, out=self.offset)
+            self.t_seam = now
+        else:
+            self.offset[:] = 0.0
+
+    def _raw(self, now: float, out: np.ndarray) -> None:
+        u = (now - self.t_first) / self.dt
+        if u <= 0.0:
+            out[:] = self.values[0]
+            return
+        i = int(u)
+        if i >= self.n - 1:
+            out[:] = self.values[self.n - 1]
+            return
+        w = u - i
+        np.multiply(self.values[i], 1.0 - w, out=out)
+        out += w * self.values[i + 1]  # small temporary: dim floats
+
+    def end_time(self) -> float:
+        """Time after which the chunk has run out."""
+        return self.t_first + self.n * self.dt
+
+    def sample(self, now: float, out: np.ndarray) -> bool:
+        """Write the setpoint at ``now`` into out [dim]; False (out untouched) if there is none."""
+        if self.n == 0 or now > self.end_time():
+            return False
+        self._raw(now, out)
+        if self.blend_s > 0:
+            k = 1.0 - smoothstep((now - self.t_seam) / self.blend_s)
+            if k > 0.0:
+                out += k * self.offset
+        return True

@@ -1,0 +1,456 @@
+"""The supervisor: starts, watches and stops the control loop and the policy worker, runs
+episodes, relays chunks, records, and publishes telemetry.
+
+States::
+
+    IDLE --start episode--> RUNNING --episode end / worker lost / loop fault--> HOLD
+    HOLD --next episode--> RUNNING          any --stop / loop died / done--> STOPPED
+
+- IDLE / HOLD: the loop holds position (the supervisor bumps ``hold_gen``: the loop drops its
+  chunk and the safety filter decelerates to rest).
+- RUNNING: at the policy rate the supervisor reads the loop's state, builds the observation
+  (sim: renders the cameras from the loop's qpos), records the frame, publishes the observation
+  to the worker every ``replan_every`` ticks, and forwards every valid chunk (signed, fresh,
+  right episode and shape) into the loop's command block. Rejected messages are counted by
+  reason and published; nothing on the socket can reach the loop unchecked.
+- Worker died or stopped answering: HOLD, the episode ends (failure, recorded), the worker is
+  restarted (at most ``max_restarts`` times) and the next episode starts once it says hello.
+- Loop process died: STOPPED, the worker is stopped, the daemon exits with an error.
+
+Telemetry (signed ``telemetry`` messages on a PUB socket, 5 Hz) is what ``policystack daemon
+status`` prints.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from policystack.robot.config import TOKEN_ENV, RobotConfig
+from policystack.robot.loop import MAX_CHUNK
+from policystack.robot.safety import EVENT_NAMES, FAULTS
+from policystack.robot.shm import Block, command_fields, control_fields, shm_dir, state_fields
+from policystack.robot.transport import Decoder, Encoder, configure_socket
+
+
+class State(enum.Enum):
+    IDLE = "IDLE"
+    RUNNING = "RUNNING"
+    HOLD = "HOLD"
+    STOPPED = "STOPPED"
+
+
+@dataclass
+class DaemonConfig:
+    robot: RobotConfig
+    token: bytes
+    checkpoint: str | None = None  # None: a remote worker connects on its own
+    task: str = "Reach"  # sim: the suite task (scene, instructions, success)
+    instruction: str | None = None  # overrides the scene's instruction
+    episodes: int = 1
+    max_steps: int | None = None  # per episode; default: the task's max_episode_steps
+    seed: int = 0
+    record: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 5555  # observations at port, chunks at port + 1, telemetry at port + 2; 0 = any free
+    cameras: tuple[str, ...] = ("front",)
+    image_size: int = 96
+    replan_every: int | None = None  # policy ticks between observations sent; default n_action_steps
+    worker_imports: tuple[str, ...] = ()
+    worker_threads: int = 1
+    max_restarts: int = 2
+    hello_timeout_s: float = 120.0
+    no_rt: bool = False
+    log: Any = field(default=None, repr=False)  # callable(str); default prints to stderr
+
+
+@dataclass
+class EpisodeResult:
+    index: int
+    success: bool
+    steps: int
+    reason: str  # "success", "timeout", "worker_lost", "stopped"
+    dataset_episode: int | None = None
+
+
+class DaemonError(RuntimeError):
+    pass
+
+
+def _remove_orphaned_blocks() -> None:
+    """Delete the shared blocks of daemons that died without cleaning up (kill -9)."""
+    for d in shm_dir().glob("policystack-daemon-*"):
+        try:
+            pid = int((d / "owner.pid").read_text())
+            os.kill(pid, 0)
+            continue  # its daemon is alive
+        except ProcessLookupError:
+            pass
+        except (OSError, ValueError):
+            continue  # not ours to judge (unreadable, another user's, being created)
+        for p in d.glob("*"):
+            p.unlink(missing_ok=True)
+        d.rmdir()
+
+
+class Supervisor:
+    def __init__(self, cfg: DaemonConfig):
+        import zmq
+
+        if cfg.robot.driver != "sim":
+            raise ValueError(f"robot {cfg.robot.name!r} uses driver {cfg.robot.driver!r}: `daemon run` runs "
+                             "episodes in sim only for now (robot=sim); the lerobot driver runs under the control "
+                             "loop (policystack.robot.loop) -- see docs/daemon.md, 'Not done yet'")
+        self.cfg = cfg
+        self.log = cfg.log or (lambda s: print(f"[daemon] {s}", file=sys.stderr, flush=True))
+        self.state = State.IDLE
+        self.results: list[EpisodeResult] = []
+        self.latencies: list[float] = []  # observation -> chunk in the loop's command block (s)
+        self.events: list[str] = []
+        self.restarts = 0
+        self.worker_info: dict[str, Any] = {}
+        self._stop = False
+        self._ctx = zmq.Context()
+        tc = cfg.robot.transport
+        self.enc = Encoder(cfg.token, sender="daemon-" + os.urandom(6).hex(), max_bytes=tc.max_message_bytes)
+        self.dec = Decoder(cfg.token, max_bytes=tc.max_message_bytes, window_s=tc.window_s,
+                           kinds=("chunk", "hello"))
+        self.pub = self._ctx.socket(zmq.PUB)
+        self.pull = self._ctx.socket(zmq.PULL)
+        self.tele = self._ctx.socket(zmq.PUB)
+        for s in (self.pub, self.pull, self.tele):
+            configure_socket(s, tc.max_message_bytes)
+        self.pub.setsockopt(zmq.SNDHWM, 2)
+        self.addrs = self._bind(cfg.host, cfg.port)
+        self.loop_proc: subprocess.Popen | None = None
+        self.worker_proc: subprocess.Popen | None = None
+        _remove_orphaned_blocks()
+        self._dir = Path(tempfile.mkdtemp(prefix="policystack-daemon-", dir=shm_dir()))
+        (self._dir / "owner.pid").write_text(str(os.getpid()))
+        self._last_tele = 0.0
+        self.step = 0
+        self.episode = -1
+        self.final_loop_state: dict[str, np.ndarray] = {}
+
+    def _bind(self, host: str, port: int) -> dict[str, str]:
+        base = f"tcp://{host}"
+        if port:
+            self.pub.bind(f"{base}:{port}")
+            self.pull.bind(f"{base}:{port + 1}")
+            self.tele.bind(f"{base}:{port + 2}")
+            return {"obs": f"{base}:{port}", "chunks": f"{base}:{port + 1}", "telemetry": f"{base}:{port + 2}"}
+        out = {}
+        for name, s in (("obs", self.pub), ("chunks", self.pull), ("telemetry", self.tele)):
+            out[name] = f"{base}:{s.bind_to_random_port(base)}"
+        return out
+
+    # --- processes ---------------------------------------------------------------------------------
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env[TOKEN_ENV] = self.cfg.token.decode()
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        return env
+
+    def start_loop(self, timeout_s: float = 60.0) -> None:
+        from policystack.robot.drivers.sim import SimScene
+
+        r = self.cfg.robot
+        self.scene = SimScene(self.cfg.task, r.rate_hz, r.policy_hz, self.cfg.cameras, self.cfg.image_size)
+        nq = self.scene.env.model.nq
+        A = r.limits.dim
+        prefix = str(self._dir / "blocks")
+        self.state_blk = Block.create(prefix + ".state", state_fields(A, nq))
+        self.cmd_blk = Block.create(prefix + ".command", command_fields(A, MAX_CHUNK))
+        self.ctl_blk = Block.create(prefix + ".control", control_fields(nq))
+        robot = r.to_dict()
+        robot["driver_options"] = {**robot["driver_options"], "task": self.cfg.task}
+        cfg_path = self._dir / "robot.json"
+        cfg_path.write_text(json.dumps(robot))
+        cmd = [sys.executable, "-m", "policystack.robot.loop", "--config", str(cfg_path), "--blocks", prefix]
+        if self.cfg.no_rt:
+            cmd.append("--no-rt")
+        self.loop_proc = subprocess.Popen(cmd, env=self._env())
+        self.log(f"control loop started (pid {self.loop_proc.pid}, {r.rate_hz:g} Hz)")
+        deadline = time.monotonic() + timeout_s
+        while self.state_blk.f["ready"][0] != 1.0:
+            if self.loop_proc.poll() is not None:
+                raise DaemonError(f"control loop exited with code {self.loop_proc.returncode} before ready")
+            if time.monotonic() > deadline:
+                raise DaemonError(f"control loop not ready after {timeout_s} s")
+            time.sleep(0.01)
+        self._hold("startup")
+
+    def start_worker(self) -> None:
+        if self.cfg.checkpoint is None:
+            self.log(f"waiting for a remote worker: --connect {self.addrs['obs']}")
+            return
+        cmd = [sys.executable, "-m", "policystack.robot.worker", "--checkpoint", str(self.cfg.checkpoint),
+               "--obs", self.addrs["obs"], "--chunks", self.addrs["chunks"],
+               "--threads", str(self.cfg.worker_threads), "--exit-with-parent",
+               "--max-bytes", str(self.cfg.robot.transport.max_message_bytes)]
+        for m in self.cfg.worker_imports:
+            cmd += ["--import", m]
+        self.worker_proc = subprocess.Popen(cmd, env=self._env())
+        self.log(f"policy worker started (pid {self.worker_proc.pid})")
+
+    def wait_hello(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not self._stop:
+            msg = self._recv(100)
+            if msg is not None and msg.kind == "hello":
+                if msg.body["error"]:
+                    raise DaemonError(f"policy worker failed to load the checkpoint: {msg.body['error']}")
+                self.worker_info = msg.body
+                self.worker_sender = msg.sender
+                self.log(f"worker ready: policy {msg.body['policy']}, horizon {msg.body['horizon']}, "
+                         f"n_action_steps {msg.body['n_action_steps']}")
+                if msg.body["action_dim"] != self.cfg.robot.limits.dim:
+                    raise DaemonError(f"policy acts in {msg.body['action_dim']} dimensions; robot "
+                                      f"{self.cfg.robot.name!r} takes {self.cfg.robot.limits.dim}")
+                return
+            if self.worker_proc is not None and self.worker_proc.poll() is not None:
+                raise DaemonError(f"policy worker exited with code {self.worker_proc.returncode} before hello")
+            self._telemetry()
+        raise DaemonError(f"no hello from a policy worker within {timeout_s} s")
+
+    def _worker_alive(self) -> bool:
+        return self.worker_proc is None or self.worker_proc.poll() is None
+
+    def _stop_worker(self) -> None:
+        p, self.worker_proc = self.worker_proc, None
+        if p is not None and p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    # --- loop control --------------------------------------------------------------------------------
+    def _control(self, **fields: float | np.ndarray) -> None:
+        b = self.ctl_blk
+        b.begin()
+        for k, v in fields.items():
+            b.f[k][...] = v
+        b.end()
+
+    def _hold(self, why: str) -> None:
+        self._control(hold_gen=self.ctl_blk.f["hold_gen"][0] + 1)
+        if self.state != State.STOPPED:
+            self.state = State.HOLD if self.state != State.IDLE or why != "startup" else State.IDLE
+        self.log(f"hold ({why})")
+
+    def estop(self) -> None:
+        self._control(estop=1.0)
+
+    def clear_estop(self) -> None:
+        self._control(estop=0.0)
+
+    def _reset_episode(self, qpos: np.ndarray, timeout_s: float = 5.0) -> None:
+        gen = self.ctl_blk.f["reset_gen"][0] + 1
+        self._control(reset_gen=gen, reset_extra=qpos)
+        deadline = time.monotonic() + timeout_s
+        while self.state_blk.f["reset_ack"][0] != gen:
+            self._check_loop()
+            if time.monotonic() > deadline:
+                raise DaemonError("the control loop did not acknowledge the episode reset")
+            time.sleep(0.002)
+
+    def _check_loop(self) -> None:
+        if self.loop_proc is not None and self.loop_proc.poll() is not None:
+            self.state = State.STOPPED
+            raise DaemonError(f"control loop process exited (code {self.loop_proc.returncode})")
+
+    def loop_state(self) -> dict[str, np.ndarray]:
+        return self.state_blk.snapshot()
+
+    # --- messages -------------------------------------------------------------------------------------
+    def _recv(self, timeout_ms: int):
+        if not self.pull.poll(timeout_ms):
+            return None
+        msg, why = self.dec.decode(self.pull.recv())
+        if msg is None:
+            self.events.append(f"rejected message: {why}")
+            self.log(f"rejected a message: {why}")
+        return msg
+
+    def _forward_chunk(self, msg, episode: int, dt: float) -> bool:
+        b = msg.body
+        a = b["actions"]
+        if b["episode"] != episode or b["t_obs"] > time.monotonic():
+            return False  # a late chunk of an old episode (or from the future): drop
+        if not (1 <= a.shape[0] <= MAX_CHUNK and a.shape[1] == self.cfg.robot.limits.dim):
+            self.events.append(f"chunk of shape {list(a.shape)} rejected")
+            return False
+        if not np.isfinite(a).all():
+            self.events.append(f"chunk for obs {b['obs_seq']} has NaN/inf (forwarded: the loop holds)")
+        blk = self.cmd_blk
+        n = a.shape[0]
+        blk.begin()
+        blk.f["t_obs"][0] = b["t_obs"]
+        blk.f["dt"][0] = dt
+        blk.f["n"][0] = n
+        blk.f["actions"][:n] = a
+        blk.f["gen"][0] += 1
+        blk.end()
+        self.latencies.append(time.monotonic() - b["t_obs"])
+        return True
+
+    def _telemetry(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_tele < 0.2:
+            return
+        self._last_tele = now
+        s = self.state_blk.f
+        faults = int(s["faults"][0])
+        lat = np.array(self.latencies[-200:]) * 1e3
+        status = {
+            "state": self.state.value, "episode": self.episode, "step": self.step,
+            "episodes_done": len(self.results), "successes": sum(r.success for r in self.results),
+            "loop": {"alive": self.loop_proc is not None and self.loop_proc.poll() is None,
+                     "tick": int(s["tick"][0]), "misses": int(s["misses"][0]),
+                     "late_max_us": round(float(s["late_max"][0]) * 1e6, 1),
+                     "faults": [EVENT_NAMES[c] for c in FAULTS if faults & (1 << c)],
+                     "event_ticks": {n: int(c) for n, c in zip(EVENT_NAMES, s["counts"])},
+                     "q_cmd": [round(float(x), 4) for x in s["q_cmd"]]},
+            "worker": {"alive": self._worker_alive(), "restarts": self.restarts, **self.worker_info},
+            "latency_ms": {"p50": float(np.percentile(lat, 50)) if lat.size else None,
+                           "p99": float(np.percentile(lat, 99)) if lat.size else None},
+            "rejected": dict(self.dec.rejected), "recent_events": self.events[-10:],
+        }
+        self.tele.send(self.enc.encode("telemetry", status=json.dumps(status)))
+
+    # --- episodes --------------------------------------------------------------------------------------
+    def run_episode(self, index: int, recorder=None) -> EpisodeResult:
+        import zmq
+
+        cfg, r = self.cfg, self.cfg.robot
+        dt = 1.0 / r.policy_hz
+        qpos, instruction = self.scene.reset(cfg.seed + index)
+        instruction = cfg.instruction or instruction
+        self._reset_episode(qpos)
+        max_steps = cfg.max_steps or self.scene.max_steps
+        replan = cfg.replan_every or int(self.worker_info.get("n_action_steps", 1))
+        self.episode, self.state = index, State.RUNNING
+        self.log(f"episode {index}: {instruction!r} (seed {cfg.seed + index})")
+        snap = {"q_cmd": np.zeros(r.limits.dim), "extra": np.zeros(self.state_blk.f["extra"].shape)}
+        obs_seq, last_sent, answered, reason, success = 0, -np.inf, True, "timeout", False
+        t_next = time.monotonic()
+        step = 0
+        for step in range(max_steps + 1):
+            self.step = step
+            self.state_blk.read(snap)
+            t_obs = time.monotonic()
+            obs, success = self.scene.observe(snap["extra"])
+            if recorder is not None:
+                recorder.observe(obs, instruction, snap["q_cmd"])
+            if success:
+                reason = "success"
+                break
+            if step == max_steps:
+                break
+            due = step % replan == 0 or (not answered and t_obs - last_sent > 2 * dt)
+            if due:
+                obs_seq += 1
+                images = {k.rsplit(".", 1)[1]: v for k, v in obs.items() if k.startswith("observation.images.")}
+                self.pub.send(self.enc.encode("obs", episode=index, obs_seq=obs_seq, t_obs=t_obs, dt=dt,
+                                              task=instruction, state=obs["observation.state"], images=images,
+                                              reset=step == 0 or obs_seq == 1), zmq.NOBLOCK)
+                last_sent, answered = t_obs, False
+            t_next += dt
+            while True:  # relay chunks until the next policy tick
+                self._check_loop()
+                if not self._worker_alive():
+                    reason = "worker_lost"
+                    break
+                wait = t_next - time.monotonic()
+                if wait <= 0:
+                    break
+                msg = self._recv(max(1, int(wait * 1000)))
+                if msg is not None and msg.kind == "chunk" and self._forward_chunk(msg, index, dt):
+                    answered = answered or msg.body["obs_seq"] == obs_seq
+                self._telemetry()
+            if reason == "worker_lost" or self._stop:
+                reason = "stopped" if self._stop else reason
+                break
+        self._hold(f"episode {index} ended: {reason}")
+        self.state_blk.read(snap)
+        ds_ep = recorder.end_episode(snap["q_cmd"]) if recorder is not None else None
+        res = EpisodeResult(index, success, step, reason, ds_ep)
+        self.results.append(res)
+        self.log(f"episode {index}: {reason} after {step} steps")
+        return res
+
+    def run(self) -> list[EpisodeResult]:
+        """Start everything, run ``episodes`` episodes, stop everything; STOPPED at the end."""
+        from policystack.robot.recorder import EpisodeRecorder
+
+        recorder = None
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_stop", True))
+        try:
+            self.start_worker()  # loads torch and the checkpoint while the loop starts
+            self.start_loop()
+            self.wait_hello(self.cfg.hello_timeout_s)
+            if self.cfg.record:
+                recorder = EpisodeRecorder(self.cfg.record, int(self.cfg.robot.policy_hz), self.scene.features,
+                                           robot_type="panda")
+            for i in range(self.cfg.episodes):
+                if self._stop:
+                    break
+                res = self.run_episode(i, recorder)
+                if res.reason == "worker_lost":
+                    self._lost_worker()
+            return self.results
+        finally:
+            if recorder is not None:
+                recorder.close()
+            self.shutdown()
+
+    def _lost_worker(self) -> None:
+        code = self.worker_proc.returncode if self.worker_proc is not None else None
+        self.events.append(f"policy worker exited (code {code})")
+        if self.restarts >= self.cfg.max_restarts:
+            raise DaemonError(f"policy worker died {self.restarts + 1} times; giving up (last exit code {code})")
+        self.restarts += 1
+        self._stop_worker()
+        self.start_worker()
+        self.wait_hello(self.cfg.hello_timeout_s)
+
+    def shutdown(self) -> None:
+        if self.state == State.STOPPED and self.loop_proc is None:
+            return
+        self._stop_worker()
+        if self.loop_proc is not None:
+            self.final_loop_state = self.state_blk.snapshot()
+            if self.loop_proc.poll() is None:
+                self._control(stop=1.0)
+                try:
+                    self.loop_proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.loop_proc.kill()
+                    self.loop_proc.wait()
+            self.loop_proc = None
+        self.state = State.STOPPED
+        self._telemetry(force=True)
+        for s in (self.pub, self.pull, self.tele):
+            s.close(0)
+        self._ctx.term()
+        if hasattr(self, "scene"):
+            self.scene.close()
+        for p in self._dir.glob("*"):
+            p.unlink()
+        self._dir.rmdir()
