@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -36,9 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import write_section  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- BEGIN bench_daemon -->", "<!-- END bench_daemon -->"
 TOKEN = "bench-daemon-token-0123456789"
 
 
@@ -221,20 +222,6 @@ def table(rows: list[tuple[str, dict]], lat: dict | None, duration: float, load:
     return "\n".join(lines)
 
 
-def write_section(text_table: str) -> None:
-    text = DOC.read_text() if DOC.is_file() else "# Benchmarks\n"
-    section = f"{BEGIN}\n{text_table}\n{END}"
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: section, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n## Control daemon (bench_daemon)\n\n" + section + "\n"
-    tmp = DOC.with_suffix(".md.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, DOC)
-
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -277,7 +264,7 @@ def main() -> None:
     out = table(rows, lat, a.duration, (load0, os.getloadavg()[0]))
     print(out)
     if not a.no_write:
-        write_section(out)
+        write_section("bench_daemon", out)
 
 
 if __name__ == "__main__":

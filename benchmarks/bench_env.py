@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -32,8 +31,10 @@ import numpy as np  # noqa: E402
 
 from policystack import envs  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import write_section  # noqa: E402
+
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- BEGIN bench_env -->", "<!-- END bench_env -->"
 
 
 def time_env(task: str, steps: int, **kwargs) -> tuple[float, float]:
@@ -115,17 +116,6 @@ def table(rows: list[dict], steps: int) -> str:
     return "\n".join(lines)
 
 
-def write_section(text_table: str) -> None:
-    text = DOC.read_text() if DOC.is_file() else "# Benchmarks\n"
-    section = f"{BEGIN}\n{text_table}\n{END}"
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: section, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    from policystack.datasets.meta import atomic_write_bytes
-
-    atomic_write_bytes(DOC, text.encode())
-
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -141,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     text = table(rows, args.steps)
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section("bench_env", text)
         print(f"wrote {DOC}")
     return 0
 

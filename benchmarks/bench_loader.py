@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import shutil
 import sys
 import time
@@ -34,9 +33,11 @@ import torch  # noqa: E402
 
 from policystack.datasets.loader import WindowedDataset, collate_windows  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import write_section  # noqa: E402
+
 CAMERAS = ("observation.images.top", "observation.images.wrist")
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- BEGIN bench_loader -->", "<!-- END bench_loader -->"
 
 
 def write_datasets(root: Path, episodes: int, frames: int, size: int, fps: int) -> tuple[Path, Path]:
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     table = render(args, rows, build_cols, build_plain, warm_s, (load_before, os.getloadavg()[0]))
     print(table)
     if not args.no_write:
-        write_section(table)
+        write_section("bench_loader", table)
         print(f"wrote {DOC}", file=sys.stderr)
     return 0
 
@@ -208,17 +209,6 @@ def render(args, rows, build_cols: float, build_plain: float, warm_s: float, loa
     ]
     return "\n".join(lines)
 
-
-def write_section(table: str) -> None:
-    text = DOC.read_text() if DOC.is_file() else "# Benchmarks\n"
-    section = f"{BEGIN}\n{table}\n{END}"
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: section, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    from policystack.datasets.meta import atomic_write_bytes
-
-    atomic_write_bytes(DOC, text.encode())
 
 
 if __name__ == "__main__":

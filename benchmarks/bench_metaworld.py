@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -34,8 +33,10 @@ import numpy as np  # noqa: E402
 
 from policystack.envs.metaworld import import_metaworld, make_metaworld_env  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import write_section  # noqa: E402
+
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- BEGIN bench_metaworld -->", "<!-- END bench_metaworld -->"
 
 
 def steps_per_second(env, actions: np.ndarray, reset_seed: int = 0) -> float:
@@ -102,20 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
-        write_section(table)
+        write_section("bench_metaworld", table)
     return 0
 
-
-def write_section(table: str) -> None:
-    from policystack.datasets.meta import atomic_write_bytes
-
-    text = DOC.read_text() if DOC.is_file() else "# Benchmarks\n"
-    section = f"{BEGIN}\n{table}\n{END}"
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: section, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    atomic_write_bytes(DOC, text.encode())
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,8 +32,10 @@ os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import write_section  # noqa: E402
+
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- BEGIN bench_writer -->", "<!-- END bench_writer -->"
 H = W = 96
 FPS = 30
 
@@ -139,20 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     ])
     print(table)
     if not args.no_write:
-        write_section(table)
+        write_section("bench_writer", table)
     return 0
 
-
-def write_section(table: str) -> None:
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    section = f"{BEGIN}\n{table}\n{END}"
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: section, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    from policystack.datasets.meta import atomic_write_bytes
-
-    atomic_write_bytes(DOC, text.encode())
 
 
 if __name__ == "__main__":
