@@ -3,12 +3,17 @@
     policystack collect env=PickPlace episodes=50 out=data/pickplace [workers=2]
         [cameras=front,wrist] [image_size=96] [seed=0] [only_success=true]
         [action_mode=ee_delta] [max_attempts=N] [vcodec=libsvtav1]
+    policystack collect env=metaworld/reach-v3 episodes=50 out=data/mw-reach [cameras=corner]
 
 Episode attempt i runs with seed ``seed + i`` (env and expert), so a dataset is reproducible
 whatever the number of workers. Rollouts run in ``workers`` processes that send finished
 episodes to this process, which writes them in seed order (one writer, crash-safe: every saved
 episode survives an interruption). With ``only_success=true`` (default) failed episodes are
 dropped and more seeds are tried, up to ``max_attempts`` (default 2 * episodes + 10).
+
+``env=metaworld/<task>`` collects MetaWorld demos with MetaWorld's own scripted policies
+(``policystack.envs.metaworld.collect_metaworld``; one process, default camera ``corner`` ->
+``observation.images.front``; ``workers``/``action_mode``/``vcodec`` do not apply there).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import numpy as np
 from policystack.types import ACTION, OBS_STATE, TASK
 
 USAGE = __doc__.split("\n\n")[1]
+METAWORLD_PREFIX = "metaworld/"
 
 
 @dataclass
@@ -32,7 +38,7 @@ class CollectConfig:
     episodes: int
     out: Path
     workers: int = 1
-    cameras: tuple[str, ...] = ("front", "wrist")
+    cameras: tuple[str, ...] | None = None  # None: ("front", "wrist"); MetaWorld: ("corner",)
     image_size: int = 96
     seed: int = 0
     only_success: bool = True
@@ -40,15 +46,28 @@ class CollectConfig:
     max_attempts: int = 0  # 0: 2 * episodes + 10
     vcodec: str = "libsvtav1"
 
+    @property
+    def is_metaworld(self) -> bool:
+        return self.env.startswith(METAWORLD_PREFIX)
+
     def __post_init__(self):
         from policystack.envs import task_names
 
+        if self.episodes < 1:
+            raise ValueError(f"episodes={self.episodes}: expected >= 1")
+        if self.is_metaworld:
+            from policystack.envs.metaworld import metaworld_tasks
+
+            task = self.env.removeprefix(METAWORLD_PREFIX)
+            if task not in metaworld_tasks():
+                raise KeyError(f"env={self.env!r}: unknown MetaWorld task; valid: {', '.join(metaworld_tasks())}")
+            self.cameras = ("corner",) if self.cameras is None else self.cameras
+            return
+        self.cameras = ("front", "wrist") if self.cameras is None else self.cameras
         name = self.env.removeprefix("policystack/").removesuffix("-v0")
         if name not in task_names():
             raise KeyError(f"env={self.env!r} is not a task; valid tasks: {', '.join(task_names())}")
         self.env = name
-        if self.episodes < 1:
-            raise ValueError(f"episodes={self.episodes}: expected >= 1")
         if self.workers < 1:
             raise ValueError(f"workers={self.workers}: expected >= 1")
         from policystack.envs.base import CAMERAS
@@ -194,6 +213,15 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict:
             "features": sorted(features), "fps": fps, OBS_STATE: features[OBS_STATE].shape}
 
 
+def collect_metaworld_cfg(cfg: CollectConfig) -> dict:
+    from policystack.envs.metaworld import collect_metaworld
+
+    r = collect_metaworld(cfg.env.removeprefix(METAWORLD_PREFIX), cfg.episodes, cfg.out, seed=cfg.seed,
+                          only_successful=cfg.only_success, max_attempts=cfg.max_attempts or None,
+                          cameras=cfg.cameras, image_size=cfg.image_size)
+    return {"episodes": r.episodes, "frames": r.frames, "attempts": r.attempts, "out": r.root}
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage:\n" + USAGE)
@@ -205,8 +233,8 @@ def main(argv: list[str]) -> int:
         print(f"policystack collect: {msg}", file=sys.stderr)
         return 2
     try:
-        summary = collect(cfg)
-    except (FileExistsError, RuntimeError, ValueError) as e:
+        summary = collect_metaworld_cfg(cfg) if cfg.is_metaworld else collect(cfg)
+    except (FileExistsError, RuntimeError, ValueError, ImportError) as e:
         print(f"policystack collect: {e}", file=sys.stderr)
         return 1
     print(f"wrote {summary['episodes']} episodes ({summary['frames']} frames, {summary['attempts']} attempts) "

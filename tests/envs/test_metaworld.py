@@ -264,3 +264,15 @@ def test_collect_keeps_only_successful_episodes(tmp_path, writer_module):
     res = mwa.collect_metaworld("reach-v3", 2, tmp_path / "ds2", cameras=(), max_episode_steps=3,
                                 only_successful=False, progress=False)
     assert res.episodes == 2 and res.frames == 6
+
+
+@needs_metaworld
+def test_policystack_collect_accepts_metaworld_tasks(tmp_path, writer_module):
+    from policystack.datasets.meta import DatasetMeta
+    from policystack.envs.collect import main
+
+    assert main(["env=metaworld/reach-v3", "episodes=1", f"out={tmp_path / 'ds'}", "image_size=32"]) == 0
+    meta = DatasetMeta.load(tmp_path / "ds")
+    assert meta.total_episodes == 1 and meta.info["robot_type"] == "sawyer"
+    assert "observation.images.front" in meta.features
+    assert main(["env=metaworld/no-such-v3", "episodes=1", f"out={tmp_path / 'x'}"]) == 2
