@@ -37,7 +37,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,7 +46,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from policystack.datasets.meta import INFO_PATH, DatasetMeta, atomic_write_json, fsync_dir, read_parquet
+from policystack.datasets.meta import INFO_PATH, DatasetMeta, atomic_write_json, atomic_writer, read_parquet
 from policystack.datasets.video import DEFAULT_TOLERANCE_S, decode_frames
 from policystack.types import EPISODE_INDEX, INDEX, PAD_SUFFIX, TASK, TASK_INDEX, TIMESTAMP, DataError
 
@@ -68,19 +67,8 @@ def _torch_dtype_like_lerobot(dtype: str) -> np.dtype:
 
 
 def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
+    with atomic_writer(path) as f:
+        np.save(f, arr, allow_pickle=False)
 
 def _column_to_numpy(col: pa.ChunkedArray, shape: tuple[int, ...], dtype: np.dtype, where: str) -> np.ndarray:
     """A parquet column of scalars / (nested) fixed-size lists -> numpy [rows, *shape]."""
