@@ -8,3 +8,9 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+# tqdm's monitor thread wakes every 10 s (Event.wait(10)) and allocates while it does, which the
+# control loop's "no allocation in a tick" test would see as foreign objects. Tests never need it.
+import tqdm  # noqa: E402
+
+tqdm.tqdm.monitor_interval = 0
