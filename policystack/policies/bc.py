@@ -1,12 +1,15 @@
 """bc: plain behaviour cloning, the reference implementation of the Policy interface.
 
 Per camera a small conv net ending in a spatial softmax (keypoints, as in robomimic and
-diffusion_policy) encodes each frame; the keypoints of every camera and frame of history, plus
-the normalised state, go through an MLP that regresses a whole chunk of normalised actions
-(L1 loss, padded steps masked). Random-shift augmentation (DrQ) on the images during training.
+diffusion_policy) encodes each frame; the keypoints of every camera and frame of history, the
+normalised state and a projection of the instruction's embedding (the suite's scenes hold
+distractors, so the instruction says which object matters) go through an MLP that regresses a
+whole chunk of normalised actions (L1 loss, padded steps masked). Random-shift augmentation (DrQ)
+on the images during training.
 
     images uint8 [B, T, 3, H, W] --conv+spatial softmax--> [B, T, 2K] per camera --+
-    state [B, T, D] --normalise--------------------------------------------------+--> MLP --> [B, H, A]
+    state [B, T, D] --normalise--------------------------------------------------+
+    task list[str] --text encoder (frozen)--> [B, E] --linear--> [B, task_dim] ---+--> MLP --> [B, H, A]
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from policystack.perception.text import make_text_encoder, text_encoder_dim
 from policystack.policies.base import Policy, PolicyConfig
 from policystack.policies.normalize import Normalizer
-from policystack.types import ACTION, OBS_STATE, FeatureSpec, Stats
+from policystack.types import ACTION, OBS_STATE, TASK, FeatureSpec, Stats
 
 
 @dataclass
@@ -31,6 +35,9 @@ class BCConfig(PolicyConfig):
     conv_channels: tuple[int, ...] = (32, 64, 64)  # stride-2 conv stages before the keypoint layer
     keypoints: int = 32  # spatial-softmax keypoints per camera (2 numbers each)
     random_shift: int = 4  # pixels of random shift augmentation in training (0 = off)
+    # language: "hashed" (cheap n-gram hashing), "minilm" (sentence encoder, offline) or "none"
+    text_encoder: str = "hashed"
+    task_dim: int = 64  # size of the instruction's projection fed to the head
     # head
     hidden_dim: int = 256
     n_layers: int = 3
@@ -43,6 +50,12 @@ class BCConfig(PolicyConfig):
         if self.keypoints < 1 or self.hidden_dim < 1 or self.n_layers < 1:
             raise ValueError("BCConfig.keypoints, hidden_dim and n_layers must be >= 1")
         self.conv_channels = tuple(self.conv_channels)
+        if self.text_encoder != "none":
+            from policystack.perception.text import TEXT_ENCODERS
+
+            if self.text_encoder not in TEXT_ENCODERS:
+                raise ValueError(f"BCConfig.text_encoder is {self.text_encoder!r}; choose one of "
+                                 f"{sorted(TEXT_ENCODERS) + ['none']}")
 
 
 class SpatialSoftmax(nn.Module):
@@ -109,6 +122,9 @@ class BCPolicy(Policy):
         self.action_dim = features[ACTION].shape[0]
         state_dim = features[OBS_STATE].shape[0] if self.has_state else 0
         in_dim = config.n_obs_steps * (len(self.cameras) * 2 * config.keypoints + state_dim)
+        if config.text_encoder != "none":
+            self.task_proj = nn.Linear(text_encoder_dim(config.text_encoder), config.task_dim)
+            in_dim += config.task_dim
         layers: list[nn.Module] = []
         for i in range(config.n_layers):
             layers += [nn.Linear(in_dim if i == 0 else config.hidden_dim, config.hidden_dim), nn.GELU(),
@@ -129,7 +145,18 @@ class BCPolicy(Policy):
             parts.append(self.encoders[cam.replace(".", "_")](flat).view(b, t, -1))
         if self.has_state:
             parts.append(self.normalizer.normalize(OBS_STATE, obs[OBS_STATE].float()))
-        return torch.cat(parts, -1).flatten(1)
+        feats = torch.cat(parts, -1).flatten(1)
+        if self.config.text_encoder == "none":
+            return feats
+        if TASK not in obs:
+            raise KeyError(f"bc with text_encoder={self.config.text_encoder!r} needs the instruction {TASK!r} "
+                           "(list[str]) in the observation")
+        tasks = obs[TASK]
+        tasks = [tasks] * feats.shape[0] if isinstance(tasks, str) else list(tasks)
+        if len(tasks) != feats.shape[0]:
+            raise ValueError(f"{TASK!r} has {len(tasks)} instructions for a batch of {feats.shape[0]}")
+        emb = make_text_encoder(self.config.text_encoder).encode(tasks).to(feats.device)  # [B, E], cached
+        return torch.cat([feats, self.task_proj(emb)], -1)
 
     def compute_loss(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
         pred = self.head(self._features(batch)).view(-1, self.config.horizon, self.action_dim)
@@ -151,6 +178,8 @@ class BCPolicy(Policy):
         past = self._history[-(self.config.n_obs_steps - 1):] if self.config.n_obs_steps > 1 else []
         frames = [past[0] if past else step] * (self.config.n_obs_steps - 1 - len(past)) + past + [step]
         stacked = {k: torch.stack([f[k] for f in frames], 1) for k in step}
+        if TASK in obs:
+            stacked[TASK] = obs[TASK]
         pred = self.head(self._features(stacked)).view(-1, self.config.horizon, self.action_dim)
         return self.normalizer.unnormalize(ACTION, pred)
 

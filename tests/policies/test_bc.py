@@ -71,10 +71,11 @@ def test_select_action_uses_observation_history():
     first = policy.select_action(steps[0])
     # at an episode start the first frame is repeated, like the loader's padding
     repeated = {k: torch.stack([steps[0][k]] * 2, 1) for k in ("observation.state", "observation.images.front")}
+    repeated["task"] = b["task"]
     expect_first = policy.normalizer.unnormalize("action", policy.head(policy._features(repeated)).view(2, 4, 3))[:, 0]
     torch.testing.assert_close(first, expect_first)
     second = policy.select_action(steps[1])
-    stacked = {k: b[k] for k in ("observation.state", "observation.images.front")}
+    stacked = {k: b[k] for k in ("observation.state", "observation.images.front", "task")}
     expect = policy.normalizer.unnormalize("action", policy.head(policy._features(stacked)).view(2, 4, 3))[:, 0]
     torch.testing.assert_close(second, expect)
     assert policy.predict_action_chunk(steps[1]).shape == (2, 4, 3)
@@ -89,6 +90,34 @@ def test_save_load_gives_same_actions(tmp_path):
            "observation.images.front": torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8), "task": ["x"] * 3}
     torch.testing.assert_close(loaded.predict_action_chunk(obs), policy.predict_action_chunk(obs))
     assert isinstance(loaded, BCPolicy) and loaded.config == policy.config
+
+
+def test_instruction_selects_the_action():
+    """Same images and state, two instructions, two different targets: only a policy that reads
+    the instruction can fit both (the tabletop scenes hold distractors named by the task)."""
+    torch.manual_seed(0)
+    batch = make_batch(b=8)
+    for k in ("observation.state", "observation.images.front"):
+        batch[k] = batch[k][:1].expand_as(batch[k]).clone()
+    batch["task"] = ["reach the red ball", "reach the blue ball"] * 4
+    batch["action"] = torch.tensor([[2.0, 1.0, -1.0], [-2.0, -1.0, 0.0]]).repeat(4, 1)[:, None].expand(8, 4, 3).clone()
+    losses = {}
+    for enc in ("hashed", "none"):
+        torch.manual_seed(0)
+        policy = BCPolicy(small_config(random_shift=0, text_encoder=enc), FEATURES, STATS)
+        opt = torch.optim.AdamW(policy.parameters(), lr=3e-3)
+        for _ in range(150):
+            loss, _ = policy.compute_loss(batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        losses[enc] = loss.item()
+    assert losses["hashed"] < 0.1 < losses["none"], losses
+    with pytest.raises(KeyError, match="needs the instruction"):
+        policy = BCPolicy(small_config(), FEATURES, STATS)
+        policy.predict_action_chunk({k: batch[k][:, 0] for k in ("observation.state", "observation.images.front")})
+    with pytest.raises(ValueError, match="text_encoder"):
+        BCConfig(text_encoder="bert")
 
 
 def test_random_shift_keeps_shape_and_content_range():
