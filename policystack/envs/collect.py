@@ -21,11 +21,12 @@ from __future__ import annotations
 import multiprocessing as mp
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from policystack.keyvalue import parse_key_values
 from policystack.types import ACTION, OBS_STATE, TASK
 
 USAGE = __doc__.split("\n\n")[1]
@@ -85,43 +86,9 @@ class CollectConfig:
             raise ValueError(f"max_attempts={self.max_attempts} is below episodes={self.episodes}")
 
 
-def _parse_bool(key: str, value: str) -> bool:
-    v = value.lower()
-    if v in ("1", "true", "yes", "on"):
-        return True
-    if v in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{key}={value!r}: expected true or false")
-
-
 def parse_args(argv: list[str]) -> CollectConfig:
     """key=value arguments -> CollectConfig; errors name the offending argument."""
-    types = {f.name: f.type for f in fields(CollectConfig)}
-    kwargs: dict = {}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep:
-            raise ValueError(f"argument {arg!r}: expected key=value")
-        if key not in types:
-            raise ValueError(f"unknown argument {key!r}; valid: {', '.join(types)}")
-        t = types[key]
-        try:
-            if t == "int":
-                kwargs[key] = int(value)
-            elif t == "bool":
-                kwargs[key] = _parse_bool(key, value)
-            elif t == "Path":
-                kwargs[key] = Path(value)
-            elif key == "cameras":
-                kwargs[key] = tuple(c for c in value.split(",") if c and c != "none")
-            else:
-                kwargs[key] = value
-        except ValueError as e:
-            raise ValueError(f"{key}={value!r}: {e}") from None
-    missing = [k for k in ("env", "episodes", "out") if k not in kwargs]
-    if missing:
-        raise ValueError(f"missing required argument(s): {', '.join(k + '=' for k in missing)}")
-    return CollectConfig(**kwargs)
+    return CollectConfig(**parse_key_values(argv, CollectConfig, required=("env", "episodes", "out")))
 
 
 @dataclass

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from policystack.keyvalue import parse_key_values
 
 USAGE = __doc__.split("\n\n")[1]
 
@@ -63,33 +65,9 @@ class EvalArgs:
         return Path(self.checkpoint) / "eval" / name
 
 
-def _bool(key: str, value: str) -> bool:
-    v = value.lower()
-    if v in ("1", "true", "yes", "on"):
-        return True
-    if v in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{key}={value!r}: expected true or false")
-
-
 def parse_args(argv: list[str]) -> EvalArgs:
     """key=value arguments -> EvalArgs; errors name the offending argument."""
-    types = {f.name: f.type for f in fields(EvalArgs)}
-    kwargs: dict[str, Any] = {}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep:
-            raise ValueError(f"argument {arg!r}: expected key=value")
-        if key not in types:
-            raise ValueError(f"unknown argument {key!r}; valid: {', '.join(types)}")
-        try:
-            kwargs[key] = int(value) if types[key] == "int" else _bool(key, value) if types[key] == "bool" else value
-        except ValueError:
-            raise ValueError(f"{key}={value!r}: expected an integer") from None
-    missing = [k for k in ("checkpoint", "env") if k not in kwargs]
-    if missing:
-        raise ValueError(f"missing required argument(s): {', '.join(k + '=' for k in missing)}")
-    args = EvalArgs(**kwargs)
+    args = EvalArgs(**parse_key_values(argv, EvalArgs, required=("checkpoint", "env")))
     if not args.tasks:
         raise ValueError("env=: expected at least one task name")
     return args
