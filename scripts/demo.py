@@ -41,7 +41,7 @@ def finished_steps(run_dir: Path) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="Reach", help="tabletop task (default: Reach)")
-    ap.add_argument("--episodes", type=int, default=60, help="expert demonstrations to collect")
+    ap.add_argument("--episodes", type=int, default=200, help="expert demonstrations to collect")
     ap.add_argument("--steps", type=int, default=1500, help="training steps")
     ap.add_argument("--eval-episodes", type=int, default=20)
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "demo")
