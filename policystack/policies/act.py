@@ -26,12 +26,11 @@ import torch
 from torch import Tensor
 
 from policystack.policies.layers.lerobot_adapter import (
-    OBS_ENV_STATE,
     LeRobotAdapter,
     LeRobotAdapterConfig,
     lerobot_features,
 )
-from policystack.types import ACTION, OBS_STATE, FeatureSpec, Stats
+from policystack.types import ACTION, FeatureSpec, Stats
 
 ACTIVATIONS = ("relu", "gelu", "glu")
 
@@ -118,12 +117,6 @@ class ACTPolicy(LeRobotAdapter):
 
     def __init__(self, config: ACTConfig, features: FeatureSpec, stats: Stats | None):
         super().__init__(config, features, stats)
-        if OBS_STATE not in features:
-            raise KeyError(f"act needs {OBS_STATE!r} among the features (LeRobot's ACT reads it for the "
-                           f"latent and the state token); got {sorted(features)}")
-        if not self.cameras and OBS_ENV_STATE not in features:
-            raise KeyError(f"act needs at least one camera ('observation.images.<cam>') or {OBS_ENV_STATE!r} "
-                           f"among the features; got {sorted(features)}")
         from lerobot.policies.act.modeling_act import ACTPolicy as LeRobotACTPolicy
         from lerobot.policies.act.modeling_act import ACTTemporalEnsembler
 

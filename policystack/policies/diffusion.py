@@ -29,7 +29,6 @@ import torch
 from torch import Tensor
 
 from policystack.policies.layers.lerobot_adapter import (
-    OBS_ENV_STATE,
     LeRobotAdapter,
     LeRobotAdapterConfig,
     lerobot_features,
@@ -180,12 +179,6 @@ class DiffusionPolicy(LeRobotAdapter):
 
     def __init__(self, config: DiffusionConfig, features: FeatureSpec, stats: Stats | None):
         super().__init__(config, features, stats)
-        if OBS_STATE not in features:
-            raise KeyError(f"diffusion needs {OBS_STATE!r} among the features (LeRobot's Diffusion Policy "
-                           f"conditions on it); got {sorted(features)}")
-        if not self.cameras and OBS_ENV_STATE not in features:
-            raise KeyError(f"diffusion needs at least one camera ('observation.images.<cam>') or "
-                           f"{OBS_ENV_STATE!r} among the features; got {sorted(features)}")
         sizes = {features[k].chw for k in self.cameras}
         if len(sizes) > 1:
             shapes = {k: features[k].chw for k in self.cameras}

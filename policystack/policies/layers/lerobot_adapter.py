@@ -79,6 +79,13 @@ class LeRobotAdapter(Policy):
     def __init__(self, config: LeRobotAdapterConfig, features: FeatureSpec, stats: Stats | None):
         super().__init__(config, features, stats)
         self.cameras = sorted(k for k, f in features.items() if is_image_key(k) and f.is_visual)
+        # What LeRobot's ACT and Diffusion policies both read: the state, and a camera or env state.
+        if OBS_STATE not in features:
+            raise KeyError(f"{self.name} needs {OBS_STATE!r} among the features (LeRobot's model conditions "
+                           f"on it); got {sorted(features)}")
+        if not self.cameras and OBS_ENV_STATE not in features:
+            raise KeyError(f"{self.name} needs at least one camera ('observation.images.<cam>') or "
+                           f"{OBS_ENV_STATE!r} among the features; got {sorted(features)}")
         self.vectors = [k for k in (OBS_STATE, OBS_ENV_STATE) if k in features]  # non-image inputs
         shapes: dict[str, tuple[int, ...]] = {k: tuple(features[k].shape) for k in self.vectors + [ACTION]}
         shapes.update({k: (3, 1, 1) for k in self.cameras})  # per-channel image statistics
