@@ -22,6 +22,7 @@ import numpy as np
 
 # --- feature names -------------------------------------------------------------------------
 OBS_STATE = "observation.state"
+OBS_ENV_STATE = "observation.environment_state"  # privileged object poses (LeRobot's name)
 OBS_IMAGES = "observation.images"  # a camera key is f"{OBS_IMAGES}.{camera}"
 ACTION = "action"
 TASK = "task"

@@ -23,6 +23,10 @@ ValueError and the simulation is not stepped; values outside the bounds are clip
 ``Dict`` with
 - ``observation.state``: float32 [15] = 7 arm joint positions (rad), gripper closure in [0, 1],
   end-effector (pinch site) position (m, 3) and orientation quaternion (w, x, y, z; w >= 0);
+- ``observation.environment_state`` (only with ``env_state=True``): float32 [E], the poses of the
+  objects the instruction names, in the order it names them (MetaWorld-style privileged state;
+  ``type(env).ENV_STATE_NAMES`` names the entries). For state-based policies and fast baselines;
+  a real robot has no such sensor, so image policies should be trained without it;
 - ``observation.images.<camera>`` for each camera in ``cameras`` (``front``, ``wrist``): uint8
   [3, H, W], rendered once per step (``image_size``, default 96x96). ``cameras=()`` renders
   nothing (fast state-only runs).
@@ -53,7 +57,7 @@ from gymnasium import spaces
 
 from policystack.envs import robot as rb
 from policystack.envs.scene import add_table_and_lights
-from policystack.types import ACTION, OBS_STATE, Feature, FeatureSpec, camera_key
+from policystack.types import ACTION, OBS_ENV_STATE, OBS_STATE, Feature, FeatureSpec, camera_key
 
 POS_SCALE = 0.05  # m per step at |a| = 1
 ROT_SCALE = 0.25  # rad per step at |a| = 1
@@ -78,10 +82,11 @@ class TabletopEnv(gym.Env):
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 10}
     name: ClassVar[str] = ""  # registered as policystack/<name>-v0
     max_episode_steps: ClassVar[int] = 100
+    ENV_STATE_NAMES: ClassVar[tuple[str, ...]] = ()  # entries of object_state()
 
     def __init__(self, action_mode: str = "ee_delta", cameras: tuple[str, ...] | list[str] | str = CAMERAS,
                  image_size: int | tuple[int, int] = 96, fps: int = 10, physics_hz: int = 500,
-                 render_mode: str | None = None, terminate_on_success: bool = True):
+                 render_mode: str | None = None, terminate_on_success: bool = True, env_state: bool = False):
         if action_mode not in ("ee_delta", "joint"):
             raise ValueError(f"action_mode={action_mode!r}: expected 'ee_delta' or 'joint'")
         if isinstance(cameras, str):
@@ -104,6 +109,7 @@ class TabletopEnv(gym.Env):
         self.n_substeps = physics_hz // fps
         self.render_mode = render_mode
         self.terminate_on_success = terminate_on_success
+        self.env_state = bool(env_state)
         self.metadata = {**self.metadata, "render_fps": self.fps}
 
         self.model = self._compiled_model()
@@ -130,6 +136,8 @@ class TabletopEnv(gym.Env):
         state_low = np.concatenate([self.joint_low - 0.2, [0.0], [-1.5] * 3, [-1.0] * 4]).astype(np.float32)
         state_high = np.concatenate([self.joint_high + 0.2, [1.0], [1.5] * 3, [1.0] * 4]).astype(np.float32)
         obs_spaces: dict[str, spaces.Space] = {OBS_STATE: spaces.Box(state_low, state_high, dtype=np.float32)}
+        if self.env_state:
+            obs_spaces[OBS_ENV_STATE] = spaces.Box(-np.inf, np.inf, (len(self.ENV_STATE_NAMES),), np.float32)
         for cam in self.cameras:
             obs_spaces[camera_key(cam)] = spaces.Box(0, 255, (3, *self.image_hw), np.uint8)
         self.observation_space = spaces.Dict(obs_spaces)
@@ -146,6 +154,10 @@ class TabletopEnv(gym.Env):
 
     def evaluate(self) -> tuple[bool, dict[str, float]]:
         """(success, reward terms without the 'reward_' prefix) for the current state."""
+        raise NotImplementedError
+
+    def object_state(self) -> np.ndarray:
+        """Poses of the objects the instruction names, laid out as ``ENV_STATE_NAMES``."""
         raise NotImplementedError
 
     # --- model -------------------------------------------------------------------------------
@@ -165,6 +177,8 @@ class TabletopEnv(gym.Env):
         """The dataset features this env produces (images as LeRobot's (H, W, 3) video)."""
         h, w = self.image_hw
         feats: FeatureSpec = {OBS_STATE: Feature("float32", (len(STATE_NAMES),), names=list(STATE_NAMES))}
+        if self.env_state:
+            feats[OBS_ENV_STATE] = Feature("float32", (len(self.ENV_STATE_NAMES),), names=list(self.ENV_STATE_NAMES))
         for cam in self.cameras:
             feats[camera_key(cam)] = Feature("video", (h, w, 3), names=["height", "width", "channels"])
         names = EE_ACTION_NAMES if self.action_mode == "ee_delta" else JOINT_ACTION_NAMES
@@ -192,6 +206,11 @@ class TabletopEnv(gym.Env):
 
     def body_pos(self, name: str) -> np.ndarray:
         return self.data.xpos[self.model.body(name).id].copy()
+
+    def body_pose(self, name: str) -> np.ndarray:
+        """[7]: position and orientation quaternion (w, x, y, z; w >= 0) of body ``name``."""
+        bid = self.model.body(name).id
+        return np.concatenate([self.data.xpos[bid], quat_canonical(self.data.xquat[bid].copy())])
 
     def touching_gripper(self, geom_ids: set[int]) -> bool:
         """True if any of geom_ids is in contact with a gripper pad."""
@@ -277,6 +296,8 @@ class TabletopEnv(gym.Env):
 
     def _observation(self) -> dict[str, np.ndarray]:
         obs = {OBS_STATE: self._state()}
+        if self.env_state:
+            obs[OBS_ENV_STATE] = self.object_state().astype(np.float32)
         for cam in self.cameras:
             obs[camera_key(cam)] = np.ascontiguousarray(self._render_camera(cam).transpose(2, 0, 1))
         return obs

@@ -43,6 +43,7 @@ class ReachEnv(TabletopEnv):
     """Reach a coloured ball (3 balls float above the table; distractors are the other two)."""
 
     name = "Reach"
+    ENV_STATE_NAMES = ('target_x', 'target_y', 'target_z')
     max_episode_steps = 50
     templates: ClassVar[tuple[str, ...]] = ("reach the {c} ball", "move the gripper to the {c} ball",
                                             "touch the {c} sphere")
@@ -66,6 +67,9 @@ class ReachEnv(TabletopEnv):
         color = colors[int(self.target[-1])]
         return self.templates[int(rng.integers(len(self.templates)))].format(c=color)
 
+    def object_state(self) -> np.ndarray:
+        return self.body_pos(self.target)
+
     def evaluate(self) -> tuple[bool, dict[str, float]]:
         dist = float(np.linalg.norm(self.ee_pos - self.body_pos(self.target)))
         return dist < self.success_dist, {"dist": -dist}
@@ -75,6 +79,7 @@ class PressButtonEnv(TabletopEnv):
     """Press the named one of three coloured push buttons."""
 
     name = "PressButton"
+    ENV_STATE_NAMES = ('button_x', 'button_y', 'button_z')
     max_episode_steps = 60
     templates: ClassVar[tuple[str, ...]] = ("press the {c} button", "push the {c} button down",
                                             "hit the {c} button")
@@ -99,6 +104,9 @@ class PressButtonEnv(TabletopEnv):
     def depth(self, button: str) -> float:
         return float(-self.data.qpos[self.model.joint(button).qposadr[0]])
 
+    def object_state(self) -> np.ndarray:
+        return self.body_pos(self.target)
+
     def evaluate(self) -> tuple[bool, dict[str, float]]:
         top = self.body_pos(self.target) + [0.0, 0.0, 0.016]
         dist = float(np.linalg.norm(self.ee_pos - top))
@@ -110,6 +118,7 @@ class OpenDrawerEnv(TabletopEnv):
     """Pull a drawer open by its handle (the cabinet stands at the far side of the table)."""
 
     name = "OpenDrawer"
+    ENV_STATE_NAMES = ('handle_x', 'handle_y', 'handle_z', 'opening')
     max_episode_steps = 80
     templates: ClassVar[tuple[str, ...]] = ("open the {c} drawer", "pull the {c} drawer open",
                                             "slide the {c} drawer out")
@@ -135,6 +144,9 @@ class OpenDrawerEnv(TabletopEnv):
     def handle_pos(self) -> np.ndarray:
         return self.data.geom_xpos[self.model.geom("drawer_handle").id].copy()
 
+    def object_state(self) -> np.ndarray:
+        return np.append(self.handle_pos(), self.opening)
+
     def evaluate(self) -> tuple[bool, dict[str, float]]:
         dist = float(np.linalg.norm(self.ee_pos - self.handle_pos()))
         return self.opening >= self.open_dist, {"dist": -dist, "open": self.opening / self.open_dist}
@@ -144,6 +156,7 @@ class PushEnv(TabletopEnv):
     """Push a cube into a coloured goal zone on the table."""
 
     name = "Push"
+    ENV_STATE_NAMES = ('cube_x', 'cube_y', 'cube_z', 'cube_qw', 'cube_qx', 'cube_qy', 'cube_qz', 'zone_x', 'zone_y', 'zone_z')
     max_episode_steps = 120
     templates: ClassVar[tuple[str, ...]] = ("push the {c} cube to the {z} zone",
                                             "slide the {c} cube onto the {z} target",
@@ -169,6 +182,9 @@ class PushEnv(TabletopEnv):
         self.model.geom_rgba[self.model.geom("zone").id] = COLORS[zone_c][:3] + (0.6,)
         return self.templates[int(rng.integers(len(self.templates)))].format(c=cube_c, z=zone_c)
 
+    def object_state(self) -> np.ndarray:
+        return np.concatenate([self.body_pose("cube"), self.body_pos("zone")])
+
     def evaluate(self) -> tuple[bool, dict[str, float]]:
         cube = self.body_pos("cube")
         goal = self.body_pos("zone")
@@ -181,6 +197,7 @@ class PickPlaceEnv(TabletopEnv):
     """Pick the named one of two cubes and place it in the bowl."""
 
     name = "PickPlace"
+    ENV_STATE_NAMES = ('cube_x', 'cube_y', 'cube_z', 'cube_qw', 'cube_qx', 'cube_qy', 'cube_qz', 'bowl_x', 'bowl_y', 'bowl_z')
     max_episode_steps = 120
     templates: ClassVar[tuple[str, ...]] = ("put the {c} cube in the {b} bowl",
                                             "place the {c} cube into the {b} bowl",
@@ -209,6 +226,9 @@ class PickPlaceEnv(TabletopEnv):
         color = c0 if self.target == "cube0" else c1
         return self.templates[int(rng.integers(len(self.templates)))].format(c=color, b=cb)
 
+    def object_state(self) -> np.ndarray:
+        return np.concatenate([self.body_pose(self.target), self.body_pos("bowl")])
+
     def evaluate(self) -> tuple[bool, dict[str, float]]:
         cube = self.body_pos(self.target)
         bowl = self.body_pos("bowl")
@@ -223,6 +243,7 @@ class StackEnv(TabletopEnv):
     """Stack the named cube on the other named cube (a third cube is a distractor)."""
 
     name = "Stack"
+    ENV_STATE_NAMES = ('top_x', 'top_y', 'top_z', 'top_qw', 'top_qx', 'top_qy', 'top_qz', 'bottom_x', 'bottom_y', 'bottom_z', 'bottom_qw', 'bottom_qx', 'bottom_qy', 'bottom_qz')
     max_episode_steps = 120
     templates: ClassVar[tuple[str, ...]] = ("stack the {a} cube on the {b} cube",
                                             "put the {a} cube on top of the {b} cube",
@@ -243,6 +264,9 @@ class StackEnv(TabletopEnv):
         top, bottom = (int(i) for i in rng.choice(3, size=2, replace=False))
         self.top, self.bottom = f"cube{top}", f"cube{bottom}"
         return self.templates[int(rng.integers(len(self.templates)))].format(a=colors[top], b=colors[bottom])
+
+    def object_state(self) -> np.ndarray:
+        return np.concatenate([self.body_pose(self.top), self.body_pose(self.bottom)])
 
     def evaluate(self) -> tuple[bool, dict[str, float]]:
         a, b = self.body_pos(self.top), self.body_pos(self.bottom)

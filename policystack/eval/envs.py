@@ -12,7 +12,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from policystack.types import ACTION, OBS_IMAGES, FeatureSpec, image_keys
+from policystack.types import ACTION, OBS_ENV_STATE, OBS_IMAGES, FeatureSpec, image_keys
 
 EXPERT_KEY = "expert.action"  # observation entry holding the scripted expert's action, float32 [A]
 
@@ -70,6 +70,8 @@ def env_kwargs_from_features(task: str, features: FeatureSpec) -> dict[str, Any]
         from policystack.envs.base import JOINT_ACTION_NAMES
 
         kwargs["cameras"] = tuple(cams)
+        if OBS_ENV_STATE in features:
+            kwargs["env_state"] = True
         if ACTION in features and features[ACTION].names == JOINT_ACTION_NAMES:
             kwargs["action_mode"] = "joint"
     else:

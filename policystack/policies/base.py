@@ -44,7 +44,8 @@ class PolicyConfig:
     n_action_steps: int = 1  # actions executed from each chunk before predicting again
     # feature key -> normalisation mode (see policies/normalize.py); keys absent are not normalised
     normalization: dict[str, str] = field(
-        default_factory=lambda: {"observation.state": "mean_std", "action": "mean_std"})
+        default_factory=lambda: {"observation.state": "mean_std", "observation.environment_state": "mean_std",
+                                 "action": "mean_std"})
 
     def __post_init__(self):
         for name in ("n_obs_steps", "horizon", "n_action_steps"):

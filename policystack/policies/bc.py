@@ -8,7 +8,7 @@ whole chunk of normalised actions (L1 loss, padded steps masked). Random-shift a
 on the images during training.
 
     images uint8 [B, T, 3, H, W] --conv+spatial softmax--> [B, T, 2K] per camera --+
-    state [B, T, D] --normalise--------------------------------------------------+
+    state [B, T, D] (+ environment_state [B, T, E]) --normalise------------------+
     task list[str] --text encoder (frozen)--> [B, E] --linear--> [B, task_dim] ---+--> MLP --> [B, H, A]
 """
 
@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from policystack.perception.text import make_text_encoder, text_encoder_dim
 from policystack.policies.base import Policy, PolicyConfig
 from policystack.policies.normalize import Normalizer
-from policystack.types import ACTION, OBS_STATE, TASK, FeatureSpec, Stats
+from policystack.types import ACTION, OBS_ENV_STATE, OBS_STATE, TASK, FeatureSpec, Stats
 
 
 @dataclass
@@ -111,16 +111,17 @@ class BCPolicy(Policy):
     def __init__(self, config: BCConfig, features: FeatureSpec, stats: Stats | None):
         super().__init__(config, features, stats)
         self.cameras = sorted(k for k, f in features.items() if f.is_visual)
-        self.has_state = OBS_STATE in features
-        if not self.cameras and not self.has_state:
-            raise KeyError(f"bc needs {OBS_STATE!r} or at least one camera among the features {sorted(features)}")
+        self.vectors = [k for k in (OBS_STATE, OBS_ENV_STATE) if k in features]  # non-image inputs
+        if not self.cameras and not self.vectors:
+            raise KeyError(f"bc needs {OBS_STATE!r}, {OBS_ENV_STATE!r} or at least one camera among the features "
+                           f"{sorted(features)}")
         shapes = {k: f.shape for k, f in features.items() if not f.is_visual}
         modes = {k: m for k, m in config.normalization.items() if k in shapes}
         self.normalizer = Normalizer(shapes, modes, stats)
         self.encoders = nn.ModuleDict({k.replace(".", "_"): ConvEncoder(config.conv_channels, config.keypoints)
                                        for k in self.cameras})
         self.action_dim = features[ACTION].shape[0]
-        state_dim = features[OBS_STATE].shape[0] if self.has_state else 0
+        state_dim = sum(features[k].shape[0] for k in self.vectors)
         in_dim = config.n_obs_steps * (len(self.cameras) * 2 * config.keypoints + state_dim)
         if config.text_encoder != "none":
             self.task_proj = nn.Linear(text_encoder_dim(config.text_encoder), config.task_dim)
@@ -143,8 +144,8 @@ class BCPolicy(Policy):
             if self.training and self.config.random_shift > 0:
                 flat = random_shift(flat, self.config.random_shift)
             parts.append(self.encoders[cam.replace(".", "_")](flat).view(b, t, -1))
-        if self.has_state:
-            parts.append(self.normalizer.normalize(OBS_STATE, obs[OBS_STATE].float()))
+        for key in self.vectors:
+            parts.append(self.normalizer.normalize(key, obs[key].float()))
         feats = torch.cat(parts, -1).flatten(1)
         if self.config.text_encoder == "none":
             return feats
@@ -167,7 +168,7 @@ class BCPolicy(Policy):
         return loss, {"l1": loss.item()}
 
     def _obs_keys(self) -> list[str]:
-        return self.cameras + ([OBS_STATE] if self.has_state else [])
+        return self.cameras + self.vectors
 
     @torch.no_grad()
     def predict_action_chunk(self, obs: dict) -> Tensor:

@@ -47,7 +47,8 @@ class DiffusionConfig(LeRobotAdapterConfig):
     horizon: int = 16  # h: trajectory length (offsets 1-o .. h-o); a multiple of 2**len(down_dims)
     n_action_steps: int = 8  # a: executed per prediction; <= h - o + 1
     normalization: dict[str, str] = field(  # LeRobot's diffusion defaults: min_max to [-1, 1]
-        default_factory=lambda: {"observation.state": "min_max", "action": "min_max"})
+        default_factory=lambda: {"observation.state": "min_max", "observation.environment_state": "min_max",
+                                 "action": "min_max"})
     # vision (LeRobot's DiffusionRgbEncoder)
     vision_backbone: str = "resnet18"
     pretrained_backbone_weights: str | None = None  # torchvision weights name (downloads); None = random

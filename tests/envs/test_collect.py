@@ -8,9 +8,9 @@ import pytest
 
 from policystack import envs
 from policystack.cli import main as cli_main
-from policystack.envs.collect import CollectConfig, collect, parse_args
+from policystack.envs.collect import CollectConfig, Episode, _in_order, collect, parse_args
 from policystack.envs.experts import make_expert, run_episode
-from policystack.types import ACTION, OBS_STATE, camera_key
+from policystack.types import ACTION, OBS_ENV_STATE, OBS_STATE, camera_key
 
 
 def test_parse_args_types_and_defaults(tmp_path):
@@ -32,6 +32,10 @@ def test_parse_args_types_and_defaults(tmp_path):
     (["env=Reach", "episodes", "out=x"], "expected key=value"),
     (["env=Reach", "episodes=1", "out=x", "cameras=top"], "valid: front, wrist or none"),
     (["env=Reach", "episodes=1", "out=x", "action_mode=torque"], "expected ee_delta or joint"),
+    (["env=Reach,Juggle", "episodes=1", "out=x"], "unknown task(s) 'Juggle'; valid tasks: Reach, PressButton"),
+    (["env=Reach,policystack/Reach-v0", "episodes=1", "out=x"], "Reach given more than once"),
+    (["env=Reach,metaworld/reach-v3", "episodes=1", "out=x"], "MetaWorld tasks are collected one per dataset"),
+    (["env=,", "episodes=1", "out=x"], "expected a task name"),
 ])
 def test_bad_arguments_exit_2_with_message(argv, message, capsys):
     assert cli_main(["collect", *argv]) == 2
@@ -87,3 +91,118 @@ def test_only_success_false_keeps_failures_and_workers_agree(tmp_path):
     t1 = pq.read_table(tmp_path / "w1" / "data").to_pydict()
     t2 = pq.read_table(tmp_path / "w2" / "data").to_pydict()
     assert t1[ACTION] == t2[ACTION] and t1[OBS_STATE] == t2[OBS_STATE]
+
+
+def test_env_state_is_recorded(tmp_path):
+    out = tmp_path / "push"
+    collect(CollectConfig(env="Push", episodes=1, out=out, cameras=(), env_state=True, seed=5), progress=False)
+    info = json.loads((out / "meta" / "info.json").read_text())
+    assert info["features"][OBS_ENV_STATE]["shape"] == [10]
+    assert not any(k.startswith("observation.images") for k in info["features"])
+    env = envs.make("Push", cameras=(), env_state=True)
+    frames, _ = run_episode(env, make_expert(env), seed=5)
+    table = pq.read_table(out / "data").to_pydict()
+    np.testing.assert_allclose(np.array(table[OBS_ENV_STATE]), np.stack([o[OBS_ENV_STATE] for o, _ in frames]),
+                               atol=1e-6)
+    stats = json.loads((out / "meta" / "stats.json").read_text())
+    assert len(stats[OBS_ENV_STATE]["mean"]) == 10
+
+
+# --- multi-task datasets -------------------------------------------------------------------------
+def _episodes(root) -> list[dict[str, list]]:
+    """The dataset's data rows split per episode (in episode order)."""
+    t = pq.read_table(root / "data").to_pydict()
+    n = max(t["episode_index"]) + 1
+    return [{k: [v for v, e in zip(col, t["episode_index"], strict=True) if e == i] for k, col in t.items()
+             if k in (ACTION, OBS_STATE, "task_index", "frame_index")} for i in range(n)]
+
+
+def _task_names(root) -> list[str]:
+    return pq.read_table(root / "meta" / "tasks.parquet").to_pandas().index.tolist()
+
+
+def test_parse_args_multitask_normalises_names():
+    cfg = parse_args(["env=policystack/Reach-v0, PressButton,OpenDrawer-v0", "episodes=2", "out=x"])
+    assert cfg.env == "Reach,PressButton,OpenDrawer" and cfg.tasks == ["Reach", "PressButton", "OpenDrawer"]
+    assert cfg.max_attempts == 2 * 2 + 10  # per task
+
+
+def test_multitask_dataset_is_the_single_task_datasets_in_order(tmp_path):
+    tasks = ["Reach", "PressButton", "OpenDrawer"]
+    base = dict(episodes=2, cameras=(), seed=3)
+    summary = collect(CollectConfig(env=",".join(tasks), out=tmp_path / "all", **base), progress=False)
+    assert summary["episodes"] == 6 and summary["attempts"] == 6
+    assert [(t, c["episodes"]) for t, c in summary["tasks"].items()] == [(t, 2) for t in tasks]
+    combined = _episodes(tmp_path / "all")
+    combined_tasks = _task_names(tmp_path / "all")
+    assert len(combined) == 6
+    singles_tasks = []
+    for i, task in enumerate(tasks):
+        single = tmp_path / task
+        s = collect(CollectConfig(env=task, out=single, **base), progress=False)
+        assert summary["tasks"][task] == s["tasks"][task]
+        single_tasks = _task_names(single)
+        singles_tasks += single_tasks
+        for j, ep in enumerate(_episodes(single)):  # task by task, each from seed 3 on
+            got = combined[2 * i + j]
+            assert got[ACTION] == ep[ACTION] and got[OBS_STATE] == ep[OBS_STATE]
+            # each frame carries its own task's instruction
+            assert {combined_tasks[k] for k in got["task_index"]} == {single_tasks[k] for k in ep["task_index"]}
+    # the tasks table holds the instructions of every task, in first-use order
+    assert combined_tasks == list(dict.fromkeys(singles_tasks))
+    info = json.loads((tmp_path / "all" / "meta" / "info.json").read_text())
+    assert info["total_episodes"] == 6 and info["total_tasks"] == len(combined_tasks)
+
+
+def test_multitask_workers_agree_and_summary_names_each_task(tmp_path, capsys):
+    argv = ["env=PressButton,Reach", "episodes=2", "cameras=front", "image_size=32", "seed=11"]
+    assert cli_main(["collect", *argv, f"out={tmp_path / 'w1'}"]) == 0
+    assert cli_main(["collect", *argv, f"out={tmp_path / 'w2'}", "workers=2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1].startswith("wrote 4 episodes (") and "PressButton 2 (2 attempts), Reach 2 (2 attempts)" in lines[-1]
+    t1 = pq.read_table(tmp_path / "w1" / "data").to_pydict()
+    t2 = pq.read_table(tmp_path / "w2" / "data").to_pydict()
+    for key in (ACTION, OBS_STATE, "episode_index", "task_index"):
+        assert t1[key] == t2[key]
+    assert _task_names(tmp_path / "w1") == _task_names(tmp_path / "w2")
+
+
+def test_multitask_env_state_with_different_layouts_is_refused_before_writing(tmp_path, capsys):
+    out = tmp_path / "ds"
+    assert cli_main(["collect", "env=Reach,OpenDrawer", "episodes=1", f"out={out}", "cameras=none",
+                     "env_state=true"]) == 1
+    err = capsys.readouterr().err
+    assert "observation.environment_state" in err and "env_state=true" in err
+    assert "Reach float32 [3]" in err and "OpenDrawer float32 [4]" in err
+    assert not out.exists()
+
+
+def _scripted_submit(outcomes: dict[tuple[str, int], bool], log: list, in_flight: list[int]):
+    """A submit() for _in_order over precomputed outcomes: records each start and how many
+    attempts were in flight; results are produced when waited for."""
+    def submit(task: str, seed: int):
+        log.append((task, seed))
+        in_flight[0] += 1
+        in_flight[1] = max(in_flight[1], in_flight[0])
+
+        def wait() -> Episode:
+            in_flight[0] -= 1
+            frames = {ACTION: np.zeros((1, 7), np.float32)}
+            return Episode(env=task, seed=seed, success=outcomes[task, seed], task=task, frames=frames)
+        return wait
+    return submit
+
+
+@pytest.mark.parametrize("window", [1, 2, 5])
+def test_attempt_order_with_failures_does_not_depend_on_look_ahead(window):
+    cfg = CollectConfig(env="Reach,Push,Stack", episodes=3, out="x", max_attempts=5)
+    failing = {("Reach", 1), ("Push", 0), ("Push", 2), ("Push", 3), ("Stack", 4)}
+    outcomes = {(t, s): (t, s) not in failing for t in cfg.tasks for s in range(5)}
+    log, in_flight = [], [0, 0]
+    got = [(ep.env, ep.seed) for ep in _in_order(cfg, _scripted_submit(outcomes, log, in_flight), window)]
+    # task by task, seeds in order, until 3 successes or 5 attempts (Push gets only 2 successes)
+    assert got == [("Reach", 0), ("Reach", 1), ("Reach", 2), ("Reach", 3),
+                   ("Push", 0), ("Push", 1), ("Push", 2), ("Push", 3), ("Push", 4),
+                   ("Stack", 0), ("Stack", 1), ("Stack", 2)]
+    assert sorted(log) == sorted(got)  # no attempt started that was not needed
+    assert in_flight[1] == window  # the look-ahead is used (across tasks), never exceeded

@@ -7,7 +7,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from policystack import envs
-from policystack.types import ACTION, OBS_STATE, camera_key
+from policystack.types import ACTION, OBS_ENV_STATE, OBS_STATE, camera_key
 
 TASKS = envs.task_names()
 
@@ -89,6 +89,31 @@ def test_state_only_has_no_images():
     obs, _ = env.reset(seed=0)
     assert list(obs) == [OBS_STATE]
     assert env.unwrapped._renderer is None
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_env_state_holds_the_named_objects_poses(task):
+    env = envs.make(task, cameras=(), env_state=True)
+    u = env.unwrapped
+    obs, _ = env.reset(seed=3)
+    es = obs[OBS_ENV_STATE]
+    assert es.dtype == np.float32 and es.shape == (len(u.ENV_STATE_NAMES),) == u.features[OBS_ENV_STATE].shape
+    assert env.observation_space.contains(obs)
+    named = dict(zip(u.ENV_STATE_NAMES, es, strict=True))
+    # the first entries are the position of the object the instruction names
+    first = {"Reach": "target", "PressButton": "target", "Push": None, "PickPlace": "target", "Stack": "top"}
+    if task in first:
+        want = u.body_pos(getattr(u, first[task]) if first[task] else "cube")
+        got = [v for k, v in named.items() if k.endswith(("_x", "_y", "_z"))][:3]
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    else:  # OpenDrawer: the handle and how far the drawer is open
+        np.testing.assert_allclose(es[:3], u.handle_pos(), atol=1e-6)
+        assert named["opening"] == pytest.approx(u.opening, abs=1e-6)
+    # it follows the scene: a different seed moves the objects
+    obs2, _ = env.reset(seed=4)
+    assert not np.allclose(obs2[OBS_ENV_STATE], es)
+    env.close()
+    assert OBS_ENV_STATE not in envs.make(task, cameras=()).reset(seed=3)[0]  # off by default
 
 
 def test_features_match_spaces():

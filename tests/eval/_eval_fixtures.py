@@ -6,13 +6,13 @@ import numpy as np
 import torch
 
 from policystack.policies.bc import BCConfig, BCPolicy
-from policystack.types import ACTION, OBS_STATE, FeatureSpec
+from policystack.types import ACTION, OBS_ENV_STATE, OBS_STATE, FeatureSpec
 
 
 def simple_stats(features: FeatureSpec) -> dict:
-    """mean 0 / std 0.5 for state and action: enough for the normaliser of a random policy."""
+    """mean 0 / std 0.5 for the vectors: enough for the normaliser of a random policy."""
     out = {}
-    for k in (OBS_STATE, ACTION):
+    for k in (k for k in (OBS_STATE, OBS_ENV_STATE, ACTION) if k in features):
         d = features[k].shape[0]
         out[k] = {"mean": np.zeros(d), "std": np.full(d, 0.5), "min": -np.ones(d), "max": np.ones(d)}
     return out

@@ -122,6 +122,14 @@ def test_joint_action_mode_from_features():
     assert r.env_kwargs["action_mode"] == "joint" and r.episodes[0].length == 2
 
 
+def test_env_state_from_features():
+    """A state-based checkpoint (environment_state, no camera) gets an env that observes it."""
+    policy = make_bc("Push", cameras=(), env_state=True)
+    assert env_kwargs_from_features("Push", policy.features) == {"cameras": (), "env_state": True}
+    r = EvalRunner(task="Push", episodes=1, max_steps=2, progress=False).run(policy)
+    assert r.env_kwargs["env_state"] is True and r.episodes[0].length == 2
+
+
 def test_bad_arguments():
     with pytest.raises(KeyError, match="unknown env 'Nope'.*PickPlace"):
         EvalRunner(task="Nope")

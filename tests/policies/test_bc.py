@@ -127,6 +127,22 @@ def test_random_shift_keeps_shape_and_content_range():
     assert torch.equal(random_shift(img, 0), img.float())
 
 
+def test_environment_state_is_an_input():
+    """State-only bc (no camera) reads observation.environment_state: two batches that differ
+    only there must give different actions, and a batch without it is an error naming it."""
+    feats = {"observation.state": Feature("float32", (5,)), "observation.environment_state": Feature("float32", (3,)),
+             "action": Feature("float32", (3,))}
+    stats = {**STATS, "observation.environment_state": {"mean": np.zeros(3), "std": np.ones(3)}}
+    torch.manual_seed(0)
+    policy = BCPolicy(small_config(text_encoder="none"), feats, stats).eval()
+    obs = {"observation.state": torch.zeros(1, 5), "observation.environment_state": torch.zeros(1, 3)}
+    a0 = policy.predict_action_chunk(obs)
+    a1 = policy.predict_action_chunk({**obs, "observation.environment_state": torch.ones(1, 3)})
+    assert not torch.allclose(a0, a1)
+    with pytest.raises(KeyError, match="environment_state"):
+        policy.predict_action_chunk({"observation.state": torch.zeros(1, 5)})
+
+
 def test_missing_features_are_reported():
     with pytest.raises(KeyError, match="no 'action'"):
         BCPolicy(small_config(), {"observation.state": Feature("float32", (5,))}, STATS)

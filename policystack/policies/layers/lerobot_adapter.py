@@ -24,9 +24,7 @@ from torch import Tensor
 
 from policystack.policies.base import Policy, PolicyConfig
 from policystack.policies.normalize import MODES, Normalizer
-from policystack.types import ACTION, OBS_STATE, FeatureSpec, Stats, is_image_key
-
-OBS_ENV_STATE = "observation.environment_state"  # LeRobot's name (lerobot.utils.constants)
+from policystack.types import ACTION, OBS_ENV_STATE, OBS_STATE, FeatureSpec, Stats, is_image_key
 
 
 @dataclass

@@ -1,0 +1,150 @@
+"""Success of policies trained on the same expert demos with the same step budget -> docs/results.md.
+
+Per task: ``policystack collect`` the demos (once), then per policy ``policystack train`` with one
+shared budget (steps, batch size, learning rate schedule, seed 0), then ``policystack eval`` on the
+same evaluation seeds (1000, 1001, ...); the scripted expert is evaluated on those seeds too. Each
+cell is the success rate with its Wilson 95% interval. Every stage runs the CLI a user would run,
+and is skipped when its output exists (a finished run is reused, a killed run resumes from its
+latest checkpoint), so a grid can be built over several sittings or split across machines.
+
+Inputs (``--inputs``):
+  state   ``observation.state`` + ``observation.environment_state`` (the poses of the objects the
+          instruction names; see docs/envs.md), no camera. Fast on CPU: the policies' own capacity
+          to imitate, without perception.
+  images  ``observation.state`` + front and wrist cameras (96x96); bc and rt1 also read the
+          instruction (ACT and Diffusion have no language input in LeRobot).
+
+    .venv/bin/python benchmarks/bench_success.py --inputs state --tasks Reach,PressButton,OpenDrawer \\
+        --policies bc,act,diffusion --work /tmp/success          # ~1 h on 2 CPU cores
+    .venv/bin/python benchmarks/bench_success.py --inputs state --tasks Reach --policies bc --steps 200 \\
+        --demos 10 --eval-episodes 4 --work /tmp/s --no-write    # smoke run, ~1 min
+
+The table goes to docs/results.md between ``<!-- BEGIN success_<inputs> -->`` markers (written by
+benchmarks/_report.py), with the run settings beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import write_section  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
+INPUTS = {
+    "state": {"collect": ["cameras=none", "env_state=true"], "train": ["dataset.cameras=[]"]},
+    "images": {"collect": ["cameras=front,wrist"], "train": []},
+}
+# per policy and inputs: overrides on top of the shared budget. With env state the named objects'
+# poses already say which object is meant, so bc runs without its instruction encoder there.
+POLICY_OVERRIDES = {("bc", "state"): ["policy.text_encoder=none"]}
+
+
+def run(cmd: list[str], log: Path) -> None:
+    """Run a policystack CLI command, output to ``log``; raise with the log's tail on failure."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    full = [sys.executable, "-m", "policystack.cli", *cmd]
+    print("  $ policystack " + " ".join(cmd), flush=True)
+    with open(log, "a") as f:
+        code = subprocess.call(full, stdout=f, stderr=subprocess.STDOUT, env=env)
+    if code != 0:
+        tail = log.read_text()[-2000:]
+        raise RuntimeError(f"`policystack {' '.join(cmd)}` exited with {code}; log {log}:\n{tail}")
+
+
+def eval_info(path: Path) -> dict | None:
+    return json.loads(path.read_text())["overall"] if path.is_file() else None
+
+
+def cell(res: dict | None) -> str:
+    if res is None:
+        return "not run"
+    return (f"{res['success_rate']:.0%} [{res['ci_low']:.0%}, {res['ci_high']:.0%}] "
+            f"({res['successes']}/{res['episodes']})")
+
+
+def train_minutes(run_dir: Path) -> str:
+    """Wall time of the last training session of a run (metrics.jsonl ``time_s``), in minutes."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").is_file() else []
+    times = [json.loads(x).get("time_s") for x in lines if x.strip()]
+    times = [t for t in times if t is not None]
+    return f"{times[-1] / 60:.1f}" if times else "?"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--inputs", choices=sorted(INPUTS), default="state")
+    ap.add_argument("--tasks", default="Reach,PressButton,OpenDrawer,Push,PickPlace")
+    ap.add_argument("--policies", default="bc,act,diffusion")
+    ap.add_argument("--demos", type=int, default=200)
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--eval-episodes", type=int, default=50)
+    ap.add_argument("--action-mode", default="ee_delta", choices=("ee_delta", "joint"))
+    ap.add_argument("--work", type=Path, default=Path("runs/success"), help="datasets and runs go here")
+    ap.add_argument("--table-only", action="store_true", help="write the table from the runs that exist")
+    ap.add_argument("--no-write", action="store_true", help="print the table, leave docs/results.md alone")
+    args = ap.parse_args(argv)
+    tasks = [t for t in args.tasks.split(",") if t]
+    policies = [p for p in args.policies.split(",") if p]
+    work = args.work.resolve()
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    spec = INPUTS[args.inputs]
+    budget = [f"steps={args.steps}", f"batch_size={args.batch_size}", "seed=0"]
+    evals = [f"episodes={args.eval_episodes}", "seed=1000", "n_envs=2", "videos=0"]
+
+    rows: dict[str, dict[str, dict | None]] = {}
+    minutes: dict[tuple[str, str], str] = {}
+    for task in tasks:
+        data = work / "data" / task
+        log = work / "logs" / f"{task}.log"
+        rows[task] = {}
+        if not args.table_only:
+            print(f"{task}:", flush=True)
+            if not (data / "meta" / "info.json").is_file():
+                run(["collect", f"env={task}", f"episodes={args.demos}", f"out={data}", "workers=2",
+                     f"action_mode={args.action_mode}", *spec["collect"]], log)
+            expert_out = work / "runs" / f"{task}_expert"
+            if not (expert_out / "eval_info.json").is_file():
+                run(["eval", "checkpoint=expert", f"env={task}", f"out={expert_out}",
+                     f"action_mode={args.action_mode}", *evals], log)
+        rows[task]["expert"] = eval_info(work / "runs" / f"{task}_expert" / "eval_info.json")
+        for policy in policies:
+            out = work / "runs" / f"{task}_{policy}"
+            info = out / "eval" / task / "eval_info.json"
+            if not args.table_only and not info.is_file():
+                t0 = time.monotonic()
+                run(["train", f"policy={policy}", f"dataset.path={data}", *budget, f"out={out}",
+                     *spec["train"], *POLICY_OVERRIDES.get((policy, args.inputs), [])], log)
+                run(["eval", f"checkpoint={out}", f"env={task}", *evals], log)
+                print(f"  {policy}: {cell(eval_info(info))} in {(time.monotonic() - t0) / 60:.1f} min", flush=True)
+            rows[task][policy] = eval_info(info)
+            minutes[task, policy] = train_minutes(out)
+
+    cols = ["expert", *policies]
+    lines = [f"| task | {' | '.join(cols)} |", "|---|" + "---|" * len(cols)]
+    lines += [f"| {t} | " + " | ".join(cell(rows[t][c]) for c in cols) + " |" for t in tasks]
+    lines += ["", "Training wall time per run (min, 2 CPU cores shared by two runs): "
+              + "; ".join(f"{t} " + ", ".join(f"{p} {minutes[t, p]}" for p in policies) for t in tasks)]
+    settings = (f"Inputs `{args.inputs}`; {args.demos} expert demos per task (`policystack collect`, "
+                f"action_mode={args.action_mode}); every policy trained {args.steps} steps at batch size "
+                f"{args.batch_size}, seed 0, the loop's default AdamW (lr 1e-4, 500 warm-up steps, cosine); "
+                f"evaluated on {args.eval_episodes} episodes, seeds 1000-{999 + args.eval_episodes}. "
+                f"Produced by `benchmarks/bench_success.py --inputs {args.inputs} --tasks {','.join(tasks)} "
+                f"--policies {','.join(policies)} --demos {args.demos} --steps {args.steps} "
+                f"--batch-size {args.batch_size} --eval-episodes {args.eval_episodes}`.")
+    md = f"### Inputs: {args.inputs}\n\n{settings}\n\n" + "\n".join(lines)
+    print(md)
+    if not args.no_write:
+        print(f"wrote {write_section(f'success_{args.inputs}', md, RESULTS)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
