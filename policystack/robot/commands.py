@@ -8,6 +8,7 @@ telemetry.
 ``python -m policystack.robot.worker --connect tcp://HOST:PORT``), task (sim task name), instruction
 (override the language instruction), episodes, max_steps, seed, rate (loop Hz), record (dataset
 dir), port (obs; chunks port+1, telemetry port+2), host, cameras (comma list), image_size,
+env_state (true: the sim also observes the named objects' poses, for state-based checkpoints),
 replan_every, import (module registering a Policy subclass), no_rt (true: no SCHED_FIFO),
 and any robot config key as ``robot.<key>=value`` (e.g. ``robot.watchdog_s=0.5``).
 The shared token is ``$POLICYSTACK_DAEMON_TOKEN`` (a random one is made for a local worker).
@@ -25,7 +26,7 @@ import yaml
 from policystack.robot.config import TOKEN_ENV, load_robot_config, token_from_env
 
 RUN_KEYS = {"robot", "checkpoint", "task", "instruction", "episodes", "max_steps", "seed", "rate", "record",
-            "port", "host", "cameras", "image_size", "replan_every", "import", "no_rt", "threads"}
+            "port", "host", "cameras", "image_size", "env_state", "replan_every", "import", "no_rt", "threads"}
 
 
 def parse_kv(argv: list[str], valid: set[str]) -> dict[str, Any]:
@@ -60,6 +61,7 @@ def _run(argv: list[str]) -> int:
         record=kv.get("record"), host=kv.get("host", "127.0.0.1"), port=int(kv.get("port", 5555)),
         cameras=tuple(c for c in kv.get("cameras", "front").split(",") if c),
         image_size=int(kv.get("image_size", 96)),
+        env_state=str(kv.get("env_state", "false")).lower() in ("1", "true", "yes"),
         replan_every=int(kv["replan_every"]) if "replan_every" in kv else None,
         worker_imports=tuple(m for m in kv.get("import", "").split(",") if m),
         worker_threads=int(kv.get("threads", 1)),

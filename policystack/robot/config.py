@@ -93,7 +93,8 @@ class RobotConfig:
     rate_hz: float = 500.0
     policy_hz: float = 10.0
     watchdog_s: float = 1.0
-    blend_s: float = 0.2
+    blend_s: float = 0.2  # seam cross-fade (interpolation "linear" only)
+    interpolation: str = "hold"  # "hold": action i is the setpoint during step i (as in the env); "linear"
     spin_s: float = 0.0003
     rt_priority: int = 80
     cpu: int = -1
@@ -107,6 +108,9 @@ class RobotConfig:
             raise ValueError(f"rate_hz={self.rate_hz}: expected 1..10000")
         if not 0 < self.policy_hz <= self.rate_hz:
             raise ValueError(f"policy_hz={self.policy_hz}: expected 0 < policy_hz <= rate_hz ({self.rate_hz})")
+        if self.interpolation not in ("hold", "linear"):
+            raise ValueError(f"interpolation={self.interpolation!r}: expected 'hold' (action i is the setpoint "
+                             "during policy step i, as in the env) or 'linear'")
         if self.watchdog_s <= 0 or self.blend_s < 0 or self.spin_s < 0:
             raise ValueError(f"watchdog_s ({self.watchdog_s}) must be > 0, blend_s ({self.blend_s}) and "
                              f"spin_s ({self.spin_s}) >= 0")

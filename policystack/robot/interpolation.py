@@ -1,23 +1,33 @@
-"""Setpoints between the time-stamped actions of a chunk, and cross-fading at chunk seams.
+"""Setpoints from the time-stamped actions of a chunk, and cross-fading at chunk seams.
 
 A chunk is ``actions [n, A]`` predicted from an observation taken at ``t_obs`` (the daemon's
-monotonic clock) with policy period ``dt``. Action i is the setpoint the robot should reach at the
-end of its policy step: time ``t_obs + (i + 1) * dt`` (the suite's env holds action i as the
-servo target during step i). Between those times setpoints are linear in time; before the first
-the first action holds; one ``dt`` past the last the chunk has run out (``sample`` returns False
-and the safety filter holds).
+monotonic clock) with policy period ``dt``. Two timing conventions (``mode``):
 
-Seams: when a chunk replaces the running one at time ``t_r``, the output there is ``y(t_r)`` and
-the new chunk gives ``c(t_r)``; the offset ``d = y(t_r) - c(t_r)`` is added to the new chunk and
-faded out with a smoothstep over ``blend_s``: ``y(t) = c(t) + d * (1 - s((t - t_r) / blend_s))``.
-The output is continuous at every seam whatever came before (a seam during a fade included), and
-its slope changes by at most the two chunks' slopes at the seam plus ``1.5 |d| / blend_s``.
-Latency needs no special case: the part of a chunk already in the past is simply never sampled.
+- ``"hold"`` (default): action i is the setpoint during policy step i, from ``t_obs + i * dt`` until
+  ``t_obs + (i + 1) * dt`` (a zero-order hold). This is what the policies were trained on: the
+  suite's env (``TabletopEnv.step``) sets action i as the servo target for the whole of step i,
+  and LeRobot's record / eval loops ``send_action`` once per frame and let the robot's controller
+  move there. The safety filter downstream turns the steps into a velocity- and
+  acceleration-limited motion. A new chunk simply takes over (as a policy's action queue does in
+  an env rollout); ``blend_s`` is not used.
+- ``"linear"``: action i is the setpoint to *reach* at ``t_obs + (i + 1) * dt``, linear in time in
+  between, the first action held before its time. Smoother (the setpoint is continuous), but on
+  average half a policy step behind the hold convention, so a policy trained on held actions sees
+  its arm lag its plan. Seams: when a chunk replaces the running one at ``t_r``, the offset
+  ``d = y(t_r) - c(t_r)`` between the current output and the new chunk is faded out with a
+  smoothstep over ``blend_s``: ``y(t) = c(t) + d * (1 - s((t - t_r) / blend_s))``; the output is
+  continuous at every seam (one during a fade included), and its slope changes by at most the two
+  chunks' slopes at the seam plus ``1.5 |d| / blend_s``.
+
+In both modes the chunk runs out at ``end_time()`` (``sample`` returns False and the safety filter
+holds), and latency needs no special case: the part of a chunk already in the past is never sampled.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+MODES = ("hold", "linear")
 
 
 def smoothstep(u: float) -> float:
@@ -28,11 +38,14 @@ def smoothstep(u: float) -> float:
 class ChunkInterpolator:
     """Preallocated for chunks of up to ``max_len`` actions of ``dim`` components."""
 
-    def __init__(self, dim: int, max_len: int, blend_s: float):
-        self.dim, self.max_len, self.blend_s = dim, max_len, float(blend_s)
+    def __init__(self, dim: int, max_len: int, blend_s: float, mode: str = "hold"):
+        if mode not in MODES:
+            raise ValueError(f"interpolation mode {mode!r}: expected one of {list(MODES)}")
+        self.dim, self.max_len, self.mode = dim, max_len, mode
+        self.blend_s = float(blend_s) if mode == "linear" else 0.0
         self.values = np.zeros((max_len, dim))
         self.n = 0
-        self.t_first = 0.0  # time of action 0
+        self.t_first = 0.0  # time action 0 starts (hold) / is reached (linear)
         self.dt = 1.0
         self.offset = np.zeros(dim)
         self.t_seam = -np.inf
@@ -52,10 +65,11 @@ class ChunkInterpolator:
         if not 1 <= n <= self.max_len or actions.shape[1] != self.dim or not dt > 0:
             raise ValueError(f"chunk of shape {actions.shape} with dt={dt}: expected [1..{self.max_len}, "
                              f"{self.dim}] and dt > 0")
-        had = self.sample(now, self._cur)
+        had = self.blend_s > 0 and self.sample(now, self._cur)
         self.values[:n] = actions
-        self.n, self.t_first, self.dt = n, t_obs + dt, dt
-        if had and self.blend_s > 0 and np.isfinite(self._cur).all():
+        self.n, self.dt = n, dt
+        self.t_first = t_obs + dt if self.mode == "linear" else t_obs
+        if had and np.isfinite(self._cur).all():
             self._raw(now, self.offset)
             np.subtract(self._cur, self.offset, out=self.offset)
             self.t_seam = now
@@ -70,6 +84,9 @@ class ChunkInterpolator:
         i = int(u)
         if i >= self.n - 1:
             out[:] = self.values[self.n - 1]
+            return
+        if self.mode == "hold":
+            out[:] = self.values[i]
             return
         w = u - i
         np.multiply(self.values[i], 1.0 - w, out=out)

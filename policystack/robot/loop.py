@@ -85,7 +85,7 @@ class ControlLoop:
             raise ValueError(f"driver {type(driver).__name__} has {driver.dim} command components; the robot "
                              f"config {config.name!r} has limits for {A}")
         self.safety = SafetyFilter(config.limits, config.period, config.watchdog_s)
-        self.interp = ChunkInterpolator(A, MAX_CHUNK, config.blend_s)
+        self.interp = ChunkInterpolator(A, MAX_CHUNK, config.blend_s, config.interpolation)
         self.q = np.zeros(A)
         self.extra = np.zeros(max(driver.extra_dim, 1))
         self.target = np.zeros(A)
@@ -129,7 +129,8 @@ class ControlLoop:
         if c["reset_gen"][0] != self._reset_gen:
             self._reset_gen = c["reset_gen"][0]
             self.interp.clear()
-            self.driver.reset(c["reset_extra"])
+            seed = c["reset_seed"][0]
+            self.driver.reset(c["reset_extra"], int(seed) if seed >= 0 else None)
             self.driver.read(self.q, self.extra)
             self.safety.reset(self.q)
             self.prev_cmd[:] = self.safety.q

@@ -13,7 +13,8 @@ States::
   to the worker every ``replan_every`` ticks, and forwards every valid chunk (signed, fresh,
   right episode and shape) into the loop's command block. Rejected messages are counted by
   reason and published; nothing on the socket can reach the loop unchecked.
-- Worker died or stopped answering: HOLD, the episode ends (failure, recorded), the worker is
+- Worker died, or (local worker) answered no observation for ``stall_timeout_s``: HOLD, the
+  episode ends (failure, recorded), a stalled worker is killed (SIGKILL), the worker is
   restarted (at most ``max_restarts`` times) and the next episode starts once it says hello.
 - Loop process died: STOPPED, the worker is stopped, the daemon exits with an error.
 
@@ -43,6 +44,9 @@ from policystack.robot.loop import MAX_CHUNK
 from policystack.robot.safety import EVENT_NAMES, FAULTS
 from policystack.robot.shm import Block, command_fields, control_fields, shm_dir, state_fields
 from policystack.robot.transport import Decoder, Encoder, configure_socket
+from policystack.types import OBS_ENV_STATE, OBS_STATE
+
+NO_ENV_STATE = np.zeros(0, np.float32)  # what the obs message carries when the robot has no env state
 
 
 class State(enum.Enum):
@@ -67,10 +71,14 @@ class DaemonConfig:
     port: int = 5555  # observations at port, chunks at port + 1, telemetry at port + 2; 0 = any free
     cameras: tuple[str, ...] = ("front",)
     image_size: int = 96
+    env_state: bool = False  # sim: observations carry observation.environment_state (privileged)
     replan_every: int | None = None  # policy ticks between observations sent; default n_action_steps
     worker_imports: tuple[str, ...] = ()
     worker_threads: int = 1
     max_restarts: int = 2
+    # a local worker that is alive but has answered no observation for this long is killed and
+    # restarted (the loop already holds after watchdog_s); None: the robot's watchdog_s
+    stall_timeout_s: float | None = None
     hello_timeout_s: float = 120.0
     no_rt: bool = False
     log: Any = field(default=None, repr=False)  # callable(str); default prints to stderr
@@ -81,7 +89,7 @@ class EpisodeResult:
     index: int
     success: bool
     steps: int
-    reason: str  # "success", "timeout", "worker_lost", "stopped"
+    reason: str  # "success", "timeout", "worker_lost", "worker_stalled", "stopped"
     dataset_episode: int | None = None
 
 
@@ -168,7 +176,8 @@ class Supervisor:
         from policystack.robot.drivers.sim import SimScene
 
         r = self.cfg.robot
-        self.scene = SimScene(self.cfg.task, r.rate_hz, r.policy_hz, self.cfg.cameras, self.cfg.image_size)
+        self.scene = SimScene(self.cfg.task, r.rate_hz, r.policy_hz, self.cfg.cameras, self.cfg.image_size,
+                              self.cfg.env_state)
         nq = self.scene.env.model.nq
         A = r.limits.dim
         prefix = str(self._dir / "blocks")
@@ -259,9 +268,10 @@ class Supervisor:
     def clear_estop(self) -> None:
         self._control(estop=0.0)
 
-    def _reset_episode(self, qpos: np.ndarray, timeout_s: float = 5.0) -> None:
+    def _reset_episode(self, qpos: np.ndarray, seed: int, timeout_s: float = 5.0) -> None:
+        """Teleport the loop's sim to ``qpos`` after laying out episode ``seed``; wait for the ack."""
         gen = self.ctl_blk.f["reset_gen"][0] + 1
-        self._control(reset_gen=gen, reset_extra=qpos)
+        self._control(reset_gen=gen, reset_seed=seed, reset_extra=qpos)
         deadline = time.monotonic() + timeout_s
         while self.state_blk.f["reset_ack"][0] != gen:
             self._check_loop()
@@ -341,13 +351,15 @@ class Supervisor:
         dt = 1.0 / r.policy_hz
         qpos, instruction = self.scene.reset(cfg.seed + index)
         instruction = cfg.instruction or instruction
-        self._reset_episode(qpos)
+        self._reset_episode(qpos, cfg.seed + index)
         max_steps = cfg.max_steps or self.scene.max_steps
         replan = cfg.replan_every or int(self.worker_info.get("n_action_steps", 1))
         self.episode, self.state = index, State.RUNNING
         self.log(f"episode {index}: {instruction!r} (seed {cfg.seed + index})")
         snap = {"q_cmd": np.zeros(r.limits.dim), "extra": np.zeros(self.state_blk.f["extra"].shape)}
+        stall_s = cfg.stall_timeout_s if cfg.stall_timeout_s is not None else r.watchdog_s
         obs_seq, last_sent, answered, reason, success = 0, -np.inf, True, "timeout", False
+        waiting_since = np.inf  # when the oldest unanswered observation was sent
         t_next = time.monotonic()
         step = 0
         for step in range(max_steps + 1):
@@ -367,8 +379,11 @@ class Supervisor:
                 obs_seq += 1
                 images = {k.rsplit(".", 1)[1]: v for k, v in obs.items() if k.startswith("observation.images.")}
                 self.pub.send(self.enc.encode("obs", episode=index, obs_seq=obs_seq, t_obs=t_obs, dt=dt,
-                                              task=instruction, state=obs["observation.state"], images=images,
+                                              task=instruction, state=obs[OBS_STATE],
+                                              env_state=obs.get(OBS_ENV_STATE, NO_ENV_STATE), images=images,
                                               reset=step == 0 or obs_seq == 1), zmq.NOBLOCK)
+                if answered:
+                    waiting_since = t_obs
                 last_sent, answered = t_obs, False
             t_next += dt
             while True:  # relay chunks until the next policy tick
@@ -376,14 +391,20 @@ class Supervisor:
                 if not self._worker_alive():
                     reason = "worker_lost"
                     break
+                if (self.worker_proc is not None and not answered
+                        and time.monotonic() - waiting_since > stall_s):
+                    reason = "worker_stalled"
+                    break
                 wait = t_next - time.monotonic()
                 if wait <= 0:
                     break
                 msg = self._recv(max(1, int(wait * 1000)))
                 if msg is not None and msg.kind == "chunk" and self._forward_chunk(msg, index, dt):
                     answered = answered or msg.body["obs_seq"] == obs_seq
+                    if answered:
+                        waiting_since = np.inf
                 self._telemetry()
-            if reason == "worker_lost" or self._stop:
+            if reason in ("worker_lost", "worker_stalled") or self._stop:
                 reason = "stopped" if self._stop else reason
                 break
         self._hold(f"episode {index} ended: {reason}")
@@ -412,19 +433,24 @@ class Supervisor:
                 if self._stop:
                     break
                 res = self.run_episode(i, recorder)
-                if res.reason == "worker_lost":
-                    self._lost_worker()
+                if res.reason in ("worker_lost", "worker_stalled"):
+                    self._lost_worker(stalled=res.reason == "worker_stalled")
             return self.results
         finally:
             if recorder is not None:
                 recorder.close()
             self.shutdown()
 
-    def _lost_worker(self) -> None:
+    def _lost_worker(self, stalled: bool = False) -> None:
+        """Restart the local worker after it died or stalled (at most ``max_restarts`` times)."""
+        if stalled and self.worker_proc is not None:
+            self.events.append(f"policy worker stalled (pid {self.worker_proc.pid}): killed")
+            self.worker_proc.kill()  # SIGKILL: a stopped or deadlocked process ignores SIGTERM
+            self.worker_proc.wait()
         code = self.worker_proc.returncode if self.worker_proc is not None else None
         self.events.append(f"policy worker exited (code {code})")
         if self.restarts >= self.cfg.max_restarts:
-            raise DaemonError(f"policy worker died {self.restarts + 1} times; giving up (last exit code {code})")
+            raise DaemonError(f"policy worker died or stalled {self.restarts + 1} times; giving up (last exit code {code})")
         self.restarts += 1
         self._stop_worker()
         self.start_worker()

@@ -37,9 +37,11 @@ DTYPES = {"float32": np.float32, "float64": np.float64, "uint8": np.uint8, "int6
 # kind -> body key -> spec. Spec: "int", "float", "str", "bool", ("array", dtype, ndim),
 # ("map", ("array", dtype, ndim)) for a str-keyed map of arrays, ("optional", spec).
 SCHEMAS: dict[str, dict[str, Any]] = {
-    # daemon -> worker: one observation (state [D], images {camera: uint8 [3, H, W]})
+    # daemon -> worker: one observation (state [D], env_state [E] -- empty unless the sim provides
+    # privileged object poses --, images {camera: uint8 [3, H, W]})
     "obs": {"episode": "int", "obs_seq": "int", "t_obs": "float", "dt": "float", "task": "str",
-            "state": ("array", "float32", 1), "images": ("map", ("array", "uint8", 3)), "reset": "bool"},
+            "state": ("array", "float32", 1), "env_state": ("array", "float32", 1),
+            "images": ("map", ("array", "uint8", 3)), "reset": "bool"},
     # worker -> daemon: an action chunk [n, A] for the observation obs_seq
     "chunk": {"episode": "int", "obs_seq": "int", "t_obs": "float", "dt": "float",
               "actions": ("array", "float32", 2), "infer_s": "float"},

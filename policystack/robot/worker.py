@@ -25,7 +25,7 @@ import numpy as np
 
 from policystack.robot.config import token_from_env
 from policystack.robot.transport import Decoder, Encoder, configure_socket
-from policystack.types import OBS_STATE, TASK, camera_key
+from policystack.types import OBS_ENV_STATE, OBS_STATE, TASK, camera_key
 
 HELLO_EVERY_S = 0.5
 
@@ -39,11 +39,14 @@ def split_connect(address: str) -> tuple[str, str]:
 
 
 def obs_to_batch(body: dict, device: str = "cpu") -> dict:
-    """Transport observation -> policy input (state [1, D], images [1, 3, H, W], task [str])."""
+    """Transport observation -> policy input (state [1, D], env state [1, E] when sent, images
+    [1, 3, H, W], task [str])."""
     import torch
 
     batch = {OBS_STATE: torch.from_numpy(np.array(body["state"], dtype=np.float32))[None].to(device),
              TASK: [body["task"]]}
+    if len(body["env_state"]):
+        batch[OBS_ENV_STATE] = torch.from_numpy(np.array(body["env_state"], dtype=np.float32))[None].to(device)
     for cam, img in body["images"].items():
         batch[camera_key(cam)] = torch.from_numpy(np.array(img, dtype=np.uint8))[None].to(device)
     return batch

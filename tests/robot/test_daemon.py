@@ -113,7 +113,7 @@ def test_worker_killed_mid_run_holds_then_restarts(ckpt, tmp_path):
 
 @pytest.mark.slow  # ~9 s; the killed-worker test covers the same hold path by default
 def test_worker_stall_holds_and_resumes(ckpt):
-    sup = daemon(ckpt, episodes=1, max_steps=45)
+    sup = daemon(ckpt, episodes=1, max_steps=45, stall_timeout_s=30.0)  # a short stall: no restart
     run = Running(sup)
     run.wait(lambda: sup.state == State.RUNNING and len(sup.latencies) >= 2, what="chunks")
     pid = sup.worker_proc.pid
@@ -127,6 +127,25 @@ def test_worker_stall_holds_and_resumes(ckpt):
              what="chunks resume after the stall")
     run.join()
     assert sup.results[0].reason in ("timeout", "success") and sup.restarts == 0
+    assert_never_jumped(sup)
+
+
+def test_worker_stalled_past_the_timeout_is_killed_and_restarted(ckpt):
+    sup = daemon(ckpt, episodes=2, max_steps=20, stall_timeout_s=0.5)
+    run = Running(sup)
+    run.wait(lambda: sup.state == State.RUNNING and sup.step >= 3 and len(sup.latencies) >= 2, what="chunks")
+    stalled = sup.worker_proc
+    os.kill(stalled.pid, signal.SIGSTOP)  # alive, but answers nothing
+    try:
+        assert_held(run, STALE, within=3.0)
+        run.join()
+    finally:
+        if stalled.poll() is None:
+            os.kill(stalled.pid, signal.SIGKILL)
+    assert stalled.returncode == -signal.SIGKILL  # the supervisor killed it
+    assert [r.reason for r in sup.results][0] == "worker_stalled"
+    assert sup.results[1].reason in ("timeout", "success") and sup.restarts == 1
+    assert any("stalled" in e for e in sup.events)
     assert_never_jumped(sup)
 
 

@@ -1,4 +1,5 @@
-"""ChunkInterpolator: timing of setpoints, expiry, continuity at seams (also mid-fade)."""
+"""ChunkInterpolator: timing of setpoints in both modes (hold: as the env applies actions; linear),
+expiry, continuity at seams (also mid-fade)."""
 
 import numpy as np
 import pytest
@@ -8,8 +9,30 @@ from policystack.robot.interpolation import ChunkInterpolator
 DT = 0.1
 
 
+def test_hold_applies_action_i_during_policy_step_i_like_the_env():
+    """The suite's env sets action i as the servo target for all of step i (t_obs + i dt .. t_obs +
+    (i + 1) dt); the daemon must give the robot the same setpoints at the same times."""
+    it = ChunkInterpolator(2, 16, blend_s=0.2)  # blend_s: linear mode only
+    acts = np.array([[0.0, 0.0], [1.0, 2.0], [2.0, 4.0]])
+    it.load(t_obs=10.0, dt=DT, actions=acts, now=10.003)
+    out = np.zeros(2)
+    for i, a in enumerate(acts):
+        for frac in (0.01, 0.5, 0.99):
+            assert it.sample(10.0 + (i + frac) * DT, out) and np.array_equal(out, a), (i, frac, out)
+    out[:] = -7
+    assert not it.sample(10.3001, out) and np.all(out == -7)  # ran out after step n-1: no setpoint
+    # a new chunk takes over at once (as a policy's action queue does in an env rollout)
+    it.load(t_obs=10.2, dt=DT, actions=acts + 5.0, now=10.203)
+    assert it.sample(10.203, out) and np.array_equal(out, acts[0] + 5.0)
+
+
+def test_unknown_mode_raises():
+    with pytest.raises(ValueError, match="interpolation mode 'cubic'"):
+        ChunkInterpolator(2, 4, blend_s=0.0, mode="cubic")
+
+
 def test_setpoints_are_linear_between_action_times_and_expire():
-    it = ChunkInterpolator(2, 16, blend_s=0.0)
+    it = ChunkInterpolator(2, 16, blend_s=0.0, mode="linear")
     acts = np.array([[0.0, 0.0], [1.0, 2.0], [2.0, 4.0]])
     it.load(t_obs=10.0, dt=DT, actions=acts, now=10.0)
     out = np.zeros(2)
@@ -27,8 +50,8 @@ def test_setpoints_are_linear_between_action_times_and_expire():
 def _max_jump(blend_s: float) -> tuple[float, float]:
     """(largest per-tick change of the output, largest per-tick change of the raw chunks)."""
     rng = np.random.default_rng(0)
-    it = ChunkInterpolator(3, 16, blend_s=blend_s)
-    raw = ChunkInterpolator(3, 16, blend_s=0.0)
+    it = ChunkInterpolator(3, 16, blend_s=blend_s, mode="linear")
+    raw = ChunkInterpolator(3, 16, blend_s=0.0, mode="linear")
     tick, out, r = 0.002, np.zeros(3), np.zeros(3)
     prev, prev_raw, jump, slope = None, None, 0.0, 0.0
     acts = np.cumsum(rng.normal(size=(8, 3)) * 0.1, axis=0)
@@ -60,13 +83,13 @@ def test_seams_are_continuous_even_during_a_fade():
 
 
 def test_without_blending_a_seam_jumps():
-    it = ChunkInterpolator(1, 4, blend_s=0.0)
+    it = ChunkInterpolator(1, 4, blend_s=0.0, mode="linear")
     it.load(0.0, DT, np.zeros((4, 1)), now=0.0)
     it.load(0.05, DT, np.ones((4, 1)), now=0.05)
     out = np.zeros(1)
     it.sample(0.05, out)
     assert out[0] == 1.0
-    it2 = ChunkInterpolator(1, 4, blend_s=0.1)
+    it2 = ChunkInterpolator(1, 4, blend_s=0.1, mode="linear")
     it2.load(0.0, DT, np.zeros((4, 1)), now=0.0)
     it2.load(0.05, DT, np.ones((4, 1)), now=0.05)
     it2.sample(0.05, out)

@@ -84,7 +84,7 @@ def test_joint_limits_clamp_the_target():
 def test_nonfinite_target_holds_until_next_fresh_chunk(sf, bad):
     target = HOME.copy()
     target[1] += 0.3
-    run(sf, target, 100)
+    run(sf, target, 40)  # mid-motion
     v_before, q_before = sf.v.copy(), sf.q.copy()
     assert np.abs(v_before).max() > 0.1
     bad_target = target.copy()
@@ -120,7 +120,7 @@ def test_estop_decelerates_without_jump_and_latches(sf):
     target[0] += 0.6
     target[6] += 0.6
     target[7] = 1.0
-    run(sf, target, 200)
+    run(sf, target, 100)  # mid-motion
     v0 = sf.v.copy()
     assert sf.faults == 0 and np.abs(v0[[0, 6]]).min() > 0.5
     q0 = sf.q.copy()

@@ -25,11 +25,12 @@ def test_round_trip_keeps_types_and_values():
     enc, dec = Encoder(TOKEN), Decoder(TOKEN)
     imgs = {"front": np.random.default_rng(0).integers(0, 255, (3, 8, 8), dtype=np.uint8)}
     frame = enc.encode("obs", episode=3, obs_seq=7, t_obs=2.0, dt=0.1, task="pick", reset=True,
-                       state=np.linspace(0, 1, 15, dtype=np.float32), images=imgs)
+                       state=np.linspace(0, 1, 15, dtype=np.float32), env_state=np.zeros(0, np.float32),
+                       images=imgs)
     msg, why = dec.decode(frame)
     assert why == "" and msg.kind == "obs" and msg.seq == 1 and msg.sender == enc.sender
     b = msg.body
-    assert b["state"].dtype == np.float32 and b["state"].shape == (15,)
+    assert b["state"].dtype == np.float32 and b["state"].shape == (15,) and b["env_state"].shape == (0,)
     np.testing.assert_array_equal(b["images"]["front"], imgs["front"])
     assert b["task"] == "pick" and b["reset"] is True and b["episode"] == 3
     msg, why = dec.decode(enc.encode("chunk", **chunk_body()))

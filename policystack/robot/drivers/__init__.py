@@ -28,8 +28,9 @@ class Driver(abc.ABC):
     def write(self, command: np.ndarray) -> None:
         """Send the filtered command [A] (one control tick)."""
 
-    def reset(self, extra: np.ndarray) -> None:
-        """Episode reset (the simulator teleports to the given state; hardware does nothing)."""
+    def reset(self, extra: np.ndarray, seed: int | None = None) -> None:
+        """Episode reset: the simulator lays out episode ``seed``'s scene and teleports to the state
+        ``extra``; hardware does nothing."""
         return None
 
     @abc.abstractmethod

@@ -4,7 +4,9 @@ the control loop, one ``mj_step`` per tick (the model's timestep is the loop per
 The loop process owns the physics (``SimDriver``); the supervisor owns a second copy of the
 same task (``SimScene``) that it resets to pick the episode's layout and instruction, and that
 renders the cameras and checks success from the loop's published qpos at the policy rate, so no
-rendering ever runs inside the loop.
+rendering ever runs inside the loop. At each episode reset the loop's copy is reset with the same
+seed (objects placed through the model, such as buttons or a bowl, must collide where the scene
+shows them) and then teleported to the scene's qpos.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ from policystack.envs.robot import GRIPPER_CTRL_MAX, GRIPPER_JOINT_MAX
 from policystack.robot.drivers import Driver
 
 
-def _make_env(task: str, rate_hz: float, policy_hz: float, cameras: tuple[str, ...] = (), image_size: int = 96):
+def _make_env(task: str, rate_hz: float, policy_hz: float, cameras: tuple[str, ...] = (), image_size: int = 96,
+              env_state: bool = False):
     import policystack.envs as envs
 
     if abs(rate_hz - round(rate_hz)) > 1e-9 or abs(policy_hz - round(policy_hz)) > 1e-9:
         raise ValueError(f"sim driver: rate_hz ({rate_hz}) and policy_hz ({policy_hz}) must be integers")
     return envs.make(task, action_mode="joint", cameras=tuple(cameras), image_size=image_size,
-                     fps=int(policy_hz), physics_hz=int(rate_hz)).unwrapped
+                     fps=int(policy_hz), physics_hz=int(rate_hz), env_state=env_state).unwrapped
 
 
 class SimDriver(Driver):
@@ -56,8 +59,16 @@ class SimDriver(Driver):
         d.ctrl[self._grip_act] = (command[7] + 1.0) * 0.5 * GRIPPER_CTRL_MAX
         mujoco.mj_step(self.model, d)
 
-    def reset(self, extra: np.ndarray) -> None:
-        mujoco.mj_resetData(self.model, self.data)
+    def reset(self, extra: np.ndarray, seed: int | None = None) -> None:
+        """Teleport to qpos ``extra`` [nq]. With ``seed``, first reset the env with it, as SimScene.reset
+        does, so that what tasks place through the model (``model.body_pos``: Reach's balls,
+        PressButton's buttons, OpenDrawer's cabinet, PickPlace's bowl) matches the supervisor's scene;
+        without it those keep their previous layout."""
+        if seed is None:
+            mujoco.mj_resetData(self.model, self.data)
+        else:
+            self.env.reset(seed=seed)
+            self.data.qvel[:] = 0.0
         self.data.qpos[:] = extra[: self.extra_dim]
         self.data.ctrl[self._arm_act] = self.data.qpos[self._arm_qadr]
         self.data.ctrl[self._grip_act] = 0.0
@@ -70,8 +81,9 @@ class SimDriver(Driver):
 class SimScene:
     """The supervisor's copy of the scene: episode layouts, camera images, success."""
 
-    def __init__(self, task: str, rate_hz: float, policy_hz: float, cameras: tuple[str, ...], image_size: int):
-        self.env = _make_env(task, rate_hz, policy_hz, cameras, image_size)
+    def __init__(self, task: str, rate_hz: float, policy_hz: float, cameras: tuple[str, ...], image_size: int,
+                 env_state: bool = False):
+        self.env = _make_env(task, rate_hz, policy_hz, cameras, image_size, env_state)
         self.max_steps = type(self.env).max_episode_steps
 
     def reset(self, seed: int) -> tuple[np.ndarray, str]:
