@@ -2,7 +2,8 @@
 telemetry.
 
     policystack daemon run robot=sim checkpoint=DIR task=Reach episodes=20 rate=500 record=DIR
-    policystack daemon status [telemetry=tcp://127.0.0.1:5557] [timeout=5]
+    policystack daemon status [telemetry=tcp://127.0.0.1:5557] [timeout=5] [server_key=F] [client_key=F]
+    policystack daemon keys DIR [name=server]
 
 ``run`` keys: robot (config name or YAML path), checkpoint (omit to wait for a remote worker:
 ``python -m policystack.robot.worker --connect tcp://HOST:PORT``), task (sim task name), instruction
@@ -12,6 +13,12 @@ env_state (true: the sim also observes the named objects' poses, for state-based
 replan_every, import (module registering a Policy subclass), no_rt (true: no SCHED_FIFO),
 and any robot config key as ``robot.<key>=value`` (e.g. ``robot.watchdog_s=0.5``).
 The shared token is ``$POLICYSTACK_DAEMON_TOKEN`` (a random one is made for a local worker).
+
+CurveZMQ encryption (docs/daemon.md, "Encryption"): ``keys`` writes a key pair as ``DIR/NAME.key``
+(public) and ``DIR/NAME.key_secret`` (0600); ``run robot.transport.curve_server_secret=F``
+(optionally ``robot.transport.curve_allowed_clients=DIR``) turns it on; ``status`` then needs
+``server_key=`` (the server's ``.key``) and, with an allow-list, ``client_key=`` (a listed
+``.key_secret``).
 """
 
 from __future__ import annotations
@@ -90,14 +97,18 @@ def _run(argv: list[str]) -> int:
 def _status(argv: list[str]) -> int:
     import zmq
 
+    from policystack.robot.curve import ClientCurve
     from policystack.robot.transport import Decoder
 
-    kv = parse_kv(argv, {"telemetry", "timeout"})
+    kv = parse_kv(argv, {"telemetry", "timeout", "server_key", "client_key"})
     addr = kv.get("telemetry", "tcp://127.0.0.1:5557")
     timeout = float(kv.get("timeout", 5))
     token = token_from_env(required=True)
+    curve = ClientCurve.resolve(kv.get("server_key"), kv.get("client_key"))
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
+    if curve is not None:
+        curve.apply(sub)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
@@ -105,8 +116,10 @@ def _status(argv: list[str]) -> int:
     dec = Decoder(token, max_bytes=1 << 20, kinds=("telemetry",))
     try:
         if not sub.poll(int(timeout * 1000)):
+            hint = ("right server_key? with an allow-list, a listed client_key?" if curve is not None
+                    else "does the daemon use curve? then give server_key=")
             print(f"policystack daemon status: no telemetry from {addr} within {timeout} s "
-                  "(is the daemon running? right port?)", file=sys.stderr)
+                  f"(is the daemon running? right port? {hint})", file=sys.stderr)
             return 1
         msg, why = dec.decode(sub.recv())
         if msg is None:
@@ -119,6 +132,17 @@ def _status(argv: list[str]) -> int:
         ctx.term()
 
 
+def _keys(argv: list[str]) -> int:
+    from policystack.robot.curve import write_key_pair
+
+    if not argv or "=" in argv[0]:
+        raise ValueError("usage: policystack daemon keys DIR [name=server]")
+    kv = parse_kv(argv[1:], {"name"})
+    public, secret = write_key_pair(argv[0], kv.get("name", "server"))
+    print(json.dumps({"public": str(public), "secret": str(secret)}))
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
@@ -129,6 +153,8 @@ def main(argv: list[str]) -> int:
             return _run(rest)
         if sub == "status":
             return _status(rest)
+        if sub == "keys":
+            return _keys(rest)
         if sub == "worker":
             from policystack.robot.worker import main as worker_main
 
@@ -136,5 +162,5 @@ def main(argv: list[str]) -> int:
     except (KeyError, ValueError, FileNotFoundError) as e:
         print(f"policystack daemon {sub}: {e}", file=sys.stderr)
         return 2
-    print(f"policystack daemon: unknown subcommand {sub!r}; valid: run, status, worker", file=sys.stderr)
+    print(f"policystack daemon: unknown subcommand {sub!r}; valid: run, status, keys, worker", file=sys.stderr)
     return 2

@@ -78,11 +78,24 @@ class Limits:
 class TransportConfig:
     max_message_bytes: int = 4 << 20
     window_s: float = 5.0
+    # CurveZMQ (robot/curve.py): the server's key pair, a ZeroMQ secret certificate
+    # (NAME.key_secret); None: no encryption (the HMAC token authenticates either way)
+    curve_server_secret: str | None = None
+    # a directory of client public certificates (*.key): only those clients may connect (ZAP);
+    # None: any client that knows the server's public key
+    curve_allowed_clients: str | None = None
 
     def __post_init__(self):
         if self.max_message_bytes < 1024 or self.window_s <= 0:
             raise ValueError(f"transport: max_message_bytes ({self.max_message_bytes}) must be >= 1024 "
                              f"and window_s ({self.window_s}) > 0")
+        for name in ("curve_server_secret", "curve_allowed_clients"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, str) or not v):
+                raise ValueError(f"transport.{name}={v!r}: expected a path or null")
+        if self.curve_allowed_clients and not self.curve_server_secret:
+            raise ValueError("transport.curve_allowed_clients needs transport.curve_server_secret "
+                             "(an allow-list of client keys only works with curve on)")
 
 
 @dataclass

@@ -40,6 +40,14 @@ from typing import Any
 import numpy as np
 
 from policystack.robot.config import TOKEN_ENV, RobotConfig
+from policystack.robot.curve import (
+    CLIENT_SECRET_ENV,
+    SERVER_PUBLIC_ENV,
+    AllowList,
+    KeyPair,
+    ServerCurve,
+    curve_server,
+)
 from policystack.robot.loop import MAX_CHUNK
 from policystack.robot.safety import EVENT_NAMES, FAULTS
 from policystack.robot.shm import Block, command_fields, control_fields, shm_dir, state_fields
@@ -130,8 +138,15 @@ class Supervisor:
         self.restarts = 0
         self.worker_info: dict[str, Any] = {}
         self._stop = False
-        self._ctx = zmq.Context()
         tc = cfg.robot.transport
+        # keys first: a missing or malformed key file fails here, before any socket exists
+        self.curve = ServerCurve.load(tc.curve_server_secret, tc.curve_allowed_clients) \
+            if tc.curve_server_secret else None
+        self._worker_keys: KeyPair | None = None  # the local worker's ephemeral curve keys
+        self._ctx = zmq.Context()
+        # the ZAP handler runs before the first bind, so no client slips in ahead of it
+        self.allow_list = AllowList(self._ctx, self.curve.allowed) \
+            if self.curve is not None and self.curve.allowed is not None else None
         self.enc = Encoder(cfg.token, sender="daemon-" + os.urandom(6).hex(), max_bytes=tc.max_message_bytes)
         self.dec = Decoder(cfg.token, max_bytes=tc.max_message_bytes, window_s=tc.window_s,
                            kinds=("chunk", "hello"))
@@ -140,6 +155,8 @@ class Supervisor:
         self.tele = self._ctx.socket(zmq.PUB)
         for s in (self.pub, self.pull, self.tele):
             configure_socket(s, tc.max_message_bytes)
+            if self.curve is not None:
+                curve_server(s, self.curve.keys)
         self.pub.setsockopt(zmq.SNDHWM, 2)
         self.addrs = self._bind(cfg.host, cfg.port)
         self.loop_proc: subprocess.Popen | None = None
@@ -206,13 +223,22 @@ class Supervisor:
         if self.cfg.checkpoint is None:
             self.log(f"waiting for a remote worker: --connect {self.addrs['obs']}")
             return
+        env = self._env()
+        if self.curve is not None:  # a fresh client key pair per worker start, through its environment
+            if self.allow_list is not None and self._worker_keys is not None:
+                self.allow_list.discard(self._worker_keys.public)
+            self._worker_keys = KeyPair.generate()
+            if self.allow_list is not None:
+                self.allow_list.add(self._worker_keys.public)
+            env[SERVER_PUBLIC_ENV] = self.curve.keys.public.decode()
+            env[CLIENT_SECRET_ENV] = self._worker_keys.secret.decode()
         cmd = [sys.executable, "-m", "policystack.robot.worker", "--checkpoint", str(self.cfg.checkpoint),
                "--obs", self.addrs["obs"], "--chunks", self.addrs["chunks"],
                "--threads", str(self.cfg.worker_threads), "--exit-with-parent",
                "--max-bytes", str(self.cfg.robot.transport.max_message_bytes)]
         for m in self.cfg.worker_imports:
             cmd += ["--import", m]
-        self.worker_proc = subprocess.Popen(cmd, env=self._env())
+        self.worker_proc = subprocess.Popen(cmd, env=env)
         self.log(f"policy worker started (pid {self.worker_proc.pid})")
 
     def wait_hello(self, timeout_s: float) -> None:
@@ -233,7 +259,13 @@ class Supervisor:
             if self.worker_proc is not None and self.worker_proc.poll() is not None:
                 raise DaemonError(f"policy worker exited with code {self.worker_proc.returncode} before hello")
             self._telemetry()
-        raise DaemonError(f"no hello from a policy worker within {timeout_s} s")
+        hint = ""
+        if self.curve is not None:
+            hint = (" (curve is on: the worker needs the server's public key, --server-key"
+                    + (", and a client key listed in transport.curve_allowed_clients, --client-key; "
+                       f"{self.allow_list.denied} handshakes were refused" if self.allow_list is not None else "")
+                    + ")")
+        raise DaemonError(f"no hello from a policy worker within {timeout_s} s{hint}")
 
     def _worker_alive(self) -> bool:
         return self.worker_proc is None or self.worker_proc.poll() is None
@@ -340,6 +372,8 @@ class Supervisor:
             "latency_ms": {"p50": float(np.percentile(lat, 50)) if lat.size else None,
                            "p99": float(np.percentile(lat, 99)) if lat.size else None},
             "rejected": dict(self.dec.rejected), "recent_events": self.events[-10:],
+            "curve": {"on": self.curve is not None, "allow_list": self.allow_list is not None,
+                      "denied_handshakes": self.allow_list.denied if self.allow_list is not None else 0},
         }
         self.tele.send(self.enc.encode("telemetry", status=json.dumps(status)))
 
@@ -474,6 +508,8 @@ class Supervisor:
         self._telemetry(force=True)
         for s in (self.pub, self.pull, self.tele):
             s.close(0)
+        if self.allow_list is not None:
+            self.allow_list.stop()
         self._ctx.term()
         if hasattr(self, "scene"):
             self.scene.close()

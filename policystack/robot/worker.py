@@ -9,6 +9,11 @@ supervisor starts it) or on another host::
     POLICYSTACK_DAEMON_TOKEN=... python -m policystack.robot.worker --checkpoint DIR \\
         --connect tcp://robot-host:5555          # observations on 5555, chunks to 5556
 
+With CurveZMQ on at the daemon (``transport.curve_server_secret``), add ``--server-key
+server.key`` (its public certificate) and, if the daemon keeps an allow-list, ``--client-key
+worker.key_secret`` (a listed client's pair); without ``--client-key`` the worker makes a one-off
+pair. A worker the supervisor starts gets both keys through its environment.
+
 Every observation with ``reset`` starts a new episode (``policy.reset()``); every observation is
 answered with the full predicted chunk ``[H, A]`` stamped with the observation's ``t_obs``.
 """
@@ -24,6 +29,7 @@ import time
 import numpy as np
 
 from policystack.robot.config import token_from_env
+from policystack.robot.curve import CLIENT_SECRET_ENV, SERVER_PUBLIC_ENV, ClientCurve
 from policystack.robot.transport import Decoder, Encoder, configure_socket
 from policystack.types import OBS_ENV_STATE, OBS_STATE, TASK, camera_key
 
@@ -54,7 +60,9 @@ def obs_to_batch(body: dict, device: str = "cpu") -> dict:
 
 def serve(checkpoint: str, obs_addr: str, chunk_addr: str, token: bytes, max_bytes: int = 4 << 20,
           window_s: float = 5.0, imports: tuple[str, ...] = (), threads: int = 1,
-          max_idle_s: float | None = None) -> int:
+          max_idle_s: float | None = None, curve: ClientCurve | None = None) -> int:
+    """Serve ``checkpoint`` until killed (or ``max_idle_s`` without observations); ``curve``: connect
+    as a CurveZMQ client (None: plaintext, as the daemon without curve)."""
     import torch
     import zmq
 
@@ -64,6 +72,8 @@ def serve(checkpoint: str, obs_addr: str, chunk_addr: str, token: bytes, max_byt
     ctx = zmq.Context()
     out = ctx.socket(zmq.PUSH)
     configure_socket(out, max_bytes)
+    if curve is not None:
+        curve.apply(out)
     out.setsockopt(zmq.SNDHWM, 4)
     out.connect(chunk_addr)
     enc = Encoder(token, max_bytes=max_bytes)
@@ -81,6 +91,8 @@ def serve(checkpoint: str, obs_addr: str, chunk_addr: str, token: bytes, max_byt
     action_dim = policy.features["action"].shape[0]
     sub = ctx.socket(zmq.SUB)
     configure_socket(sub, max_bytes)
+    if curve is not None:
+        curve.apply(sub)
     sub.setsockopt(zmq.CONFLATE, 1)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(obs_addr)
@@ -93,7 +105,10 @@ def serve(checkpoint: str, obs_addr: str, chunk_addr: str, token: bytes, max_byt
         if not sub.poll(int(HELLO_EVERY_S * 1000)):
             now = time.monotonic()
             if now - last_hello >= HELLO_EVERY_S:
-                out.send(enc.encode("hello", **hello), zmq.NOBLOCK)
+                try:
+                    out.send(enc.encode("hello", **hello), zmq.NOBLOCK)
+                except zmq.Again:  # no daemon connected (gone, or not up yet): keep waiting
+                    pass
                 last_hello = now
             if max_idle_s is not None and now - last_obs > max_idle_s:
                 return 0
@@ -128,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-bytes", type=int, default=4 << 20)
     p.add_argument("--window-s", type=float, default=5.0)
     p.add_argument("--max-idle-s", type=float, default=None, help="exit after this long without observations")
+    p.add_argument("--server-key", help="CurveZMQ: the daemon's public certificate (server.key)")
+    p.add_argument("--client-key", help="CurveZMQ: this worker's secret certificate (NAME.key_secret); "
+                   "needed when the daemon has an allow-list (default: a one-off key pair)")
     p.add_argument("--exit-with-parent", action="store_true", help="exit when the starting process dies")
     a = p.parse_args(argv)
     if a.exit_with_parent:
@@ -140,8 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         obs_addr, chunk_addr = a.obs, a.chunks
     else:
         p.error("give --connect tcp://host:port, or both --obs and --chunks")
+    try:
+        curve = ClientCurve.resolve(a.server_key, a.client_key, os.environ)
+    except ValueError as e:  # a missing or malformed key: say which, no traceback
+        p.error(str(e))
+    for name in (SERVER_PUBLIC_ENV, CLIENT_SECRET_ENV):  # read once; not inherited by anything else
+        os.environ.pop(name, None)
     return serve(a.checkpoint, obs_addr, chunk_addr, token_from_env(), a.max_bytes, a.window_s,
-                 tuple(a.imports), a.threads, a.max_idle_s)
+                 tuple(a.imports), a.threads, a.max_idle_s, curve)
 
 
 if __name__ == "__main__":

@@ -98,8 +98,17 @@ def assert_never_jumped(sup: Supervisor):
     assert 0 < s["max_dq"][0] <= sup.cfg.robot.limits.max_step + 1e-12
 
 
-def test_worker_killed_mid_run_holds_then_restarts(ckpt, tmp_path):
-    sup = daemon(ckpt, episodes=2, max_steps=25)
+@pytest.mark.parametrize("curve", [False, pytest.param(True, marks=pytest.mark.slow)])  # curve: ~8 s more
+def test_worker_killed_mid_run_holds_then_restarts(ckpt, tmp_path, curve):
+    kw = {}
+    if curve:  # the restarted worker gets a fresh key pair, admitted by the allow-list
+        from policystack.robot.curve import write_key_pair
+
+        secret = write_key_pair(tmp_path / "server", "server")[1]
+        write_key_pair(tmp_path / "clients", "operator")
+        kw["robot"] = load_robot_config("sim", {"watchdog_s": 0.3, "transport.curve_server_secret": str(secret),
+                                                "transport.curve_allowed_clients": str(tmp_path / "clients")})
+    sup = daemon(ckpt, episodes=2, max_steps=25, **kw)
     run = Running(sup)
     run.wait(lambda: sup.state == State.RUNNING and sup.step >= 6 and len(sup.latencies) >= 2, what="chunks")
     os.kill(sup.worker_proc.pid, signal.SIGKILL)
@@ -108,6 +117,8 @@ def test_worker_killed_mid_run_holds_then_restarts(ckpt, tmp_path):
     assert [r.reason for r in sup.results][0] == "worker_lost"
     assert sup.results[1].reason in ("timeout", "success") and sup.restarts == 1
     assert sup.state == State.STOPPED
+    if curve:
+        assert sup.allow_list.denied == 0 and len(sup.allow_list) == 2  # operator + current worker
     assert_never_jumped(sup)
 
 
@@ -254,3 +265,38 @@ def test_cli_run_status_and_kill_9_keep_every_completed_episode(ckpt, tmp_path):
     lr = LeRobotDataset("local/daemon", root=rec)
     assert lr.num_episodes == n and len(lr) == 13 * n
     assert lr[len(lr) - 1]["observation.images.front"].shape == (3, 32, 32)
+
+
+def test_daemon_over_curve_with_an_allow_list(ckpt, tmp_path, monkeypatch, capsys):
+    """Curve on, allow-list on: the local worker (ephemeral keys through its environment) acts; a
+    listed status client reads telemetry; an unlisted one and a plaintext one read nothing."""
+    import json
+
+    from policystack.robot import commands
+    from policystack.robot.curve import CLIENT_SECRET_ENV, write_key_pair
+
+    server_pub, server_sec = write_key_pair(tmp_path / "server", "server")
+    write_key_pair(tmp_path / "clients", "operator")
+    write_key_pair(tmp_path / "other", "stranger")
+    robot = load_robot_config("sim", {"watchdog_s": 0.3, "transport.curve_server_secret": str(server_sec),
+                                      "transport.curve_allowed_clients": str(tmp_path / "clients")})
+    sup = daemon(ckpt, robot=robot, episodes=1, max_steps=15)
+    run = Running(sup)
+    run.wait(lambda: sup.state == State.RUNNING and len(sup.latencies) >= 2, what="chunks over curve")
+    assert CLIENT_SECRET_ENV not in os.environ  # the worker's secret went to its environment only
+    monkeypatch.setenv("POLICYSTACK_DAEMON_TOKEN", TOKEN.decode())
+    tele = f"telemetry={sup.addrs['telemetry']}"
+    capsys.readouterr()
+    assert commands.main(["status", tele, f"server_key={server_pub}",
+                          f"client_key={tmp_path / 'clients' / 'operator.key_secret'}", "timeout=10"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["curve"] == {"on": True, "allow_list": True, "denied_handshakes": 0}
+    assert commands.main(["status", tele, f"server_key={server_pub}",
+                          f"client_key={tmp_path / 'other' / 'stranger.key_secret'}", "timeout=0.5"]) == 1
+    assert commands.main(["status", tele, "timeout=0.5"]) == 1  # plaintext
+    assert "no telemetry" in capsys.readouterr().err
+    run.join()
+    assert sup.results[0].reason in ("timeout", "success") and sup.restarts == 0
+    assert sup.allow_list.denied >= 1  # the stranger was refused by the ZAP handler
+    assert not sup.dec.rejected  # nothing unauthenticated ever reached the decoder
+    assert_never_jumped(sup)
