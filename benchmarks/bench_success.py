@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--eval-episodes", type=int, default=50)
     ap.add_argument("--action-mode", default="ee_delta", choices=("ee_delta", "joint"))
+    ap.add_argument("--train-args", default="", help="extra `policystack train` overrides, space-separated "
+                    "(e.g. 'policy.n_obs_steps=2'); recorded in the table's settings")
     ap.add_argument("--work", type=Path, default=Path("runs/success"), help="datasets and runs go here")
     ap.add_argument("--table-only", action="store_true", help="write the table from the runs that exist")
     ap.add_argument("--no-write", action="store_true", help="print the table, leave docs/results.md alone")
@@ -121,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             if not args.table_only and not info.is_file():
                 t0 = time.monotonic()
                 run(["train", f"policy={policy}", f"dataset.path={data}", *budget, f"out={out}",
-                     *spec["train"], *POLICY_OVERRIDES.get((policy, args.inputs), [])], log)
+                     *spec["train"], *POLICY_OVERRIDES.get((policy, args.inputs), []), *args.train_args.split()],
+                    log)
                 run(["eval", f"checkpoint={out}", f"env={task}", *evals], log)
                 print(f"  {policy}: {cell(eval_info(info))} in {(time.monotonic() - t0) / 60:.1f} min", flush=True)
             rows[task][policy] = eval_info(info)
@@ -138,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"evaluated on {args.eval_episodes} episodes, seeds 1000-{999 + args.eval_episodes}. "
                 f"Produced by `benchmarks/bench_success.py --inputs {args.inputs} --tasks {','.join(tasks)} "
                 f"--policies {','.join(policies)} --demos {args.demos} --steps {args.steps} "
-                f"--batch-size {args.batch_size} --eval-episodes {args.eval_episodes}`.")
+                f"--batch-size {args.batch_size} --eval-episodes {args.eval_episodes}"
+                + (f" --train-args '{args.train_args}'" if args.train_args else "") + "`.")
     md = f"### Inputs: {args.inputs}\n\n{settings}\n\n" + "\n".join(lines)
     print(md)
     if not args.no_write:
