@@ -4,15 +4,22 @@ telemetry.
     policystack daemon run robot=sim checkpoint=DIR task=Reach episodes=20 rate=500 record=DIR
     policystack daemon status [telemetry=tcp://127.0.0.1:5557] [timeout=5] [server_key=F] [client_key=F]
     policystack daemon keys DIR [name=server]
+    policystack daemon stop [commands=tcp://127.0.0.1:5556] [server_key=F] [client_key=F]
+    policystack daemon end-episode [commands=tcp://127.0.0.1:5556] [server_key=F] [client_key=F]
 
 ``run`` keys: robot (config name or YAML path), checkpoint (omit to wait for a remote worker:
-``python -m policystack.robot.worker --connect tcp://HOST:PORT``), task (sim task name), instruction
+``python -m policystack.robot.worker --connect tcp://HOST:PORT``), task (sim: the suite task name; a
+real robot, e.g. robot=so101: the instruction, free text), instruction
 (override the language instruction), episodes, max_steps, seed, rate (loop Hz), record (dataset
 dir), port (obs; chunks port+1, telemetry port+2), host, cameras (comma list), image_size,
 env_state (true: the sim also observes the named objects' poses, for state-based checkpoints),
 replan_every, import (module registering a Policy subclass), no_rt (true: no SCHED_FIFO),
 and any robot config key as ``robot.<key>=value`` (e.g. ``robot.watchdog_s=0.5``).
 The shared token is ``$POLICYSTACK_DAEMON_TOKEN`` (a random one is made for a local worker).
+
+``stop`` ends the running episode (``stopped``) and the run; ``end-episode`` ends the running episode
+(``operator``) and the daemon goes on with the next. Both send one signed ``command`` message to the
+daemon's chunk socket (its port + 1) and need the daemon's token in ``$POLICYSTACK_DAEMON_TOKEN``.
 
 CurveZMQ encryption (docs/daemon.md, "Encryption"): ``keys`` writes a key pair as ``DIR/NAME.key``
 (public) and ``DIR/NAME.key_secret`` (0600); ``run robot.transport.curve_server_secret=F``
@@ -82,11 +89,13 @@ def _run(argv: list[str]) -> int:
         return 1
     n = len(results)
     k = sum(r.success for r in results)
+    judged = n > 0 and sup.judges_success  # a real robot has no success check: not judged
     lat = sorted(sup.latencies)
     from policystack.eval.metrics import wilson_interval
 
-    summary = {"episodes": n, "successes": k, "success_rate": k / n if n else None,
-               "success_wilson95": list(wilson_interval(k, n)) if n else None,
+    summary = {"episodes": n, "successes": k if sup.judges_success else None,
+               "success_rate": k / n if judged else None,
+               "success_wilson95": list(wilson_interval(k, n)) if judged else None,
                "results": [r.__dict__ for r in results],
                "obs_to_chunk_ms_p50": round(lat[len(lat) // 2] * 1e3, 2) if lat else None,
                "rejected_messages": sup.dec.rejected}
@@ -132,6 +141,39 @@ def _status(argv: list[str]) -> int:
         ctx.term()
 
 
+def _command(op: str, argv: list[str]) -> int:
+    """Send the operator command ``op`` ("stop" / "end_episode") to a running daemon."""
+    import zmq
+
+    from policystack.robot.curve import ClientCurve
+    from policystack.robot.transport import Encoder
+
+    kv = parse_kv(argv, {"commands", "timeout", "server_key", "client_key"})
+    addr = kv.get("commands", "tcp://127.0.0.1:5556")
+    timeout = float(kv.get("timeout", 5))
+    token = token_from_env(required=True)
+    curve = ClientCurve.resolve(kv.get("server_key"), kv.get("client_key"))
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    if curve is not None:
+        curve.apply(push)
+    push.setsockopt(zmq.IMMEDIATE, 1)  # queue only on a finished connection: no daemon -> zmq.Again
+    push.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
+    push.setsockopt(zmq.LINGER, int(timeout * 1000))  # closing waits until the message is out
+    push.connect(addr)
+    try:
+        push.send(Encoder(token).encode("command", op=op))
+    except zmq.Again:
+        print(f"policystack daemon {op.replace('_', '-')}: no daemon took the command at {addr} within "
+              f"{timeout} s (is it running? right port: the daemon's port + 1?)", file=sys.stderr)
+        return 1
+    finally:
+        push.close()
+        ctx.term()
+    print(json.dumps({"sent": op, "to": addr}))
+    return 0
+
+
 def _keys(argv: list[str]) -> int:
     from policystack.robot.curve import write_key_pair
 
@@ -155,6 +197,8 @@ def main(argv: list[str]) -> int:
             return _status(rest)
         if sub == "keys":
             return _keys(rest)
+        if sub in ("stop", "end-episode"):
+            return _command(sub.replace("-", "_"), rest)
         if sub == "worker":
             from policystack.robot.worker import main as worker_main
 
@@ -162,5 +206,6 @@ def main(argv: list[str]) -> int:
     except (KeyError, ValueError, FileNotFoundError) as e:
         print(f"policystack daemon {sub}: {e}", file=sys.stderr)
         return 2
-    print(f"policystack daemon: unknown subcommand {sub!r}; valid: run, status, keys, worker", file=sys.stderr)
+    print(f"policystack daemon: unknown subcommand {sub!r}; valid: run, status, keys, worker, stop, "
+          "end-episode", file=sys.stderr)
     return 2

@@ -113,6 +113,15 @@ class RobotConfig:
     cpu: int = -1
     transport: TransportConfig = field(default_factory=TransportConfig)
     driver_options: dict[str, Any] = field(default_factory=dict)  # e.g. lerobot robot type / port
+    # --- episodes on a real robot (driver lerobot; the sim's scene resets itself) ---
+    # camera name -> LeRobot camera config ({type: opencv, index_or_path: 0, width, height, fps, ...})
+    # plus an optional ``feature`` (the checkpoint's image key; default observation.images.<name>)
+    cameras: dict[str, dict[str, Any]] = field(default_factory=dict)
+    home: list[float] | None = None  # [A] joint positions the arm moves to before every episode
+    home_tolerance: list[float] | float = 2.0  # per component: |measured - home| for "home reached"
+    home_timeout_s: float = 15.0  # not home within this long -> hold, the run ends with an error
+    episode_s: float = 30.0  # an episode ends after this long (no success check on hardware)
+    reset_wait_s: float = 0.0  # between episodes, at home: time for a person to reset the scene
 
     def __post_init__(self):
         if self.driver not in ("sim", "lerobot"):
@@ -127,6 +136,53 @@ class RobotConfig:
         if self.watchdog_s <= 0 or self.blend_s < 0 or self.spin_s < 0:
             raise ValueError(f"watchdog_s ({self.watchdog_s}) must be > 0, blend_s ({self.blend_s}) and "
                              f"spin_s ({self.spin_s}) >= 0")
+        self._check_episode_keys()
+
+    def _check_episode_keys(self) -> None:
+        n = self.limits.dim
+        for name in ("home_timeout_s", "episode_s"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
+                raise ValueError(f"{name}={v!r}: expected a number of seconds > 0")
+        if isinstance(self.reset_wait_s, bool) or not isinstance(self.reset_wait_s, (int, float)) \
+                or not 0 <= self.reset_wait_s < float("inf"):
+            raise ValueError(f"reset_wait_s={self.reset_wait_s!r}: expected a number of seconds >= 0")
+        tol = self.home_tolerance
+        tol = [tol] * n if isinstance(tol, (int, float)) and not isinstance(tol, bool) else tol
+        try:
+            self.home_tolerance = _vec("home_tolerance", tol, n)
+        except (TypeError, ValueError):
+            raise ValueError(f"home_tolerance={self.home_tolerance!r}: expected a number or {n} numbers > 0 "
+                             "(one per command component)") from None
+        if min(self.home_tolerance) <= 0:
+            raise ValueError(f"home_tolerance={self.home_tolerance}: every value must be > 0")
+        if self.home is not None:
+            try:
+                self.home = _vec("home", self.home, n)
+            except (TypeError, ValueError):
+                raise ValueError(f"home={self.home!r}: expected {n} joint positions (one per command component, "
+                                 f"in the units of limits.joint_low)") from None
+            out = [i for i, (h, lo, hi) in enumerate(zip(self.home, self.limits.joint_low, self.limits.joint_high))
+                   if not lo <= h <= hi]
+            if out:
+                raise ValueError(f"home={self.home}: components {out} lie outside limits.joint_low .. joint_high "
+                                 f"({self.limits.joint_low} .. {self.limits.joint_high})")
+        if not isinstance(self.cameras, dict):
+            raise ValueError(f"cameras={self.cameras!r}: expected a mapping camera name -> LeRobot camera config")
+        for name, cam in self.cameras.items():
+            if not isinstance(name, str) or not name or "/" in name:
+                raise ValueError(f"cameras: camera name {name!r} must be a non-empty string without '/'")
+            if not isinstance(cam, dict) or not isinstance(cam.get("type"), str):
+                raise ValueError(f"cameras.{name}={cam!r}: expected a mapping with a 'type' "
+                                 "(a LeRobot camera type: opencv, intelrealsense, ...)")
+            feat = cam.get("feature", f"observation.images.{name}")
+            if not isinstance(feat, str) or not feat.startswith("observation.images.") \
+                    or feat == "observation.images.":
+                raise ValueError(f"cameras.{name}.feature={feat!r}: expected a checkpoint image key "
+                                 "observation.images.<camera>")
+        feats = [c.get("feature", f"observation.images.{k}") for k, c in self.cameras.items()]
+        if len(set(feats)) != len(feats):
+            raise ValueError(f"cameras: two cameras feed the same feature ({feats})")
 
     @property
     def period(self) -> float:

@@ -240,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_parent()
     driver = make_driver(cfg.driver, cfg.driver_options, cfg.rate_hz, cfg.policy_hz)
     driver.connect()
+    info = Path(args.blocks + ".info.json")  # what the supervisor cannot know before the driver is up
+    tmp = info.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"names": driver.names, "extra_dim": driver.extra_dim}))
+    os.replace(tmp, info)
     state = Block(args.blocks + ".state", state_fields(cfg.limits.dim, driver.extra_dim))
     command = Block(args.blocks + ".command", command_fields(cfg.limits.dim, MAX_CHUNK))
     control = Block(args.blocks + ".control", control_fields(driver.extra_dim))

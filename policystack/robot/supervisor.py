@@ -5,11 +5,16 @@ States::
 
     IDLE --start episode--> RUNNING --episode end / worker lost / loop fault--> HOLD
     HOLD --next episode--> RUNNING          any --stop / loop died / done--> STOPPED
+    IDLE / HOLD --real robot: homing move--> HOMING --home reached--> HOLD (--> RUNNING)
 
 - IDLE / HOLD: the loop holds position (the supervisor bumps ``hold_gen``: the loop drops its
   chunk and the safety filter decelerates to rest).
+- Episode set-up is the scene's (``scene.py``): the sim lays out the episode and teleports the
+  loop's sim; a real robot is driven home through the safety filter (HOMING; not home within
+  ``home_timeout_s``: hold, the run ends with an error), after a ``reset_wait_s`` pause between episodes.
 - RUNNING: at the policy rate the supervisor reads the loop's state, builds the observation
-  (sim: renders the cameras from the loop's qpos), records the frame, publishes the observation
+  (sim: renders the cameras from the loop's qpos; real robot: measured joints + LeRobot camera
+  frames; a sensor fault ends the episode, ``sensor_fault``), records the frame, publishes the observation
   to the worker every ``replan_every`` ticks, and forwards every valid chunk (signed, fresh,
   right episode and shape) into the loop's command block. Rejected messages are counted by
   reason and published; nothing on the socket can reach the loop unchecked.
@@ -17,6 +22,10 @@ States::
   episode ends (failure, recorded), a stalled worker is killed (SIGKILL), the worker is
   restarted (at most ``max_restarts`` times) and the next episode starts once it says hello.
 - Loop process died: STOPPED, the worker is stopped, the daemon exits with an error.
+
+- Operator commands (signed ``command`` messages on the chunk socket: ``policystack daemon stop`` /
+  ``end-episode``): stop ends the episode (``stopped``) and the run; end-episode ends the running
+  episode (``operator``) and the next one starts. SIGTERM is a stop.
 
 Telemetry (signed ``telemetry`` messages on a PUB socket, 5 Hz) is what ``policystack daemon
 status`` prints.
@@ -50,9 +59,10 @@ from policystack.robot.curve import (
 )
 from policystack.robot.loop import MAX_CHUNK
 from policystack.robot.safety import EVENT_NAMES, FAULTS
+from policystack.robot.scene import Scene, SensorFault, make_scene, read_loop_info
 from policystack.robot.shm import Block, command_fields, control_fields, shm_dir, state_fields
 from policystack.robot.transport import Decoder, Encoder, configure_socket
-from policystack.types import OBS_ENV_STATE, OBS_STATE
+from policystack.types import OBS_ENV_STATE, OBS_IMAGES, OBS_STATE
 
 NO_ENV_STATE = np.zeros(0, np.float32)  # what the obs message carries when the robot has no env state
 
@@ -60,6 +70,7 @@ NO_ENV_STATE = np.zeros(0, np.float32)  # what the obs message carries when the 
 class State(enum.Enum):
     IDLE = "IDLE"
     RUNNING = "RUNNING"
+    HOMING = "HOMING"
     HOLD = "HOLD"
     STOPPED = "STOPPED"
 
@@ -69,10 +80,10 @@ class DaemonConfig:
     robot: RobotConfig
     token: bytes
     checkpoint: str | None = None  # None: a remote worker connects on its own
-    task: str = "Reach"  # sim: the suite task (scene, instructions, success)
+    task: str = "Reach"  # sim: the suite task (scene, instructions, success); real robot: the instruction
     instruction: str | None = None  # overrides the scene's instruction
     episodes: int = 1
-    max_steps: int | None = None  # per episode; default: the task's max_episode_steps
+    max_steps: int | None = None  # per episode; default: the task's max_episode_steps (real: episode_s)
     seed: int = 0
     record: str | None = None
     host: str = "127.0.0.1"
@@ -97,7 +108,8 @@ class EpisodeResult:
     index: int
     success: bool
     steps: int
-    reason: str  # "success", "timeout", "worker_lost", "worker_stalled", "stopped"
+    # "success", "timeout", "worker_lost", "worker_stalled", "stopped", "operator", "sensor_fault"
+    reason: str
     dataset_episode: int | None = None
 
 
@@ -125,10 +137,6 @@ class Supervisor:
     def __init__(self, cfg: DaemonConfig):
         import zmq
 
-        if cfg.robot.driver != "sim":
-            raise ValueError(f"robot {cfg.robot.name!r} uses driver {cfg.robot.driver!r}: `daemon run` runs "
-                             "episodes in sim only for now (robot=sim); the lerobot driver runs under the control "
-                             "loop (policystack.robot.loop) -- see docs/daemon.md, 'Not done yet'")
         self.cfg = cfg
         self.log = cfg.log or (lambda s: print(f"[daemon] {s}", file=sys.stderr, flush=True))
         self.state = State.IDLE
@@ -138,6 +146,9 @@ class Supervisor:
         self.restarts = 0
         self.worker_info: dict[str, Any] = {}
         self._stop = False
+        self._end_episode = False  # an operator's end-episode command, for the running episode
+        self.scene: Scene | None = None
+        self._early_hello = None  # a hello that arrived while the loop was starting
         tc = cfg.robot.transport
         # keys first: a missing or malformed key file fails here, before any socket exists
         self.curve = ServerCurve.load(tc.curve_server_secret, tc.curve_allowed_clients) \
@@ -149,7 +160,7 @@ class Supervisor:
             if self.curve is not None and self.curve.allowed is not None else None
         self.enc = Encoder(cfg.token, sender="daemon-" + os.urandom(6).hex(), max_bytes=tc.max_message_bytes)
         self.dec = Decoder(cfg.token, max_bytes=tc.max_message_bytes, window_s=tc.window_s,
-                           kinds=("chunk", "hello"))
+                           kinds=("chunk", "hello", "command"))
         self.pub = self._ctx.socket(zmq.PUB)
         self.pull = self._ctx.socket(zmq.PULL)
         self.tele = self._ctx.socket(zmq.PUB)
@@ -190,19 +201,19 @@ class Supervisor:
         return env
 
     def start_loop(self, timeout_s: float = 60.0) -> None:
-        from policystack.robot.drivers.sim import SimScene
-
         r = self.cfg.robot
-        self.scene = SimScene(self.cfg.task, r.rate_hz, r.policy_hz, self.cfg.cameras, self.cfg.image_size,
-                              self.cfg.env_state)
-        nq = self.scene.env.model.nq
+        try:
+            self.scene = make_scene(r, self.cfg.task, self.cfg.cameras, self.cfg.image_size, self.cfg.env_state)
+        except SensorFault as e:
+            raise DaemonError(str(e)) from None
+        nx = self.scene.extra_dim
         A = r.limits.dim
         prefix = str(self._dir / "blocks")
-        self.state_blk = Block.create(prefix + ".state", state_fields(A, nq))
+        self.state_blk = Block.create(prefix + ".state", state_fields(A, nx))
         self.cmd_blk = Block.create(prefix + ".command", command_fields(A, MAX_CHUNK))
-        self.ctl_blk = Block.create(prefix + ".control", control_fields(nq))
+        self.ctl_blk = Block.create(prefix + ".control", control_fields(nx))
         robot = r.to_dict()
-        robot["driver_options"] = {**robot["driver_options"], "task": self.cfg.task}
+        robot["driver_options"] = self.scene.driver_options(dict(robot["driver_options"]))
         cfg_path = self._dir / "robot.json"
         cfg_path.write_text(json.dumps(robot))
         cmd = [sys.executable, "-m", "policystack.robot.loop", "--config", str(cfg_path), "--blocks", prefix]
@@ -216,7 +227,10 @@ class Supervisor:
                 raise DaemonError(f"control loop exited with code {self.loop_proc.returncode} before ready")
             if time.monotonic() > deadline:
                 raise DaemonError(f"control loop not ready after {timeout_s} s")
-            time.sleep(0.01)
+            msg = self._recv(10)  # keep the worker's hellos from going stale in the queue meanwhile
+            if msg is not None and msg.kind == "hello":
+                self._early_hello = msg
+        self.scene.attach(read_loop_info(prefix + ".info.json"))
         self._hold("startup")
 
     def start_worker(self) -> None:
@@ -244,18 +258,26 @@ class Supervisor:
     def wait_hello(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not self._stop:
-            msg = self._recv(100)
+            msg, self._early_hello = (self._early_hello or self._recv(100)), None
             if msg is not None and msg.kind == "hello":
                 if msg.body["error"]:
                     raise DaemonError(f"policy worker failed to load the checkpoint: {msg.body['error']}")
-                self.worker_info = msg.body
+                self.worker_info = {k: v for k, v in msg.body.items() if k != "images"}
+                self.worker_info["images"] = {c: [int(x) for x in v] for c, v in msg.body["images"].items()}
                 self.worker_sender = msg.sender
                 self.log(f"worker ready: policy {msg.body['policy']}, horizon {msg.body['horizon']}, "
                          f"n_action_steps {msg.body['n_action_steps']}")
                 if msg.body["action_dim"] != self.cfg.robot.limits.dim:
                     raise DaemonError(f"policy acts in {msg.body['action_dim']} dimensions; robot "
                                       f"{self.cfg.robot.name!r} takes {self.cfg.robot.limits.dim}")
+                if self.scene is not None:
+                    try:
+                        self.scene.check_policy(msg.body)
+                    except ValueError as e:
+                        raise DaemonError(str(e)) from None
                 return
+            if msg is not None and msg.kind == "command":
+                self._command(msg)
             if self.worker_proc is not None and self.worker_proc.poll() is not None:
                 raise DaemonError(f"policy worker exited with code {self.worker_proc.returncode} before hello")
             self._telemetry()
@@ -300,7 +322,7 @@ class Supervisor:
     def clear_estop(self) -> None:
         self._control(estop=0.0)
 
-    def _reset_episode(self, qpos: np.ndarray, seed: int, timeout_s: float = 5.0) -> None:
+    def reset_loop(self, qpos: np.ndarray, seed: int, timeout_s: float = 5.0) -> None:
         """Teleport the loop's sim to ``qpos`` after laying out episode ``seed``; wait for the ack."""
         gen = self.ctl_blk.f["reset_gen"][0] + 1
         self._control(reset_gen=gen, reset_seed=seed, reset_extra=qpos)
@@ -310,6 +332,67 @@ class Supervisor:
             if time.monotonic() > deadline:
                 raise DaemonError("the control loop did not acknowledge the episode reset")
             time.sleep(0.002)
+
+    def move_to(self, target: np.ndarray, tolerance: np.ndarray, timeout_s: float) -> bool:
+        """Drive the arm to ``target`` [A] through the loop's safety filter (its velocity and acceleration
+        limits shape the move): a one-action chunk at ``target``, renewed every policy period so the
+        watchdog stays fed. True once every measured component is within ``tolerance`` [A] of it and the
+        command has arrived; False on timeout or stop. Either way the loop holds afterwards."""
+        r = self.cfg.robot
+        dt = 1.0 / r.policy_hz
+        target = np.asarray(target, dtype=np.float64).reshape(1, -1)
+        snap = {"q_meas": np.zeros(r.limits.dim), "q_cmd": np.zeros(r.limits.dim)}
+        self.state = State.HOMING
+        t0 = time.monotonic()
+        deadline = t0 + timeout_s
+        err = np.full(r.limits.dim, np.inf)
+        while not self._stop:
+            self._check_loop()
+            now = time.monotonic()
+            self.state_blk.read(snap)
+            err = np.abs(snap["q_meas"] - target[0])
+            if np.isfinite(err).all() and (err <= tolerance).all() \
+                    and (np.abs(snap["q_cmd"] - target[0]) <= 1e-9 + 1e-6 * np.abs(target[0])).all():
+                self._hold(f"home reached in {now - t0:.2f} s (max error {err.max():.3g})")
+                return True
+            if now > deadline:
+                self.events.append(f"homing timed out after {timeout_s:g} s; error {err.round(3).tolist()}")
+                self._hold(f"homing failed: not within {tolerance.tolist()} of {target[0].tolist()} after "
+                           f"{timeout_s:g} s (error {err.round(3).tolist()})")
+                return False
+            self._write_chunk(target, now, 2 * dt)  # held for two periods, renewed every period
+            self._serve_until(now + dt)
+        self._hold("homing interrupted: stop")
+        return False
+
+    def pause(self, seconds: float) -> None:
+        """Hold for ``seconds`` while serving telemetry and operator commands (a stop ends it)."""
+        self._serve_until(time.monotonic() + seconds)
+
+    def _serve_until(self, t_end: float) -> None:
+        """Until ``t_end`` (or a stop): take messages (operator commands; chunks are not forwarded
+        outside an episode), publish telemetry, watch the loop."""
+        while not self._stop:
+            self._check_loop()
+            wait = t_end - time.monotonic()
+            if wait <= 0:
+                return
+            msg = self._recv(max(1, min(100, int(wait * 1000))))
+            if msg is not None and msg.kind == "command":
+                self._command(msg)
+            self._telemetry()
+
+    def _command(self, msg) -> None:
+        op = msg.body["op"]
+        if op == "stop":
+            self._stop = True
+        elif op == "end_episode":
+            self._end_episode = True
+        else:
+            self.events.append(f"operator command {op!r} ignored (valid: stop, end_episode)")
+            return
+        self.events.append(f"operator command: {op}")
+        self.log(f"operator command: {op}")
 
     def _check_loop(self) -> None:
         if self.loop_proc is not None and self.loop_proc.poll() is not None:
@@ -339,17 +422,21 @@ class Supervisor:
             return False
         if not np.isfinite(a).all():
             self.events.append(f"chunk for obs {b['obs_seq']} has NaN/inf (forwarded: the loop holds)")
-        blk = self.cmd_blk
-        n = a.shape[0]
-        blk.begin()
-        blk.f["t_obs"][0] = b["t_obs"]
-        blk.f["dt"][0] = dt
-        blk.f["n"][0] = n
-        blk.f["actions"][:n] = a
-        blk.f["gen"][0] += 1
-        blk.end()
+        self._write_chunk(a, b["t_obs"], dt)
         self.latencies.append(time.monotonic() - b["t_obs"])
         return True
+
+    def _write_chunk(self, actions: np.ndarray, t_obs: float, dt: float) -> None:
+        """Hand ``actions`` [n, A] (action i for policy step i from ``t_obs``) to the loop."""
+        blk = self.cmd_blk
+        n = actions.shape[0]
+        blk.begin()
+        blk.f["t_obs"][0] = t_obs
+        blk.f["dt"][0] = dt
+        blk.f["n"][0] = n
+        blk.f["actions"][:n] = actions
+        blk.f["gen"][0] += 1
+        blk.end()
 
     def _telemetry(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -361,7 +448,8 @@ class Supervisor:
         lat = np.array(self.latencies[-200:]) * 1e3
         status = {
             "state": self.state.value, "episode": self.episode, "step": self.step,
-            "episodes_done": len(self.results), "successes": sum(r.success for r in self.results),
+            "episodes_done": len(self.results),
+            "successes": sum(r.success for r in self.results) if self.judges_success else None,
             "loop": {"alive": self.loop_proc is not None and self.loop_proc.poll() is None,
                      "tick": int(s["tick"][0]), "misses": int(s["misses"][0]),
                      "late_max_us": round(float(s["late_max"][0]) * 1e6, 1),
@@ -378,19 +466,25 @@ class Supervisor:
         self.tele.send(self.enc.encode("telemetry", status=json.dumps(status)))
 
     # --- episodes --------------------------------------------------------------------------------------
-    def run_episode(self, index: int, recorder=None) -> EpisodeResult:
+    @property
+    def judges_success(self) -> bool:
+        return self.scene is None or self.scene.judges_success
+
+    def run_episode(self, index: int, instruction: str, recorder=None) -> EpisodeResult:
+        """Run episode ``index`` (already set up by the scene) until success, its step limit, a fault,
+        an operator command or a stop."""
         import zmq
 
         cfg, r = self.cfg, self.cfg.robot
         dt = 1.0 / r.policy_hz
-        qpos, instruction = self.scene.reset(cfg.seed + index)
         instruction = cfg.instruction or instruction
-        self._reset_episode(qpos, cfg.seed + index)
+        self._end_episode = False
         max_steps = cfg.max_steps or self.scene.max_steps
         replan = cfg.replan_every or int(self.worker_info.get("n_action_steps", 1))
         self.episode, self.state = index, State.RUNNING
         self.log(f"episode {index}: {instruction!r} (seed {cfg.seed + index})")
-        snap = {"q_cmd": np.zeros(r.limits.dim), "extra": np.zeros(self.state_blk.f["extra"].shape)}
+        snap = {"q_meas": np.zeros(r.limits.dim), "q_cmd": np.zeros(r.limits.dim),
+                "extra": np.zeros(self.state_blk.f["extra"].shape)}
         stall_s = cfg.stall_timeout_s if cfg.stall_timeout_s is not None else r.watchdog_s
         obs_seq, last_sent, answered, reason, success = 0, -np.inf, True, "timeout", False
         waiting_since = np.inf  # when the oldest unanswered observation was sent
@@ -400,7 +494,13 @@ class Supervisor:
             self.step = step
             self.state_blk.read(snap)
             t_obs = time.monotonic()
-            obs, success = self.scene.observe(snap["extra"])
+            try:
+                obs, success = self.scene.frame(snap)
+            except SensorFault as e:
+                reason = "sensor_fault"
+                self.events.append(f"episode {index}: {e}")
+                self.log(f"sensor fault: {e}")
+                break
             if recorder is not None:
                 recorder.observe(obs, instruction, snap["q_cmd"])
             if success:
@@ -411,7 +511,7 @@ class Supervisor:
             due = step % replan == 0 or (not answered and t_obs - last_sent > 2 * dt)
             if due:
                 obs_seq += 1
-                images = {k.rsplit(".", 1)[1]: v for k, v in obs.items() if k.startswith("observation.images.")}
+                images = {k[len(OBS_IMAGES) + 1:]: v for k, v in obs.items() if k.startswith(OBS_IMAGES + ".")}
                 self.pub.send(self.enc.encode("obs", episode=index, obs_seq=obs_seq, t_obs=t_obs, dt=dt,
                                               task=instruction, state=obs[OBS_STATE],
                                               env_state=obs.get(OBS_ENV_STATE, NO_ENV_STATE), images=images,
@@ -425,6 +525,8 @@ class Supervisor:
                 if not self._worker_alive():
                     reason = "worker_lost"
                     break
+                if self._end_episode or self._stop:
+                    break
                 if (self.worker_proc is not None and not answered
                         and time.monotonic() - waiting_since > stall_s):
                     reason = "worker_stalled"
@@ -433,13 +535,15 @@ class Supervisor:
                 if wait <= 0:
                     break
                 msg = self._recv(max(1, int(wait * 1000)))
-                if msg is not None and msg.kind == "chunk" and self._forward_chunk(msg, index, dt):
+                if msg is not None and msg.kind == "command":
+                    self._command(msg)
+                elif msg is not None and msg.kind == "chunk" and self._forward_chunk(msg, index, dt):
                     answered = answered or msg.body["obs_seq"] == obs_seq
                     if answered:
                         waiting_since = np.inf
                 self._telemetry()
-            if reason in ("worker_lost", "worker_stalled") or self._stop:
-                reason = "stopped" if self._stop else reason
+            if reason in ("worker_lost", "worker_stalled") or self._stop or self._end_episode:
+                reason = "stopped" if self._stop else ("operator" if self._end_episode else reason)
                 break
         self._hold(f"episode {index} ended: {reason}")
         self.state_blk.read(snap)
@@ -462,11 +566,19 @@ class Supervisor:
             self.wait_hello(self.cfg.hello_timeout_s)
             if self.cfg.record:
                 recorder = EpisodeRecorder(self.cfg.record, int(self.cfg.robot.policy_hz), self.scene.features,
-                                           robot_type="panda")
+                                           robot_type=self.scene.robot_type)
             for i in range(self.cfg.episodes):
                 if self._stop:
                     break
-                res = self.run_episode(i, recorder)
+                try:
+                    instruction = self.scene.start_episode(i, self.cfg.seed + i, self)
+                except SensorFault as e:
+                    if self._stop:  # a stop during the homing move or the reset pause
+                        break
+                    raise DaemonError(f"episode {i} could not start: {e}") from None
+                if self._stop:
+                    break
+                res = self.run_episode(i, instruction, recorder)
                 if res.reason in ("worker_lost", "worker_stalled"):
                     self._lost_worker(stalled=res.reason == "worker_stalled")
             return self.results
@@ -511,7 +623,7 @@ class Supervisor:
         if self.allow_list is not None:
             self.allow_list.stop()
         self._ctx.term()
-        if hasattr(self, "scene"):
+        if self.scene is not None:
             self.scene.close()
         for p in self._dir.glob("*"):
             p.unlink()

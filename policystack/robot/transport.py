@@ -45,8 +45,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     # worker -> daemon: an action chunk [n, A] for the observation obs_seq
     "chunk": {"episode": "int", "obs_seq": "int", "t_obs": "float", "dt": "float",
               "actions": ("array", "float32", 2), "infer_s": "float"},
-    # worker -> daemon: the worker is up (or failed to load: error != "")
-    "hello": {"policy": "str", "horizon": "int", "n_action_steps": "int", "action_dim": "int", "error": "str"},
+    # worker -> daemon: the worker is up (or failed to load: error != ""), with what its policy takes:
+    # observation.state [state_dim] and images {camera: int64 [3] = (3, H, W)}
+    "hello": {"policy": "str", "horizon": "int", "n_action_steps": "int", "action_dim": "int", "error": "str",
+              "state_dim": "int", "images": ("map", ("array", "int64", 1))},
+    # operator -> daemon (``policystack daemon stop`` / ``end-episode``): op is "stop" or "end_episode"
+    "command": {"op": "str"},
     # supervisor -> status clients
     "telemetry": {"status": "str"},  # a JSON document: open-ended by design, parsed by the reader
 }

@@ -31,7 +31,7 @@ import numpy as np
 from policystack.robot.config import token_from_env
 from policystack.robot.curve import CLIENT_SECRET_ENV, SERVER_PUBLIC_ENV, ClientCurve
 from policystack.robot.transport import Decoder, Encoder, configure_socket
-from policystack.types import OBS_ENV_STATE, OBS_STATE, TASK, camera_key
+from policystack.types import OBS_ENV_STATE, OBS_IMAGES, OBS_STATE, TASK, camera_key, is_image_key
 
 HELLO_EVERY_S = 0.5
 
@@ -82,7 +82,7 @@ def serve(checkpoint: str, obs_addr: str, chunk_addr: str, token: bytes, max_byt
             importlib.import_module(mod)
         policy = Policy.from_pretrained(checkpoint)
     except Exception as e:  # report why to the daemon, then fail
-        out.send(enc.encode("hello", policy="", horizon=0, n_action_steps=0, action_dim=0,
+        out.send(enc.encode("hello", policy="", horizon=0, n_action_steps=0, action_dim=0, state_dim=0, images={},
                             error=f"{type(e).__name__}: {e}"[:2000]))
         time.sleep(0.2)
         print(f"worker: cannot load {checkpoint}: {e}", file=sys.stderr)
@@ -97,8 +97,11 @@ def serve(checkpoint: str, obs_addr: str, chunk_addr: str, token: bytes, max_byt
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(obs_addr)
     dec = Decoder(token, max_bytes=max_bytes, window_s=window_s, kinds=("obs",))
+    state = policy.features.get(OBS_STATE)
+    images = {key[len(OBS_IMAGES) + 1:]: np.array([3, f.shape[0], f.shape[1]], np.int64)
+              for key, f in policy.features.items() if is_image_key(key)}  # (H, W, 3) -> [3, H, W]
     hello = dict(policy=policy.name, horizon=cfg.horizon, n_action_steps=cfg.n_action_steps,
-                 action_dim=action_dim, error="")
+                 action_dim=action_dim, state_dim=state.shape[0] if state is not None else 0, images=images, error="")
     last_hello = last_obs = time.monotonic()
     out.send(enc.encode("hello", **hello))
     while True:

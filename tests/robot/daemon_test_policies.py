@@ -51,3 +51,53 @@ def make_checkpoint(directory: str | Path, cameras: tuple[str, ...] = ("front",)
     else:
         policy = NanAfterPolicy(NanAfterConfig(nan_after=nan_after, **kw), feats, stats)
     return policy.save_pretrained(directory)
+
+
+OBS_LOG_ENV = "POLICYSTACK_TEST_OBS_LOG"
+
+
+@dataclass
+class ObsLogConfig(BCConfig):
+    pass
+
+
+class ObsLogPolicy(BCPolicy):
+    """BC that appends what it was given per call (key -> shape, dtype, mean) as a JSON line to
+    ``$POLICYSTACK_TEST_OBS_LOG`` (when set): what the worker really saw."""
+
+    name = "test_obs_log"
+    config_class = ObsLogConfig
+
+    def predict_action_chunk(self, obs):
+        import json
+        import os
+
+        seen = {k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", ""),
+                    "mean": [float(x) for x in v.float().mean(dim=tuple(i for i in range(v.dim()) if i != 1))]
+                    if v.dim() == 4 else None}
+                for k, v in obs.items() if isinstance(v, torch.Tensor)}
+        if os.environ.get(OBS_LOG_ENV):
+            with open(os.environ[OBS_LOG_ENV], "a") as fh:
+                fh.write(json.dumps(seen) + "\n")
+        return super().predict_action_chunk(obs)
+
+
+SO101_NAMES = [f"{m}.pos" for m in ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll",
+                                     "gripper")]
+
+
+def make_so101_checkpoint(directory: str | Path, home: list[float], cameras: dict[str, tuple[int, int]],
+                          action_std: float = 2.0, seed: int = 0) -> Path:
+    """An ``ObsLogPolicy`` for an SO-101 (state and action: the 6 joint positions, degrees): random
+    weights, statistics around ``home`` so its actions are small motions near it; ``cameras``: name ->
+    (H, W) of the images it takes."""
+    torch.manual_seed(seed)
+    feats = {OBS_STATE: Feature("float32", (6,), names=list(SO101_NAMES)),
+             ACTION: Feature("float32", (6,), names=list(SO101_NAMES))}
+    for cam, (h, w) in cameras.items():
+        feats[camera_key(cam)] = Feature("video", (h, w, 3))
+    home_a = np.asarray(home, dtype=np.float64)
+    stats = {OBS_STATE: {"mean": home_a, "std": np.full(6, 10.0)},
+             ACTION: {"mean": home_a, "std": np.full(6, action_std)}}
+    cfg = ObsLogConfig(horizon=8, n_action_steps=4, conv_channels=(8, 8), keypoints=4, hidden_dim=32, n_layers=2)
+    return ObsLogPolicy(cfg, feats, stats).save_pretrained(directory)

@@ -5,13 +5,20 @@ Implements the SDK surface LeRobot uses (PortHandler, PacketHandler read/write/p
 GroupSyncRead/GroupSyncWrite, the byte helpers and constants) over in-memory servos: each servo
 is a 256-byte little-endian register file; ``Present_Position`` (56) moves towards
 ``Goal_Position`` (42) by at most ``speed`` ticks per bus read while torque (40) is on.
-``FakeBus.unplugged = True`` makes every transfer time out, as a pulled cable does.
+``FakeBus.unplugged = True`` (or, across processes, the existence of ``unplug_file``) makes every
+transfer time out, as a pulled cable does. With ``trace_file`` the bus keeps every Goal_Position
+sync write ``(t, {id: raw})`` and writes them as JSON there when the port closes.
 
-Install with ``install()`` (puts this module in ``sys.modules["scservo_sdk"]``).
+Install with ``install()`` (puts this module in ``sys.modules["scservo_sdk"]``), or, in a child
+process such as the daemon's control loop, put ``fake_sdk`` (a ``scservo_sdk`` package that loads
+this module) first on ``PYTHONPATH`` and describe the bus in ``$POLICYSTACK_FAKE_SCSERVO``
+(``install_from_env``).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
 
@@ -53,7 +60,21 @@ class FakeBus:
             r[GOAL:GOAL + 2] = start.to_bytes(2, "little")
             r[11:13] = (4095).to_bytes(2, "little")  # Max_Position_Limit
         self.unplugged = False
+        self.unplug_file: str | None = None
+        self.trace_file: str | None = None
+        self.trace: list[tuple[float, dict[int, int]]] = []
         self.transfers = 0
+
+    def is_unplugged(self) -> bool:
+        return self.unplugged or (self.unplug_file is not None and os.path.exists(self.unplug_file))
+
+    def dump_trace(self) -> None:
+        if self.trace_file is None:
+            return
+        tmp = self.trace_file + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump([[t, {str(k): v for k, v in goals.items()}] for t, goals in self.trace], fh)
+        os.replace(tmp, self.trace_file)
 
     def get(self, id_: int, addr: int, n: int) -> int:
         return int.from_bytes(self.regs[id_][addr:addr + n], "little")
@@ -94,6 +115,7 @@ class PortHandler:
 
     def closePort(self):  # noqa: N802
         self.is_open = False
+        self.bus.dump_trace()
 
     def clearPort(self):  # noqa: N802
         pass
@@ -135,7 +157,7 @@ class PacketHandler:
     def _ok(self, port: PortHandler, id_: int) -> bool:
         bus = port.bus
         bus.transfers += 1
-        return port.is_open and not bus.unplugged and id_ in bus.regs
+        return port.is_open and not bus.is_unplugged() and id_ in bus.regs
 
     def ping(self, port, id_):
         if not self._ok(port, id_):
@@ -210,8 +232,23 @@ class GroupSyncWrite:
             if not self.ph._ok(self.port, i):
                 return COMM_RX_TIMEOUT
             self.port.bus.set(i, self.start_address, data[: self.data_length])
+        bus = self.port.bus
+        if bus.trace_file is not None and self.start_address == GOAL:
+            bus.trace.append((time.monotonic(), {i: bus.get(i, GOAL, 2) for i in self.params}))
         return COMM_SUCCESS
 
 
 def install() -> None:
     sys.modules["scservo_sdk"] = sys.modules[__name__]
+
+
+ENV = "POLICYSTACK_FAKE_SCSERVO"
+
+
+def install_from_env() -> None:
+    """The bus ``$POLICYSTACK_FAKE_SCSERVO`` describes: JSON ``{port, ids, speed, unplug_file, trace_file}``."""
+    spec = json.loads(os.environ[ENV])
+    bus = FakeBus(ids=spec["ids"], speed=spec.get("speed", 40))
+    bus.unplug_file = spec.get("unplug_file")
+    bus.trace_file = spec.get("trace_file")
+    BUSES[spec["port"]] = bus

@@ -121,7 +121,8 @@ def test_pub_sub_and_push_pull_round_trip_over_curve_with_an_allow_list(keys):
         frame = published(pair, sub, obs_frame(Encoder(TOKEN)))
         msg, why = Decoder(TOKEN, kinds=("obs",)).decode(frame)
         assert msg is not None and msg.body["task"] == MARKER, why
-        push.send(Encoder(TOKEN).encode("hello", policy="bc", horizon=8, n_action_steps=4, action_dim=8, error=""))
+        push.send(Encoder(TOKEN).encode("hello", policy="bc", horizon=8, n_action_steps=4, action_dim=8,
+                                           state_dim=15, images={}, error=""))
         assert pair.pull.poll(3000)
         msg, why = Decoder(TOKEN, kinds=("hello",)).decode(pair.pull.recv())
         assert msg is not None and msg.body["policy"] == "bc", why

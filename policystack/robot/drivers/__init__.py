@@ -17,6 +17,11 @@ class Driver(abc.ABC):
     dim: int  # A
     extra_dim: int = 0
 
+    @property
+    def names(self) -> list[str]:
+        """One name per command component (recorded as the dataset's state / action names)."""
+        return [f"q{i}" for i in range(self.dim)]
+
     @abc.abstractmethod
     def connect(self) -> None: ...
 

@@ -67,6 +67,10 @@ class LeRobotDriver(Driver):
         self._action = dict.fromkeys(self.keys, 0.0)
         self.errors = 0
 
+    @property
+    def names(self) -> list[str]:
+        return list(self.keys)
+
     def connect(self) -> None:
         self.robot.connect(calibrate=self.calibrate)
 

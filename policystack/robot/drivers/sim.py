@@ -18,6 +18,7 @@ import numpy as np
 
 from policystack.envs.robot import GRIPPER_CTRL_MAX, GRIPPER_JOINT_MAX
 from policystack.robot.drivers import Driver
+from policystack.robot.scene import LoopHandle, Scene
 
 
 def _make_env(task: str, rate_hz: float, policy_hz: float, cameras: tuple[str, ...] = (), image_size: int = 96,
@@ -78,13 +79,33 @@ class SimDriver(Driver):
         self.env.close()
 
 
-class SimScene:
+class SimScene(Scene):
     """The supervisor's copy of the scene: episode layouts, camera images, success."""
+
+    robot_type = "panda"
+    judges_success = True
 
     def __init__(self, task: str, rate_hz: float, policy_hz: float, cameras: tuple[str, ...], image_size: int,
                  env_state: bool = False):
+        self.task = task
         self.env = _make_env(task, rate_hz, policy_hz, cameras, image_size, env_state)
-        self.max_steps = type(self.env).max_episode_steps
+        self.extra_dim = self.env.model.nq
+
+    @property
+    def max_steps(self) -> int:
+        return type(self.env).max_episode_steps
+
+    def driver_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        return {**options, "task": self.task}
+
+    def start_episode(self, index: int, seed: int, loop: LoopHandle) -> str:
+        """Lay out episode ``seed`` here and in the loop's sim (teleported to the same qpos)."""
+        qpos, instruction = self.reset(seed)
+        loop.reset_loop(qpos, seed)
+        return instruction
+
+    def frame(self, state: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], bool]:
+        return self.observe(state["extra"])
 
     def reset(self, seed: int) -> tuple[np.ndarray, str]:
         """(qpos to teleport the loop's sim to, instruction) of episode ``seed``."""
