@@ -18,6 +18,8 @@ Inputs (``--inputs``):
         --policies bc,act,diffusion --work /tmp/success          # ~1 h on 2 CPU cores
     .venv/bin/python benchmarks/bench_success.py --inputs state --tasks Reach --policies bc --steps 200 \\
         --demos 10 --eval-episodes 4 --work /tmp/s --no-write    # smoke run, ~1 min
+    .venv/bin/python benchmarks/bench_success.py --inputs images --multitask --policies rt1 \\
+        --tasks Reach,PressButton,OpenDrawer,Push,PickPlace,Stack --demos 100   # one RT-1, all tasks
 
 The table goes to docs/results.md between ``<!-- BEGIN success_<inputs> -->`` markers (written by
 benchmarks/_report.py), with the run settings beside it.
@@ -46,6 +48,10 @@ INPUTS = {
 POLICY_OVERRIDES = {("bc", "state"): ["policy.text_encoder=none"]}
 
 
+def overrides(policy: str, inputs: str) -> list[str]:
+    return POLICY_OVERRIDES.get((policy, inputs), [])
+
+
 def run(cmd: list[str], log: Path) -> None:
     """Run a policystack CLI command, output to ``log``; raise with the log's tail on failure."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
@@ -60,6 +66,18 @@ def run(cmd: list[str], log: Path) -> None:
 
 def eval_info(path: Path) -> dict | None:
     return json.loads(path.read_text())["overall"] if path.is_file() else None
+
+
+def task_info(path: Path, task: str) -> dict | None:
+    """One task's result from a multi-task eval_info.json, in ``overall``'s keys."""
+    if not path.is_file():
+        return None
+    for r in json.loads(path.read_text())["per_task"]:
+        if r["task"] == task:
+            eps = r["episodes"]
+            return {"success_rate": r["success_rate"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+                    "successes": sum(bool(e["success"]) for e in eps), "episodes": len(eps)}
+    raise KeyError(f"{path}: no per_task entry for {task!r}")
 
 
 def cell(res: dict | None) -> str:
@@ -92,7 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path("runs/success"), help="datasets and runs go here")
     ap.add_argument("--table-only", action="store_true", help="write the table from the runs that exist")
     ap.add_argument("--no-write", action="store_true", help="print the table, leave docs/results.md alone")
+    ap.add_argument("--multitask", action="store_true", help="one dataset of all --tasks (--demos each), one "
+                    "policy per family trained on it, evaluated per task")
     args = ap.parse_args(argv)
+    if args.multitask and args.inputs == "state":
+        ap.error("--multitask needs --inputs images: each task's environment_state names different objects, "
+                 "so the tasks cannot share one dataset")
     tasks = [t for t in args.tasks.split(",") if t]
     policies = [p for p in args.policies.split(",") if p]
     work = args.work.resolve()
@@ -103,50 +126,70 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: dict[str, dict[str, dict | None]] = {}
     minutes: dict[tuple[str, str], str] = {}
-    for task in tasks:
-        data = work / "data" / task
-        log = work / "logs" / f"{task}.log"
+    for task in tasks:  # per task: its demos (single-task mode) and the expert on the eval seeds
         rows[task] = {}
+        expert_out = work / "runs" / f"{task}_expert"
         if not args.table_only:
             print(f"{task}:", flush=True)
-            if not (data / "meta" / "info.json").is_file():
+            data = work / "data" / task
+            if not args.multitask and not (data / "meta" / "info.json").is_file():
                 run(["collect", f"env={task}", f"episodes={args.demos}", f"out={data}", "workers=2",
-                     f"action_mode={args.action_mode}", *spec["collect"]], log)
-            expert_out = work / "runs" / f"{task}_expert"
+                     f"action_mode={args.action_mode}", *spec["collect"]], work / "logs" / f"{task}.log")
             if not (expert_out / "eval_info.json").is_file():
                 run(["eval", "checkpoint=expert", f"env={task}", f"out={expert_out}",
-                     f"action_mode={args.action_mode}", *evals], log)
-        rows[task]["expert"] = eval_info(work / "runs" / f"{task}_expert" / "eval_info.json")
+                     f"action_mode={args.action_mode}", *evals], work / "logs" / f"{task}.log")
+        rows[task]["expert"] = eval_info(expert_out / "eval_info.json")
+
+    # (dataset, tasks it is evaluated on, run name) per training run
+    if args.multitask:
+        data = work / "data" / "multitask"
+        if not args.table_only and not (data / "meta" / "info.json").is_file():
+            run(["collect", f"env={','.join(tasks)}", f"episodes={args.demos}", f"out={data}", "workers=2",
+                 f"action_mode={args.action_mode}", *spec["collect"]], work / "logs" / "multitask.log")
+        jobs = [(data, tasks, "multitask")]
+    else:
+        jobs = [(work / "data" / t, [t], t) for t in tasks]
+    for data, on, name in jobs:
         for policy in policies:
-            out = work / "runs" / f"{task}_{policy}"
-            info = out / "eval" / task / "eval_info.json"
+            out = work / "runs" / f"{name}_{policy}"
+            info = out / "eval" / "_".join(on) / "eval_info.json"
             if not args.table_only and not info.is_file():
                 t0 = time.monotonic()
+                log = work / "logs" / f"{name}.log"
                 run(["train", f"policy={policy}", f"dataset.path={data}", *budget, f"out={out}",
-                     *spec["train"], *POLICY_OVERRIDES.get((policy, args.inputs), []), *args.train_args.split()],
-                    log)
-                run(["eval", f"checkpoint={out}", f"env={task}", *evals], log)
-                print(f"  {policy}: {cell(eval_info(info))} in {(time.monotonic() - t0) / 60:.1f} min", flush=True)
-            rows[task][policy] = eval_info(info)
-            minutes[task, policy] = train_minutes(out)
+                     *spec["train"], *overrides(policy, args.inputs), *args.train_args.split()], log)
+                run(["eval", f"checkpoint={out}", f"env={','.join(on)}", *evals], log)
+                print(f"  {name} {policy}: {(time.monotonic() - t0) / 60:.1f} min", flush=True)
+            for t in on:
+                rows[t][policy] = task_info(info, t)
+            minutes[name, policy] = train_minutes(out)
 
     cols = ["expert", *policies]
     lines = [f"| task | {' | '.join(cols)} |", "|---|" + "---|" * len(cols)]
     lines += [f"| {t} | " + " | ".join(cell(rows[t][c]) for c in cols) + " |" for t in tasks]
     lines += ["", "Training wall time per run (min, 2 CPU cores shared by two runs): "
-              + "; ".join(f"{t} " + ", ".join(f"{p} {minutes[t, p]}" for p in policies) for t in tasks)]
+              + "; ".join(f"{n} " + ", ".join(f"{p} {minutes[n, p]}" for p in policies) for _, _, n in jobs)]
+    extra = "; ".join(f"{p}: `{' '.join(overrides(p, args.inputs))}`" for p in policies
+                      if overrides(p, args.inputs))
+    kind = (f"one policy of each family trained on all {len(tasks)} tasks' demos together "
+            f"(`collect env={','.join(tasks)}`), evaluated per task" if args.multitask else
+            "one policy per task and family")
     settings = (f"Inputs `{args.inputs}`; {args.demos} expert demos per task (`policystack collect`, "
-                f"action_mode={args.action_mode}); every policy trained {args.steps} steps at batch size "
-                f"{args.batch_size}, seed 0, the loop's default AdamW (lr 1e-4, 500 warm-up steps, cosine); "
-                f"evaluated on {args.eval_episodes} episodes, seeds 1000-{999 + args.eval_episodes}. "
+                f"action_mode={args.action_mode}); {kind}; every policy trained {args.steps} steps at batch "
+                f"size {args.batch_size}, seed 0, the loop's AdamW (lr 1e-4 unless overridden below, 500 warm-up "
+                f"steps, cosine); evaluated on {args.eval_episodes} episodes per task, seeds "
+                f"1000-{999 + args.eval_episodes}. Per-family overrides: {extra or 'none'}. "
                 f"Produced by `benchmarks/bench_success.py --inputs {args.inputs} --tasks {','.join(tasks)} "
                 f"--policies {','.join(policies)} --demos {args.demos} --steps {args.steps} "
                 f"--batch-size {args.batch_size} --eval-episodes {args.eval_episodes}"
+                + (" --multitask" if args.multitask else "")
                 + (f" --train-args '{args.train_args}'" if args.train_args else "") + "`.")
-    md = f"### Inputs: {args.inputs}\n\n{settings}\n\n" + "\n".join(lines)
+    section = f"success_{args.inputs}" + ("_multitask" if args.multitask else "")
+    md = (f"### Inputs: {args.inputs}" + (", multi-task" if args.multitask else "")
+          + f"\n\n{settings}\n\n" + "\n".join(lines))
     print(md)
     if not args.no_write:
-        print(f"wrote {write_section(f'success_{args.inputs}', md, RESULTS)}")
+        print(f"wrote {write_section(section, md, RESULTS)}")
     return 0
 
 
