@@ -169,7 +169,17 @@ class Supervisor:
             if self.curve is not None:
                 curve_server(s, self.curve.keys)
         self.pub.setsockopt(zmq.SNDHWM, 2)
-        self.addrs = self._bind(cfg.host, cfg.port)
+        try:
+            self.addrs = self._bind(cfg.host, cfg.port)
+        except zmq.ZMQError as e:  # close what was opened (sockets, the ZAP thread) before saying why
+            for s in (self.pub, self.pull, self.tele):
+                s.close(0)
+            if self.allow_list is not None:
+                self.allow_list.stop()
+            self._ctx.term()
+            ports = f"{cfg.port}-{cfg.port + 2}" if cfg.port else "random ports"
+            raise DaemonError(f"cannot bind the daemon's sockets on {cfg.host} ({ports}): {e}; another daemon "
+                              "may be running there -- stop it or pass another port=") from None
         self.loop_proc: subprocess.Popen | None = None
         self.worker_proc: subprocess.Popen | None = None
         _remove_orphaned_blocks()

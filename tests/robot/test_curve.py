@@ -330,3 +330,22 @@ def test_worker_and_status_name_a_bad_key_file(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("POLICYSTACK_DAEMON_TOKEN", TOKEN.decode())
     assert commands.main(["status", "telemetry=tcp://127.0.0.1:1", f"server_key={missing}"]) == 2
     assert str(missing) in capsys.readouterr().err
+
+
+def test_a_taken_port_fails_clearly_and_leaves_no_thread_behind(tmp_path):
+    import threading
+
+    from policystack.robot.supervisor import DaemonError
+
+    server = write_key_pair(tmp_path / "k", "server")[1]
+    write_key_pair(tmp_path / "clients", "operator")
+    robot = load_robot_config("sim", {"transport.curve_server_secret": str(server),
+                                      "transport.curve_allowed_clients": str(tmp_path / "clients")})
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1] - 1  # the chunk socket (port + 1) is the one taken
+        threads = threading.active_count()
+        with pytest.raises(DaemonError, match=rf"cannot bind .*\({port}-{port + 2}\).*another port="):
+            Supervisor(DaemonConfig(robot=robot, token=TOKEN, port=port, log=lambda s: None))
+        assert threading.active_count() == threads  # the allow-list's ZAP thread was stopped
