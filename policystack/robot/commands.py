@@ -103,21 +103,29 @@ def _run(argv: list[str]) -> int:
     return 0
 
 
-def _status(argv: list[str]) -> int:
+def _client(argv: list[str], kind: int, addr_key: str, default_addr: str):
+    """An operator's socket to a running daemon from ``ADDR_KEY=... timeout= server_key= client_key=``:
+    (context, socket of ``kind`` with curve applied when keys are given, address, timeout s, token, curve)."""
     import zmq
 
     from policystack.robot.curve import ClientCurve
-    from policystack.robot.transport import Decoder
 
-    kv = parse_kv(argv, {"telemetry", "timeout", "server_key", "client_key"})
-    addr = kv.get("telemetry", "tcp://127.0.0.1:5557")
-    timeout = float(kv.get("timeout", 5))
+    kv = parse_kv(argv, {addr_key, "timeout", "server_key", "client_key"})
     token = token_from_env(required=True)
     curve = ClientCurve.resolve(kv.get("server_key"), kv.get("client_key"))
     ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
+    sock = ctx.socket(kind)
     if curve is not None:
-        curve.apply(sub)
+        curve.apply(sock)
+    return ctx, sock, kv.get(addr_key, default_addr), float(kv.get("timeout", 5)), token, curve
+
+
+def _status(argv: list[str]) -> int:
+    import zmq
+
+    from policystack.robot.transport import Decoder
+
+    ctx, sub, addr, timeout, token, curve = _client(argv, zmq.SUB, "telemetry", "tcp://127.0.0.1:5557")
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
@@ -145,18 +153,9 @@ def _command(op: str, argv: list[str]) -> int:
     """Send the operator command ``op`` ("stop" / "end_episode") to a running daemon."""
     import zmq
 
-    from policystack.robot.curve import ClientCurve
     from policystack.robot.transport import Encoder
 
-    kv = parse_kv(argv, {"commands", "timeout", "server_key", "client_key"})
-    addr = kv.get("commands", "tcp://127.0.0.1:5556")
-    timeout = float(kv.get("timeout", 5))
-    token = token_from_env(required=True)
-    curve = ClientCurve.resolve(kv.get("server_key"), kv.get("client_key"))
-    ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
-    if curve is not None:
-        curve.apply(push)
+    ctx, push, addr, timeout, token, curve = _client(argv, zmq.PUSH, "commands", "tcp://127.0.0.1:5556")
     push.setsockopt(zmq.IMMEDIATE, 1)  # queue only on a finished connection: no daemon -> zmq.Again
     push.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
     push.setsockopt(zmq.LINGER, int(timeout * 1000))  # closing waits until the message is out
