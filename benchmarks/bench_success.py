@@ -160,8 +160,11 @@ def main(argv: list[str] | None = None) -> int:
             if not args.table_only and not info.is_file():
                 t0 = time.monotonic()
                 log = work / "logs" / f"{name}.log"
-                run(["train", f"policy={policy}", f"dataset.path={data}", *budget, f"out={out}",
-                     *spec["train"], *overrides(policy, args.inputs), *args.train_args.split()], log)
+                if (out / "config.yaml").is_file():  # trained (or killed) earlier: continue it to --steps
+                    run(["train", f"resume={out}", f"steps={args.steps}"], log)
+                else:
+                    run(["train", f"policy={policy}", f"dataset.path={data}", *budget, f"out={out}",
+                         *spec["train"], *overrides(policy, args.inputs), *args.train_args.split()], log)
                 run(["eval", f"checkpoint={out}", f"env={','.join(on)}", *evals], log)
                 print(f"  {name} {policy}: {(time.monotonic() - t0) / 60:.1f} min", flush=True)
             for t in on:

@@ -22,14 +22,15 @@ EXPERT_KEY = "expert.action"  # observation entry holding the scripted expert's 
 
 def resolve_task(task: str) -> tuple[str, str]:
     """("tabletop", "PickPlace") or ("metaworld", "reach-v3") for a task name as users write it
-    ("PickPlace", "policystack/PickPlace-v0", "reach-v3", "MetaWorld-reach-v3"); unknown names
+    ("PickPlace", "policystack/PickPlace-v0", "reach-v3", "MetaWorld-reach-v3", "metaworld/reach-v3"
+    as ``policystack collect`` takes it); unknown names
     raise a KeyError listing the valid ones."""
     from policystack.envs import task_names
 
     name = task.removeprefix("policystack/").removesuffix("-v0")
     if name in task_names():
         return "tabletop", name
-    mw = name.removeprefix("MetaWorld-")
+    mw = name.removeprefix("MetaWorld-").removeprefix("metaworld/")
     if re.fullmatch(r"[a-z][a-z0-9-]*-v3", mw):
         return "metaworld", mw
     from policystack.envs.metaworld import MT10_TASKS

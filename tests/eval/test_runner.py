@@ -147,3 +147,12 @@ def test_result_roundtrip(bc_state):
     assert outcomes(back) == outcomes(r) and back.success_rate == r.success_rate
     with pytest.raises(ValueError, match="not an eval result"):
         EvalResult.from_dict({"task": "Reach"})
+
+
+@pytest.mark.parametrize("name", ["drawer-close-v3", "MetaWorld-drawer-close-v3", "metaworld/drawer-close-v3",
+                                  "policystack/MetaWorld-drawer-close-v3-v0"])
+def test_metaworld_names_resolve_as_collect_writes_them(name):
+    from policystack.eval.envs import resolve_task
+
+    assert resolve_task(name) == ("metaworld", "drawer-close-v3")
+    assert resolve_task("policystack/Reach-v0") == ("tabletop", "Reach")
