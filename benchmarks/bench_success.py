@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     cols = ["expert", *policies]
     lines = [f"| task | {' | '.join(cols)} |", "|---|" + "---|" * len(cols)]
     lines += [f"| {t} | " + " | ".join(cell(rows[t][c]) for c in cols) + " |" for t in tasks]
-    lines += ["", "Training wall time per run (min, 2 CPU cores shared by two runs): "
+    lines += ["", "Training wall time per run (min; 2 CPU cores shared with the other runs going at the time): "
               + "; ".join(f"{n} " + ", ".join(f"{p} {minutes[n, p]}" for p in policies) for _, _, n in jobs)]
     extra = "; ".join(f"{p}: `{' '.join(overrides(p, args.inputs))}`" for p in policies
                       if overrides(p, args.inputs))
