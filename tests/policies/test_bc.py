@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from overfit import overfit
 
 from policystack.policies.base import Policy
 from policystack.policies.bc import BCConfig, BCPolicy, random_shift
@@ -50,16 +51,8 @@ def test_loss_ignores_padded_steps():
 def test_overfits_a_small_batch():
     torch.manual_seed(0)
     policy = BCPolicy(small_config(random_shift=0), FEATURES, STATS)
-    batch = make_batch()
-    opt = torch.optim.AdamW(policy.parameters(), lr=3e-3)
-    first = None
-    for _ in range(150):
-        loss, logs = policy.compute_loss(batch)
-        first = first if first is not None else loss.item()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.2 * first, (first, loss.item())
+    first, last, _ = overfit(policy, make_batch())
+    assert last < 0.2 * first, (first, last)
 
 
 def test_select_action_uses_observation_history():
@@ -105,13 +98,7 @@ def test_instruction_selects_the_action():
     for enc in ("hashed", "none"):
         torch.manual_seed(0)
         policy = BCPolicy(small_config(random_shift=0, text_encoder=enc), FEATURES, STATS)
-        opt = torch.optim.AdamW(policy.parameters(), lr=3e-3)
-        for _ in range(150):
-            loss, _ = policy.compute_loss(batch)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        losses[enc] = loss.item()
+        losses[enc] = overfit(policy, batch)[1]
     assert losses["hashed"] < 0.1 < losses["none"], losses
     with pytest.raises(KeyError, match="needs the instruction"):
         policy = BCPolicy(small_config(), FEATURES, STATS)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from overfit import overfit
 
 from policystack.policies.base import Policy
 from policystack.policies.layers.attention import verify_causality
@@ -146,16 +147,9 @@ def test_tiny_batch_overfits():
     torch.manual_seed(0)
     policy = RT1Policy(RT1Config(**dict(SMALL, n_obs_steps=2)), features(), STATS)
     batch = make_batch(4, 2)
-    opt = torch.optim.AdamW(policy.parameters(), lr=3e-3)
-    first = None
-    for _ in range(150):
-        loss, logs = policy.compute_loss(batch)
-        first = first if first is not None else loss.item()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    print(f"overfit: loss {first:.3f} -> {loss.item():.4f}, token accuracy {logs['token_accuracy']:.2f}")
-    assert loss.item() < 0.1 * first, (first, loss.item())
+    first, last, logs = overfit(policy, batch)
+    print(f"overfit: loss {first:.3f} -> {last:.4f}, token accuracy {logs['token_accuracy']:.2f}")
+    assert last < 0.1 * first, (first, last)
     assert logs["token_accuracy"] > 0.9
     # decoded actions land on the targets' bins: within one bin width of the normalised range
     policy.eval()
