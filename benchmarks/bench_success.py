@@ -56,6 +56,14 @@ def overrides(policy: str, inputs: str) -> list[str]:
     return POLICY_OVERRIDES.get((policy, inputs), [])
 
 
+def train_args(policy: str, text: str) -> list[str]:
+    """The --train-args words for ``policy``: plain ``key=value`` words go to every policy,
+    ``<policy>:key=value`` only to that one."""
+    words = text.split()
+    return ([w for w in words if ":" not in w.split("=", 1)[0]]
+            + [w.split(":", 1)[1] for w in words if w.split("=", 1)[0].startswith(f"{policy}:")])
+
+
 def run(cmd: list[str], log: Path) -> None:
     """Run a policystack CLI command, output to ``log``; raise with the log's tail on failure."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
@@ -105,12 +113,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", default="Reach,PressButton,OpenDrawer,Push,PickPlace")
     ap.add_argument("--policies", default="bc,act,diffusion")
     ap.add_argument("--demos", type=int, default=200)
+    ap.add_argument("--demo-seed", type=int, default=0, help="first collect seed; the seeds collect may use "
+                    "(up to 2 * demos + 10 from it) must not reach the evaluation seeds 1000, 1001, ...")
+    ap.add_argument("--section", default=None, help="docs/results.md section to write (default: "
+                    "success_<inputs>[_multitask])")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--eval-episodes", type=int, default=50)
     ap.add_argument("--action-mode", default="ee_delta", choices=("ee_delta", "joint"))
     ap.add_argument("--train-args", default="", help="extra `policystack train` overrides, space-separated "
-                    "(e.g. 'policy.n_obs_steps=2'); recorded in the table's settings")
+                    "(e.g. 'policy.n_obs_steps=2'), to every policy; 'rt1:policy.random_shift=0.08' to rt1 "
+                    "only; recorded in the table's settings")
     ap.add_argument("--work", type=Path, default=Path("runs/success"), help="datasets and runs go here")
     ap.add_argument("--table-only", action="store_true", help="write the table from the runs that exist")
     ap.add_argument("--no-write", action="store_true", help="print the table, leave docs/results.md alone")
@@ -120,6 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.multitask and args.inputs == "state":
         ap.error("--multitask needs --inputs images: each task's environment_state names different objects, "
                  "so the tasks cannot share one dataset")
+    eval_seeds = range(1000, 1000 + args.eval_episodes)
+    demo_seeds = range(args.demo_seed, args.demo_seed + 2 * args.demos + 10)
+    if demo_seeds.start < eval_seeds.stop and eval_seeds.start < demo_seeds.stop:
+        ap.error(f"--demo-seed {args.demo_seed} with --demos {args.demos}: collect may use seeds "
+                 f"{demo_seeds.start}-{demo_seeds.stop - 1}, which overlap the evaluation seeds "
+                 f"{eval_seeds.start}-{eval_seeds.stop - 1}; pass e.g. --demo-seed 100000")
     tasks = [t for t in args.tasks.split(",") if t]
     policies = [p for p in args.policies.split(",") if p]
     work = args.work.resolve()
@@ -137,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{task}:", flush=True)
             data = work / "data" / task
             if not args.multitask and not (data / "meta" / "info.json").is_file():
-                run(["collect", f"env={task}", f"episodes={args.demos}", f"out={data}", "workers=2",
+                run(["collect", f"env={task}", f"episodes={args.demos}", f"seed={args.demo_seed}", f"out={data}",
+                     "workers=2",
                      f"action_mode={args.action_mode}", *spec["collect"]], work / "logs" / f"{task}.log")
             if not (expert_out / "eval_info.json").is_file():
                 run(["eval", "checkpoint=expert", f"env={task}", f"out={expert_out}",
@@ -148,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.multitask:
         data = work / "data" / "multitask"
         if not args.table_only and not (data / "meta" / "info.json").is_file():
-            run(["collect", f"env={','.join(tasks)}", f"episodes={args.demos}", f"out={data}", "workers=2",
+            run(["collect", f"env={','.join(tasks)}", f"episodes={args.demos}", f"seed={args.demo_seed}",
+                 f"out={data}", "workers=2",
                  f"action_mode={args.action_mode}", *spec["collect"]], work / "logs" / "multitask.log")
         jobs = [(data, tasks, "multitask")]
     else:
@@ -164,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                     run(["train", f"resume={out}", f"steps={args.steps}"], log)
                 else:
                     run(["train", f"policy={policy}", f"dataset.path={data}", *budget, f"out={out}",
-                         *spec["train"], *overrides(policy, args.inputs), *args.train_args.split()], log)
+                         *spec["train"], *overrides(policy, args.inputs), *train_args(policy, args.train_args)], log)
                 run(["eval", f"checkpoint={out}", f"env={','.join(on)}", *evals], log)
                 print(f"  {name} {policy}: {(time.monotonic() - t0) / 60:.1f} min", flush=True)
             for t in on:
@@ -189,9 +210,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"Produced by `benchmarks/bench_success.py --inputs {args.inputs} --tasks {','.join(tasks)} "
                 f"--policies {','.join(policies)} --demos {args.demos} --steps {args.steps} "
                 f"--batch-size {args.batch_size} --eval-episodes {args.eval_episodes}"
+                + (f" --demo-seed {args.demo_seed}" if args.demo_seed else "")
+                + (f" --section {args.section}" if args.section else "")
                 + (" --multitask" if args.multitask else "")
                 + (f" --train-args '{args.train_args}'" if args.train_args else "") + "`.")
-    section = f"success_{args.inputs}" + ("_multitask" if args.multitask else "")
+    section = args.section or f"success_{args.inputs}" + ("_multitask" if args.multitask else "")
     md = (f"### Inputs: {args.inputs}" + (", multi-task" if args.multitask else "")
           + f"\n\n{settings}\n\n" + "\n".join(lines))
     print(md)

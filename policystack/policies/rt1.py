@@ -88,12 +88,20 @@ class RT1Config(PolicyConfig):
 
     # --- image tokenizer ---
     image_size: int = 64  # frames are resized to image_size x image_size (paper: 288 -> 9x9 = 81 tokens)
+    # training augmentation, RT-1's `pad_then_crop`: pad each side by this fraction of image_size (edge
+    # pixels repeated), then crop an image_size window at a random offset, one offset per sample and
+    # camera shared by its frames; evaluation sees the frame as is. 0 = off (paper: 40/512 rows, 100/640 cols)
+    random_shift: float = 0.0
     backbone_width: float = 0.25  # EfficientNet channel multiplier (B3: 1.2)
     backbone_depth: float = 0.25  # EfficientNet depth multiplier (B3: 1.4)
     backbone_stages: int = 4  # EfficientNet stages kept, 1..7 (7: stride 32; 4..6: stride 16)
     backbone_weights: str | None = None  # local timm EfficientNet state dict loaded at a fresh build
     tokens_per_image: int = 8  # TokenLearner output tokens per camera per frame (RT-1: 8)
     token_learner_bottleneck: int = 64  # TokenLearner MLP width (RT-1: 64)
+    # add a fixed 2-D sin-cos code of each feature-map cell before TokenLearner, so that a pooled token
+    # carries where it pooled from (not in RT-1, whose 300 px B3 features encode position themselves; a
+    # small backbone trained from scratch does not, see docs/policies/rt1.md)
+    position_embedding: bool = False
     use_state: bool = True  # add one proprioceptive-state token per frame (RT-1: False)
 
     # --- transformer ---
@@ -130,6 +138,8 @@ class RT1Config(PolicyConfig):
             raise ValueError(f"{name}.n_bins must be >= 2, got {self.n_bins}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"{name}.dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.random_shift < 0.5:
+            raise ValueError(f"{name}.random_shift must be in [0, 0.5) (a fraction of image_size), got {self.random_shift}")
         grid = self.feature_grid
         if self.tokens_per_image > grid * grid:
             raise ValueError(f"{name}.tokens_per_image={self.tokens_per_image} exceeds the {grid}x{grid} feature map "
@@ -179,6 +189,9 @@ class RT1Policy(Policy):
         if c.backbone_weights and stats is not None:  # a fresh build; from_pretrained loads all weights itself
             self.image_encoder.load_backbone_weights(c.backbone_weights)
         self.token_learner = TokenLearner(c.d_model, c.tokens_per_image, c.token_learner_bottleneck)
+        grid = c.feature_grid
+        self.register_buffer("feature_pos", sincos_2d(c.d_model, grid, grid) if c.position_embedding else None,
+                             persistent=False)  # [d, g, g] or None
         self.camera_embed = nn.Parameter(0.02 * torch.randn(len(self.camera_keys), 1, c.d_model))  # [C, 1, d]
         self.state_proj = nn.Linear(features[OBS_STATE].shape[0], c.d_model) if c.use_state else None
         self.register_buffer("image_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
@@ -237,9 +250,13 @@ class RT1Policy(Policy):
         B, T = first.shape[:2]
         K, d, C = self.config.tokens_per_image, self.config.d_model, len(self.camera_keys)
         x = torch.stack([self._preprocess(images[k].flatten(0, 1), k) for k in self.camera_keys], dim=1)
-        x = x.view(B * T * C, *x.shape[2:])  # [(B T C), 3, S, S]; order b, t, c
+        if self.training and self.config.random_shift > 0:
+            x = random_shift(x.view(B, T, C, *x.shape[2:]), self.config.random_shift)
+        x = x.reshape(B * T * C, *x.shape[-3:])  # [(B T C), 3, S, S]; order b, t, c
         cond_rep = cond[:, None, None].expand(B, T, C, cond.shape[-1]).reshape(B * T * C, -1)
         feat = self.image_encoder(x, cond_rep)  # [(B T C), d, g, g]
+        if self.feature_pos is not None:
+            feat = feat + self.feature_pos
         tokens = self.token_learner(feat).view(B, T, C, K, d) + self.camera_embed  # [B, T, C, K, d]
         tokens = tokens.flatten(2, 3)  # [B, T, C*K, d]
         if self.state_proj is not None:
@@ -350,6 +367,33 @@ class RT1Policy(Policy):
         self._history.clear()
         self._history_tasks = None
         self._pending = None
+
+
+def sincos_2d(dim: int, height: int, width: int) -> Tensor:
+    """Fixed 2-D position code [dim, height, width]: a quarter of the channels each sin(y), cos(y), sin(x),
+    cos(x) at geometric frequencies (as MAE/ViT), positions in cells."""
+    if dim % 4:
+        raise ValueError(f"a 2-D sin-cos code needs dim divisible by 4, got {dim}")
+    freq = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))  # [dim/4]
+    y = torch.arange(height, dtype=torch.float32)[:, None] * freq  # [H, dim/4]
+    x = torch.arange(width, dtype=torch.float32)[:, None] * freq  # [W, dim/4]
+    code = torch.cat([y.sin()[:, None].expand(-1, width, -1), y.cos()[:, None].expand(-1, width, -1),
+                      x.sin()[None].expand(height, -1, -1), x.cos()[None].expand(height, -1, -1)], dim=-1)
+    return code.permute(2, 0, 1).contiguous()  # [dim, H, W]
+
+
+def random_shift(x: Tensor, fraction: float) -> Tensor:
+    """RT-1's pad-then-crop: x [B, T, C, 3, S, S] -> same shape, each (sample, camera) moved by one random
+    offset of up to fraction*S pixels per axis (all T frames alike), edges repeated into the gap."""
+    B, T, C, ch, H, W = x.shape
+    p = round(fraction * H)
+    if p == 0:
+        return x
+    frames = x.transpose(1, 2).reshape(B * C, T * ch, H, W)
+    padded = F.pad(frames, (p, p, p, p), mode="replicate")
+    offsets = torch.randint(0, 2 * p + 1, (B * C, 2)).tolist()
+    out = torch.stack([padded[i, :, r:r + H, c:c + W] for i, (r, c) in enumerate(offsets)])
+    return out.view(B, C, T, ch, H, W).transpose(1, 2)
 
 
 def rt1_token_groups(n_frames: int, n_obs_tokens: int, n_act_tokens: int) -> list[TokenGroup]:

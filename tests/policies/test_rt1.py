@@ -12,7 +12,7 @@ from overfit import overfit
 
 from policystack.policies.base import Policy
 from policystack.policies.layers.attention import verify_causality
-from policystack.policies.rt1 import RT1Config, RT1Policy
+from policystack.policies.rt1 import RT1Config, RT1Policy, random_shift, sincos_2d
 
 CONFIGS = Path(__file__).parents[2] / "policystack" / "configs" / "policy"
 A, D = 4, 5
@@ -186,6 +186,54 @@ def test_inference_history_matches_the_training_path():
     policy.reset()
     assert not policy._history
     torch.testing.assert_close(policy.select_action(step_obs(batch, 0)), expected[0])
+
+
+def test_random_shift_moves_each_sample_and_camera_by_one_offset_across_its_frames():
+    torch.manual_seed(0)
+    B, T, C, S, p = 8, 3, 2, 20, 4
+    x = torch.rand(B, T, C, 3, S, S)
+    y = random_shift(x, p / S)
+    assert y.shape == x.shape
+    padded = torch.nn.functional.pad(x.flatten(0, 2), (p, p, p, p), mode="replicate").view(B, T, C, 3, S + 2 * p, -1)
+    offsets = set()
+    for b in range(B):
+        for c in range(C):  # the one window of the padded frames that gives every frame of (b, c)
+            hits = [(r, q) for r in range(2 * p + 1) for q in range(2 * p + 1)
+                    if torch.equal(padded[b, :, c, :, r:r + S, q:q + S], y[b, :, c])]
+            assert hits, f"sample {b} camera {c} is not a shifted window of its frames"
+            offsets.add(hits[0])
+    assert len(offsets) > 1  # offsets are drawn per sample and camera
+    assert random_shift(x, 0.01) is x  # under half a pixel: nothing to do
+    with pytest.raises(ValueError, match="random_shift must be in \\[0, 0.5\\)"):
+        RT1Config(random_shift=0.5)
+
+
+def test_random_shift_is_training_only():
+    torch.manual_seed(0)
+    batch = make_batch(2, 3)
+    plain = RT1Policy(RT1Config(**SMALL), features(), STATS).eval()
+    shifted = RT1Policy(RT1Config(**{**SMALL, "random_shift": 0.25}), features(), STATS)
+    shifted.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(shifted.eval().compute_loss(batch)[0], plain.compute_loss(batch)[0])
+        assert not torch.equal(shifted.train().compute_loss(batch)[0], plain.train().compute_loss(batch)[0])
+
+
+def test_position_embedding_gives_every_feature_cell_its_own_code():
+    code = sincos_2d(32, 3, 5)
+    assert code.shape == (32, 3, 5)
+    cells = code.flatten(1).T  # [15, 32]
+    assert torch.cdist(cells, cells).add(torch.eye(15) * 1e3).min() > 0.5  # all 15 codes apart
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_2d(30, 3, 3)
+    torch.manual_seed(0)
+    batch = make_batch(2, 3)
+    plain = RT1Policy(RT1Config(**SMALL), features(), STATS).eval()
+    placed = RT1Policy(RT1Config(**{**SMALL, "position_embedding": True}), features(), STATS).eval()
+    assert placed.feature_pos.shape == (32, placed.config.feature_grid, placed.config.feature_grid)
+    placed.load_state_dict(plain.state_dict())  # no new weights: the code is a fixed, unsaved buffer
+    with torch.no_grad():
+        assert not torch.allclose(placed.compute_loss(batch)[0], plain.compute_loss(batch)[0])
 
 
 def test_padded_frames_are_masked_out():
