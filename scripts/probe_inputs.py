@@ -21,7 +21,7 @@ import torch
 
 from policystack.datasets.loader import WindowedDataset
 from policystack.eval.commands import load_policy
-from policystack.types import ACTION, OBS_STATE, TASK, image_keys
+from policystack.types import OBS_STATE, TASK, image_keys
 
 
 def batch_of(dataset: WindowedDataset, indices: np.ndarray) -> dict:
@@ -49,12 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--samples {args.samples}: need at least 2 to shuffle")
     torch.manual_seed(args.seed)
     policy = load_policy(args.checkpoint).eval()
-    c = policy.config
     cams = sorted(image_keys(policy.features))
-    keys = [k for k in policy.features if k.startswith("observation.") or k == ACTION]
-    deltas = {k: c.observation_delta_indices if k.startswith("observation.") else c.action_delta_indices
-              for k in keys}
-    dataset = WindowedDataset(args.dataset, delta_indices=deltas, keys=keys, cache_dir=False)
+    deltas = policy.config.delta_indices(policy.features)
+    dataset = WindowedDataset(args.dataset, delta_indices=deltas, keys=list(deltas), cache_dir=False)
     rng = np.random.default_rng(args.seed)
     n = min(args.samples, len(dataset))
     batch = batch_of(dataset, rng.choice(len(dataset), n, replace=False))

@@ -63,6 +63,11 @@ class PolicyConfig:
     def action_delta_indices(self) -> list[int]:
         return list(range(self.horizon))
 
+    def delta_indices(self, keys) -> dict[str, list[int]]:
+        """Frame offsets the loader gives each of ``keys`` (observations and the action; others skipped)."""
+        return {k: self.observation_delta_indices if k.startswith("observation.") else self.action_delta_indices
+                for k in keys if k.startswith("observation.") or k == ACTION}
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

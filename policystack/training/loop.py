@@ -243,8 +243,7 @@ def train(cfg: TrainConfig) -> Path:
     # -- data and policy, checked before anything long starts
     klass, pcfg = policy_config(cfg)
     meta, features = dataset_features(cfg)
-    deltas = {k: (pcfg.observation_delta_indices if k.startswith("observation.") else pcfg.action_delta_indices)
-              for k in features if k.startswith("observation.") or k == ACTION}
+    deltas = pcfg.delta_indices(features)
     dataset = WindowedDataset(meta.root, delta_indices=deltas, keys=list(features),
                               cache_dir=cfg.dataset.cache_dir, frame_cache_bytes=cfg.dataset.frame_cache_bytes)
     policy = build_policy(klass, pcfg, features, meta)

@@ -34,10 +34,8 @@ def test_probe_prints_the_real_loss_and_the_rise_per_shuffled_input(camera_ds, t
     assert list(rows) == ["nothing (the real batch)", "cameras", "observation.state", "instruction (task)"]
     # the first row is the policy's own loss on those windows
     policy = load_policy(str(run)).eval()
-    keys = [k for k in policy.features if k.startswith("observation.") or k == "action"]
-    deltas = {k: policy.config.observation_delta_indices if k.startswith("observation.")
-              else policy.config.action_delta_indices for k in keys}
-    ds = WindowedDataset(camera_ds, delta_indices=deltas, keys=keys, cache_dir=False)
+    deltas = policy.config.delta_indices(policy.features)
+    ds = WindowedDataset(camera_ds, delta_indices=deltas, keys=list(deltas), cache_dir=False)
     batch = probe.batch_of(ds, np.random.default_rng(0).choice(len(ds), 16, replace=False))
     torch.manual_seed(0)
     with torch.no_grad():
