@@ -17,11 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from policystack.perception.text import make_text_encoder, text_encoder_dim
 from policystack.policies.base import Policy, PolicyConfig
+from policystack.policies.layers.augment import random_shift
 from policystack.policies.normalize import Normalizer
 from policystack.types import ACTION, OBS_ENV_STATE, OBS_STATE, TASK, FeatureSpec, Stats
 
@@ -90,18 +90,6 @@ class ConvEncoder(nn.Module):
     def forward(self, img: Tensor) -> Tensor:
         x = img.float() / 127.5 - 1.0
         return self.keypoints(self.net(x))
-
-
-def random_shift(img: Tensor, pad: int) -> Tensor:
-    """DrQ augmentation: pad by replication and crop back at a random offset per sample."""
-    n, _, h, w = img.shape
-    padded = F.pad(img.float(), (pad, pad, pad, pad), mode="replicate")
-    dx = torch.randint(0, 2 * pad + 1, (n,), device=img.device)
-    dy = torch.randint(0, 2 * pad + 1, (n,), device=img.device)
-    rows = (dy[:, None] + torch.arange(h, device=img.device)[None])  # [N, H]
-    cols = (dx[:, None] + torch.arange(w, device=img.device)[None])  # [N, W]
-    idx = torch.arange(n, device=img.device)[:, None, None]
-    return padded.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
 class BCPolicy(Policy):

@@ -55,6 +55,7 @@ from policystack.policies.layers.attention import (
     apply_key_padding,
     generate_attention_mask,
 )
+from policystack.policies.layers.augment import random_shift
 from policystack.policies.layers.efficientnet_film import FilmEfficientNet, efficientnet_stride
 from policystack.policies.layers.token_learner import TokenLearner
 from policystack.policies.layers.transformer import DecoderStack
@@ -251,7 +252,7 @@ class RT1Policy(Policy):
         K, d, C = self.config.tokens_per_image, self.config.d_model, len(self.camera_keys)
         x = torch.stack([self._preprocess(images[k].flatten(0, 1), k) for k in self.camera_keys], dim=1)
         if self.training and self.config.random_shift > 0:
-            x = random_shift(x.view(B, T, C, *x.shape[2:]), self.config.random_shift)
+            x = shift_frames(x.view(B, T, C, *x.shape[2:]), self.config.random_shift)
         x = x.reshape(B * T * C, *x.shape[-3:])  # [(B T C), 3, S, S]; order b, t, c
         cond_rep = cond[:, None, None].expand(B, T, C, cond.shape[-1]).reshape(B * T * C, -1)
         feat = self.image_encoder(x, cond_rep)  # [(B T C), d, g, g]
@@ -382,18 +383,15 @@ def sincos_2d(dim: int, height: int, width: int) -> Tensor:
     return code.permute(2, 0, 1).contiguous()  # [dim, H, W]
 
 
-def random_shift(x: Tensor, fraction: float) -> Tensor:
-    """RT-1's pad-then-crop: x [B, T, C, 3, S, S] -> same shape, each (sample, camera) moved by one random
-    offset of up to fraction*S pixels per axis (all T frames alike), edges repeated into the gap."""
+def shift_frames(x: Tensor, fraction: float) -> Tensor:
+    """RT-1's pad-then-crop on x [B, T, C, 3, S, S]: each (sample, camera) moved by one random offset of
+    up to fraction*S pixels per axis, all T frames alike (``layers.augment.random_shift``)."""
     B, T, C, ch, H, W = x.shape
     p = round(fraction * H)
     if p == 0:
         return x
-    frames = x.transpose(1, 2).reshape(B * C, T * ch, H, W)
-    padded = F.pad(frames, (p, p, p, p), mode="replicate")
-    offsets = torch.randint(0, 2 * p + 1, (B * C, 2)).tolist()
-    out = torch.stack([padded[i, :, r:r + H, c:c + W] for i, (r, c) in enumerate(offsets)])
-    return out.view(B, C, T, ch, H, W).transpose(1, 2)
+    shifted = random_shift(x.transpose(1, 2).reshape(B * C, T * ch, H, W), p)
+    return shifted.view(B, C, T, ch, H, W).transpose(1, 2)
 
 
 def rt1_token_groups(n_frames: int, n_obs_tokens: int, n_act_tokens: int) -> list[TokenGroup]:

@@ -12,7 +12,7 @@ from overfit import overfit
 
 from policystack.policies.base import Policy
 from policystack.policies.layers.attention import verify_causality
-from policystack.policies.rt1 import RT1Config, RT1Policy, random_shift, sincos_2d
+from policystack.policies.rt1 import RT1Config, RT1Policy, shift_frames, sincos_2d
 
 CONFIGS = Path(__file__).parents[2] / "policystack" / "configs" / "policy"
 A, D = 4, 5
@@ -192,7 +192,7 @@ def test_random_shift_moves_each_sample_and_camera_by_one_offset_across_its_fram
     torch.manual_seed(0)
     B, T, C, S, p = 8, 3, 2, 20, 4
     x = torch.rand(B, T, C, 3, S, S)
-    y = random_shift(x, p / S)
+    y = shift_frames(x, p / S)
     assert y.shape == x.shape
     padded = torch.nn.functional.pad(x.flatten(0, 2), (p, p, p, p), mode="replicate").view(B, T, C, 3, S + 2 * p, -1)
     offsets = set()
@@ -203,7 +203,7 @@ def test_random_shift_moves_each_sample_and_camera_by_one_offset_across_its_fram
             assert hits, f"sample {b} camera {c} is not a shifted window of its frames"
             offsets.add(hits[0])
     assert len(offsets) > 1  # offsets are drawn per sample and camera
-    assert random_shift(x, 0.01) is x  # under half a pixel: nothing to do
+    assert shift_frames(x, 0.01) is x  # under half a pixel: nothing to do
     with pytest.raises(ValueError, match="random_shift must be in \\[0, 0.5\\)"):
         RT1Config(random_shift=0.5)
 
