@@ -190,6 +190,11 @@ class WindowedDataset(torch.utils.data.Dataset):
         cache_dir: where the column arrays and decoded frames are cached (a subdirectory per dataset
             version); ``False`` keeps everything in process memory (nothing written).
         frame_cache_bytes: bound on the decoded frames kept (on disk, or in memory per process).
+        frame_transforms: camera key -> a function of one episode's frames, uint8 numpy [L, 3, H, W] ->
+            numpy [L, ...] (e.g. a frozen image encoder's features,
+            ``perception.image.PretrainedImageEncoder.frame_transform()``), with a ``cache_id`` str naming
+            it. That camera is then returned transformed ([T, ...] per sample instead of uint8 images),
+            computed once per episode and kept in the frame cache beside the decoded frames.
 
     Sample (one index): every returned feature as LeRobot returns it; a key with offsets comes as
     [T, ...] plus ``<key>_is_pad`` bool [T]; cameras as uint8 [3, H, W] / [T, 3, H, W]; ``task`` str.
@@ -198,7 +203,7 @@ class WindowedDataset(torch.utils.data.Dataset):
     def __init__(self, root: str | Path, delta_timestamps: dict[str, Sequence[float]] | None = None,
                  delta_indices: dict[str, Sequence[int]] | None = None, keys: Sequence[str] | None = None,
                  tolerance_s: float = DEFAULT_TOLERANCE_S, cache_dir: str | Path | bool | None = None,
-                 frame_cache_bytes: int = DEFAULT_FRAME_CACHE_BYTES):
+                 frame_cache_bytes: int = DEFAULT_FRAME_CACHE_BYTES, frame_transforms: dict | None = None):
         self.meta = DatasetMeta.load(root)
         self.root = self.meta.root
         self.tolerance_s = tolerance_s
@@ -212,6 +217,12 @@ class WindowedDataset(torch.utils.data.Dataset):
         self.keys = list(keys)
         self.delta_indices = self._resolve_deltas(delta_timestamps, delta_indices)
         self.camera_keys = [k for k in self.keys if features[k].is_visual]
+        self.frame_transforms = dict(frame_transforms or {})
+        for k, fn in self.frame_transforms.items():
+            if k not in self.camera_keys:
+                raise KeyError(f"frame_transforms[{k!r}]: not a camera among the requested keys {self.camera_keys}")
+            if not callable(fn) or not isinstance(getattr(fn, "cache_id", None), str):
+                raise TypeError(f"frame_transforms[{k!r}] must be callable with a str attribute cache_id, got {fn!r}")
         self.string_keys = [k for k in self.keys if features[k].dtype == "string"]
         self._specs = {k: _ColumnSpec(k, () if tuple(f.shape) == (1,) else tuple(f.shape),
                                       _torch_dtype_like_lerobot(f.dtype))
@@ -384,7 +395,20 @@ class WindowedDataset(torch.utils.data.Dataset):
 
     # -- frames ------------------------------------------------------------------------------------
     def _segment(self, key: str, ep_from: int) -> np.ndarray:
-        """uint8 [L, 3, H, W]: the frame of ``key`` for every frame of the episode starting at ep_from."""
+        """[L, ...]: the frame of ``key`` for every frame of the episode starting at ep_from, transformed
+        by ``frame_transforms[key]`` when there is one (uint8 [L, 3, H, W] otherwise)."""
+        fn = self.frame_transforms.get(key)
+        if fn is None:
+            return self._frames_of(key, ep_from)
+        cache = self._frame_cache()
+        name = f"{_segment_name(key, int(self._ensure_open()[EPISODE_INDEX][ep_from]))}.{fn.cache_id}"
+        seg = cache.get(name)
+        if seg is None:
+            seg = cache.put(name, np.ascontiguousarray(fn(self._frames_of(key, ep_from))))
+        return seg
+
+    def _frames_of(self, key: str, ep_from: int) -> np.ndarray:
+        """uint8 [L, 3, H, W]: the decoded frames of ``key`` for the episode starting at ep_from."""
         cols = self._ensure_open()
         ep = int(cols[EPISODE_INDEX][ep_from])
         cache = self._frame_cache()
@@ -428,13 +452,17 @@ class WindowedDataset(torch.utils.data.Dataset):
         return np.stack(frames)
 
     def _gather_frames(self, key: str, q: np.ndarray, ep_from: np.ndarray) -> np.ndarray:
-        """uint8 [*q.shape, 3, H, W] for clamped global indices q [B, T] of episodes starting at ep_from [B]."""
-        c, h, w = self.meta.features[key].chw
-        out = np.empty((*q.shape, c, h, w), dtype=np.uint8)
+        """[*q.shape, ...] (uint8 [.., 3, H, W] untransformed) for clamped global indices q [B, T] of
+        episodes starting at ep_from [B]."""
+        out = None
         for start in np.unique(ep_from):
             rows = ep_from == start
             seg = self._segment(key, int(start))
+            if out is None:
+                out = np.empty((*q.shape, *seg.shape[1:]), dtype=seg.dtype)
             out[rows] = seg[q[rows] - start]
+        if out is None:  # an empty batch
+            out = np.empty((*q.shape, *self.meta.features[key].chw), dtype=np.uint8)
         return out
 
     # -- access ------------------------------------------------------------------------------------
@@ -486,17 +514,24 @@ class WindowedDataset(torch.utils.data.Dataset):
                                            collate_fn=collate_windows, **kwargs)
 
     # -- cache control -----------------------------------------------------------------------------
-    def warm_cache(self) -> int:
-        """Decode every camera segment into the frame cache now. Returns the number decoded."""
+    def warm_cache(self, progress: bool = False) -> int:
+        """Decode (and transform) every camera segment into the frame cache now. Returns the number
+        built; ``progress`` shows a bar."""
+        from tqdm import tqdm
+
         cols = self._ensure_open()
-        starts = np.unique(cols["_ep_from"])
+        starts = np.unique(cols["_ep_from"]).tolist()
         cache = self._frame_cache()
         built = 0
-        for key in self.camera_keys:
-            for s in starts.tolist():
-                if cache.get(_segment_name(key, int(cols[EPISODE_INDEX][s]))) is None:
-                    self._segment(key, s)
-                    built += 1
+        todo = [(key, s) for key in self.camera_keys for s in starts]
+        what = "computing image features" if self.frame_transforms else "decoding video"
+        for key, s in tqdm(todo, desc=what, unit="segment", disable=not progress, leave=False):
+            name = _segment_name(key, int(cols[EPISODE_INDEX][s]))
+            if key in self.frame_transforms:
+                name = f"{name}.{self.frame_transforms[key].cache_id}"
+            if cache.get(name) is None:
+                self._segment(key, s)
+                built += 1
         return built
 
 

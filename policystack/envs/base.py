@@ -41,6 +41,18 @@ distances) plus ``reward_success`` (1.0 on success steps).
 Truncation after each task's ``max_episode_steps`` is done by Gymnasium's ``TimeLimit``
 (registered ids in ``policystack.envs``). ``info["is_success"]`` holds the success predicate.
 
+``reset(options={"swap_instruction": True})`` builds the seed's scene, then names another of its objects
+in the instruction (``swap_instruction``; Reach, PressButton, PickPlace, Stack) and judges success on
+that object: the same scene with another goal, to test that a policy follows the words.
+
+## Starting State
+``start_pose="random"`` (default): the objects are placed first (so a seed's layout is the same either
+way), then the arm starts with the pinch site at a uniform point of ``START_BOX`` (x 0.3-0.55, y
+-0.2-0.2, z 0.2-0.4 m), gripper open and pointing down with a yaw uniform in +-0.5 rad. Varied starts
+keep the arm's own state from predicting the expert's path (from one fixed home pose, the direction
+travelled so far points at the target). ``start_pose="home"``: every episode starts at ``HOME_QPOS``
+(the suite's behaviour before 2026-12; datasets recorded either way have the same features).
+
 Timing: the policy acts at ``fps`` (10 Hz default); physics runs at ``physics_hz`` (500 Hz default),
 so one step is ``physics_hz // fps`` ``mj_step`` calls.
 """
@@ -62,6 +74,11 @@ from policystack.types import ACTION, OBS_ENV_STATE, OBS_STATE, Feature, Feature
 POS_SCALE = 0.05  # m per step at |a| = 1
 ROT_SCALE = 0.25  # rad per step at |a| = 1
 WORKSPACE = np.array([[0.2, -0.45, 0.005], [0.85, 0.45, 0.55]])  # pinch-site target box (low, high), m
+# start_pose="random": the episode starts with the pinch site at a uniform point of this box (m), the
+# gripper pointing down with a yaw uniform in +-START_YAW rad (reached by IK from the home pose)
+START_BOX = np.array([[0.3, -0.2, 0.2], [0.55, 0.2, 0.4]])
+START_YAW = 0.5
+START_POSES = ("random", "home")
 CAMERAS = ("front", "wrist")
 DOWN_QUAT = np.array([0.0, 1.0, 0.0, 0.0])  # gripper pointing down, fingers closing along world y
 STATE_NAMES = [f"joint{i}" for i in range(1, 8)] + ["gripper", "ee_x", "ee_y", "ee_z", "ee_qw", "ee_qx",
@@ -86,7 +103,8 @@ class TabletopEnv(gym.Env):
 
     def __init__(self, action_mode: str = "ee_delta", cameras: tuple[str, ...] | list[str] | str = CAMERAS,
                  image_size: int | tuple[int, int] = 96, fps: int = 10, physics_hz: int = 500,
-                 render_mode: str | None = None, terminate_on_success: bool = True, env_state: bool = False):
+                 render_mode: str | None = None, terminate_on_success: bool = True, env_state: bool = False,
+                 start_pose: str = "random"):
         if action_mode not in ("ee_delta", "joint"):
             raise ValueError(f"action_mode={action_mode!r}: expected 'ee_delta' or 'joint'")
         if isinstance(cameras, str):
@@ -101,6 +119,9 @@ class TabletopEnv(gym.Env):
             raise ValueError(f"physics_hz={physics_hz} must be a positive multiple of fps={fps}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode={render_mode!r}: expected None or 'rgb_array'")
+        if start_pose not in START_POSES:
+            raise ValueError(f"start_pose={start_pose!r}: expected one of {START_POSES}")
+        self.start_pose = start_pose
         self.action_mode = action_mode
         self.cameras = tuple(cameras)
         self.image_hw = (int(h), int(w))
@@ -124,6 +145,7 @@ class TabletopEnv(gym.Env):
         self.joint_low = m.jnt_range[[m.joint(j).id for j in rb.ARM_JOINTS], 0].astype(np.float32)
         self.joint_high = m.jnt_range[[m.joint(j).id for j in rb.ARM_JOINTS], 1].astype(np.float32)
         self._ik: rb.DiffIK | None = None
+        self._start_ik: rb.DiffIK | None = None
         self._renderer: mujoco.Renderer | None = None
         self.task = ""
 
@@ -155,6 +177,13 @@ class TabletopEnv(gym.Env):
     def evaluate(self) -> tuple[bool, dict[str, float]]:
         """(success, reward terms without the 'reward_' prefix) for the current state."""
         raise NotImplementedError
+
+    def swap_instruction(self) -> str:
+        """After ``randomize``: make the goal another object of the same scene (deterministically, no
+        random draw) and return the instruction naming it, worded with the same template; success is
+        then judged on that object. Used by ``reset(options={"swap_instruction": True})`` to test that
+        a policy follows the words rather than the scene."""
+        raise ValueError(f"{type(self).__name__}: the scene has no other object an instruction could name instead")
 
     def object_state(self) -> np.ndarray:
         """Poses of the objects the instruction names, laid out as ``ENV_STATE_NAMES``."""
@@ -238,12 +267,30 @@ class TabletopEnv(gym.Env):
         self.data.qpos[self._arm_qadr] = rb.HOME_QPOS
         self.data.ctrl[self._arm_act] = rb.HOME_QPOS
         self.data.ctrl[self._grip_act] = 0.0
-        self.task = self.randomize()
+        self.task = self.randomize()  # before the start pose: a seed's layout does not depend on start_pose
+        if (options or {}).get("swap_instruction"):
+            self.task = self.swap_instruction()
+        if self.start_pose == "random":
+            q = self._random_start_qpos()
+            self.data.qpos[self._arm_qadr] = q
+            self.data.ctrl[self._arm_act] = q
         mujoco.mj_forward(self.model, self.data)
         # let objects settle on the table before the first observation
         mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)
         success, terms = self.evaluate()
         return self._observation(), self._info(success, terms)
+
+    def _random_start_qpos(self) -> np.ndarray:
+        """Arm joints [7] putting the pinch site at a random point of START_BOX, pointing down with a
+        random yaw: IK iterated from the home pose (kinematics only; nothing is simulated)."""
+        rng = self.np_random
+        pos = rng.uniform(START_BOX[0], START_BOX[1])
+        yaw = rng.uniform(-START_YAW, START_YAW)
+        quat = np.empty(4)
+        mujoco.mju_mulQuat(quat, np.array([np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]), DOWN_QUAT)
+        if self._start_ik is None:
+            self._start_ik = rb.DiffIK(dt=1.0 / self.fps, iterations=40)
+        return self._start_ik.solve(rb.HOME_QPOS, pos, quat)
 
     def _validate_action(self, action: Any) -> np.ndarray:
         a = np.asarray(action, dtype=np.float64)

@@ -250,32 +250,51 @@ def make_expert(env: gym.Env, seed: int | None = None) -> Expert:
     return EXPERTS[name](env, seed=seed)
 
 
-def run_episode(env: gym.Env, expert: Expert, seed: int) -> tuple[list[tuple[dict, np.ndarray]], bool]:
+def perturb(env: gym.Env, action: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """``action`` with Gaussian noise of std ``noise`` on its motion part (ee_delta: the position deltas,
+    in the action's normalised units; joint: the seven joint targets, ``noise`` x 0.1 rad), clipped to the
+    action space. The gripper command is left alone."""
+    out = np.array(action, dtype=np.float32)
+    n = 3 if env.unwrapped.action_mode == "ee_delta" else 7
+    scale = 1.0 if n == 3 else 0.1
+    out[:n] += rng.normal(0.0, noise * scale, size=n).astype(np.float32)
+    space = env.action_space
+    return np.clip(out, space.low, space.high).astype(np.float32)
+
+
+def run_episode(env: gym.Env, expert: Expert, seed: int,
+                noise: float = 0.0) -> tuple[list[tuple[dict, np.ndarray]], bool]:
     """Roll the expert out for one episode: ([(observation, action), ...], success).
-    The same seed gives the same episode (env and expert noise are both seeded with it)."""
+    The same seed gives the same episode (env and expert noise are both seeded with it).
+
+    ``noise`` > 0 is DART (Laskey et al. 2017): the env executes the expert's action plus Gaussian noise
+    (``perturb``) while the recorded action stays the expert's own, so the demonstrations visit states off
+    the expert's path together with the action that corrects them."""
     obs, info = env.reset(seed=seed)
     expert.reset(seed=seed)
+    rng = np.random.default_rng([seed, 0xDA27])  # its own stream: noise=0 episodes are unchanged
     frames = []
     while True:
         action = expert.act()
         frames.append((obs, action))
-        obs, _, terminated, truncated, info = env.step(action)
+        executed = perturb(env, action, noise, rng) if noise > 0 else action
+        obs, _, terminated, truncated, info = env.step(executed)
         if terminated or truncated:
             return frames, bool(info["is_success"])
 
 
 def success_rates(episodes: int = 100, action_mode: str = "ee_delta", tasks: list[str] | None = None,
-                  seed: int = 0) -> list[dict]:
+                  seed: int = 0, noise: float = 0.0, start_pose: str = "random") -> list[dict]:
     """Expert success over seeds seed..seed+episodes-1 per task (state only, no rendering)."""
     from policystack.envs import make
 
     rows = []
     for task in tasks or list(EXPERTS):
-        env = make(task, cameras=(), action_mode=action_mode)
+        env = make(task, cameras=(), action_mode=action_mode, start_pose=start_pose)
         expert = make_expert(env)
         lengths, successes = [], 0
         for s in range(seed, seed + episodes):
-            frames, ok = run_episode(env, expert, s)
+            frames, ok = run_episode(env, expert, s, noise)
             successes += ok
             lengths.append(len(frames))
         env.close()

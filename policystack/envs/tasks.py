@@ -64,8 +64,13 @@ class ReachEnv(TabletopEnv):
             self.model.body_pos[bid] = [*xy[i], rng.uniform(0.06, 0.3)]
             self.model.geom_rgba[self.model.geom(f"ball{i}").id] = COLORS[colors[i]]
         self.target = f"ball{int(rng.integers(self.n_balls))}"
-        color = colors[int(self.target[-1])]
-        return self.templates[int(rng.integers(len(self.templates)))].format(c=color)
+        self.colors, self.template = colors, self.templates[int(rng.integers(len(self.templates)))]
+        return self.template.format(c=colors[int(self.target[-1])])
+
+    def swap_instruction(self) -> str:
+        i = (int(self.target[-1]) + 1) % self.n_balls
+        self.target = f"ball{i}"
+        return self.template.format(c=self.colors[i])
 
     def object_state(self) -> np.ndarray:
         return self.body_pos(self.target)
@@ -99,7 +104,13 @@ class PressButtonEnv(TabletopEnv):
             self.model.body_pos[self.model.body(f"button{i}_housing").id] = [*xy[i], 0.0]
             self.model.geom_rgba[self.model.geom(f"button{i}").id] = COLORS[colors[i]]
         self.target = f"button{int(rng.integers(self.n_buttons))}"
-        return self.templates[int(rng.integers(len(self.templates)))].format(c=colors[int(self.target[-1])])
+        self.colors, self.template = colors, self.templates[int(rng.integers(len(self.templates)))]
+        return self.template.format(c=colors[int(self.target[-1])])
+
+    def swap_instruction(self) -> str:
+        i = (int(self.target[-1]) + 1) % self.n_buttons
+        self.target = f"button{i}"
+        return self.template.format(c=self.colors[i])
 
     def depth(self, button: str) -> float:
         return float(-self.data.qpos[self.model.joint(button).qposadr[0]])
@@ -224,7 +235,12 @@ class PickPlaceEnv(TabletopEnv):
                 self.model.geom_rgba[gid] = COLORS[cb]
         self.target = f"cube{int(rng.integers(2))}"
         color = c0 if self.target == "cube0" else c1
-        return self.templates[int(rng.integers(len(self.templates)))].format(c=color, b=cb)
+        self.colors, self.template = (c0, c1, cb), self.templates[int(rng.integers(len(self.templates)))]
+        return self.template.format(c=color, b=cb)
+
+    def swap_instruction(self) -> str:
+        self.target = "cube1" if self.target == "cube0" else "cube0"
+        return self.template.format(c=self.colors[int(self.target[-1])], b=self.colors[2])
 
     def object_state(self) -> np.ndarray:
         return np.concatenate([self.body_pose(self.target), self.body_pos("bowl")])
@@ -263,7 +279,13 @@ class StackEnv(TabletopEnv):
             self.model.geom_rgba[self.model.geom(f"cube{i}").id] = COLORS[colors[i]]
         top, bottom = (int(i) for i in rng.choice(3, size=2, replace=False))
         self.top, self.bottom = f"cube{top}", f"cube{bottom}"
-        return self.templates[int(rng.integers(len(self.templates)))].format(a=colors[top], b=colors[bottom])
+        self.colors, self.template = colors, self.templates[int(rng.integers(len(self.templates)))]
+        return self.template.format(a=colors[top], b=colors[bottom])
+
+    def swap_instruction(self) -> str:
+        """The same two cubes, the other way up."""
+        self.top, self.bottom = self.bottom, self.top
+        return self.template.format(a=self.colors[int(self.top[-1])], b=self.colors[int(self.bottom[-1])])
 
     def object_state(self) -> np.ndarray:
         return np.concatenate([self.body_pose(self.top), self.body_pose(self.bottom)])

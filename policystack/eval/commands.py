@@ -2,7 +2,8 @@
 
     policystack eval checkpoint=DIR|expert env=TASK[,TASK...] [episodes=20] [n_envs=1] [seed=1000]
         [out=DIR] [videos=2] [max_steps=N] [device=cpu] [policy=NAME] [overwrite=false]
-        [cameras=front,wrist] [image_size=96] [action_mode=ee_delta]
+        [cameras=front,wrist] [image_size=96] [action_mode=ee_delta] [start_pose=random|home]
+        [swap_instruction=false]
 
 checkpoint: a policy directory, a training checkpoint or a run directory (its latest checkpoint),
 or ``expert`` for the task's scripted expert. policy=NAME checks the checkpoint is of that family.
@@ -10,6 +11,10 @@ cameras / image_size / action_mode override the env settings, which otherwise fo
 checkpoint's features. Writes OUT/eval_info.json, OUT/eval.png and OUT/videos/<task>/*.mp4 (OUT
 defaults to CHECKPOINT/eval/<tasks>, or outputs/eval/expert/<tasks>); prints each task's success
 rate with its Wilson 95% interval.
+
+swap_instruction=true: the same seeded scenes, but each instruction names another of the scene's
+objects (the same template, another colour) and success is judged on that object: the rate printed
+is how often the policy follows the instruction (docs/evaluation.md). OUT defaults to ..._swap.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ class EvalArgs:
     cameras: str | None = None
     image_size: int = 0
     action_mode: str = ""
+    start_pose: str = ""
+    swap_instruction: bool = False
 
     @property
     def tasks(self) -> list[str]:
@@ -54,12 +61,14 @@ class EvalArgs:
             kw["image_size"] = self.image_size
         if self.action_mode:
             kw["action_mode"] = self.action_mode
+        if self.start_pose:
+            kw["start_pose"] = self.start_pose
         return kw or None
 
     def out_dir(self) -> Path:
         if self.out:
             return Path(self.out)
-        name = "_".join(self.tasks)
+        name = "_".join(self.tasks) + ("_swap" if self.swap_instruction else "")
         if self.checkpoint == "expert":
             return Path("outputs/eval/expert") / name
         return Path(self.checkpoint) / "eval" / name
@@ -95,7 +104,7 @@ def evaluate(args: EvalArgs, progress: bool = True) -> dict[str, Any]:
     runners = [EvalRunner(task=t, episodes=args.episodes, n_envs=args.n_envs, seed=args.seed,
                           max_steps=args.max_steps or None, env_kwargs=args.env_overrides(),
                           video_dir=out / "videos" / t if args.videos else None, n_videos=args.videos,
-                          progress=progress) for t in args.tasks]  # validates all names before loading
+                          progress=progress, swap_instruction=args.swap_instruction) for t in args.tasks]  # validates all names before loading
     policy = load_policy(args.checkpoint, args.policy, args.device)
     if (out / EVAL_INFO).exists() and not args.overwrite:
         raise FileExistsError(f"{out / EVAL_INFO} exists; pass another out= or overwrite=true")
@@ -118,7 +127,8 @@ def main(argv: list[str]) -> int:
         print(f"policystack eval: {msg}", file=sys.stderr)
         return 2
     for r in report["results"]:
-        print(f"{r.task}: success {r.success_rate:.1%} [{r.ci_low:.1%}, {r.ci_high:.1%}] "
+        what = "follows the swapped instruction" if r.swap_instruction else "success"
+        print(f"{r.task}: {what} {r.success_rate:.1%} [{r.ci_low:.1%}, {r.ci_high:.1%}] "
               f"({r.successes}/{r.n_episodes}), mean length {r.mean_length:.1f}, mean reward {r.mean_reward:.2f}")
         for v in r.videos:
             print(f"  video: {v}")

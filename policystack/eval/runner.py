@@ -75,6 +75,9 @@ class EvalResult:
     episodes: list[EpisodeRecord]
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     eval_s: float = 0.0  # wall-clock time of the rollouts
+    # the episodes ran with swapped instructions (EvalRunner.swap_instruction): success = the policy went for
+    # the other object the instruction named, i.e. the "follows the instruction" rate
+    swap_instruction: bool = False
 
     @property
     def n_episodes(self) -> int:
@@ -100,7 +103,7 @@ class EvalResult:
             episodes = [EpisodeRecord(**e) for e in d["episodes"]]
             keys = ("task", "policy", "seed", "success_rate", "ci_low", "ci_high", "mean_length", "mean_reward")
             return cls(**{k: d[k] for k in keys}, episodes=episodes, env_kwargs=d.get("env_kwargs", {}),
-                       eval_s=d.get("eval_s", 0.0))
+                       eval_s=d.get("eval_s", 0.0), swap_instruction=d.get("swap_instruction", False))
         except (KeyError, TypeError) as e:
             raise ValueError(f"{where}: not an eval result ({e}); expected the keys written by EvalResult.to_dict") from None
 
@@ -156,6 +159,11 @@ class EvalRunner:
     ``env_kwargs`` (cameras, image_size, action_mode, ...) default to what the policy's features
     need; ``max_steps`` (None: the task's own limit) truncates episodes; the first ``n_videos``
     episodes are saved as MP4 under ``video_dir`` (None: no videos).
+
+    ``swap_instruction``: every episode's scene is built from its seed as usual, then the instruction
+    names another object of it (``TabletopEnv.swap_instruction``) and success is judged on that object.
+    Compared with a normal run on the same seeds, it shows whether the policy follows the words or the
+    scene (an instruction-blind policy keeps going for the object of the unswapped episode).
     """
 
     task: str
@@ -167,6 +175,7 @@ class EvalRunner:
     video_dir: str | Path | None = None
     n_videos: int = 2
     progress: bool = True
+    swap_instruction: bool = False
 
     def __post_init__(self):
         resolve_task(self.task)  # unknown names fail here, listing the valid ones
@@ -225,7 +234,8 @@ class EvalRunner:
         return EvalResult(task=self.task, policy=getattr(policy, "name", type(policy).__name__), seed=self.seed,
                           success_rate=s["success_rate"], ci_low=s["ci_low"], ci_high=s["ci_high"],
                           mean_length=s["mean_length"], mean_reward=s["mean_reward"], episodes=records,
-                          env_kwargs=env_kwargs, eval_s=time.perf_counter() - start)
+                          env_kwargs=env_kwargs, eval_s=time.perf_counter() - start,
+                          swap_instruction=self.swap_instruction)
 
     def _rollouts(self, envs: gym.vector.VectorEnv, policy: Any, device: torch.device) -> list[EpisodeRecord]:
         from tqdm import tqdm
@@ -247,7 +257,8 @@ class EvalRunner:
                 slot.episode, slot.seed = next_episode, self.seed + next_episode
                 next_episode += 1
                 seeds[i] = slot.seed
-            obs, info = envs.reset(seed=seeds, options={"reset_mask": mask})
+            options = {"reset_mask": mask, **({"swap_instruction": True} if self.swap_instruction else {})}
+            obs, info = envs.reset(seed=seeds, options=options)
             for i in np.flatnonzero(mask):
                 slot = slots[i]
                 slot.task = str(info[TASK][i]) if TASK in info else ""

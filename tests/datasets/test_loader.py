@@ -239,3 +239,49 @@ def test_string_feature(tmp_path):
         ds = WindowedDataset(root, delta_indices={"note": [-1, 0]}, cache_dir=tmp_path / "cache")
         assert ds[4]["note"] == ["note 1-0", "note 1-0"] and ds[4]["note_is_pad"].tolist() == [True, False]
         assert ds[6]["note"] == ["note 1-1", "note 1-2"]
+
+
+# --- frame transforms (cached image features) --------------------------------------------------
+class _MeanColour:
+    """A frame transform: per-frame channel means, float16 [L, 3, 1, 1]; counts its calls."""
+
+    cache_id = "mean-colour-v1"
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        return frames.astype(np.float32).mean((2, 3), keepdims=True).astype(np.float16)
+
+
+@pytest.mark.parametrize("cache", ["disk", "memory"])
+def test_frame_transforms_replace_frames_and_are_computed_once_per_episode(lerobot_root, tmp_path, cache):
+    fn = _MeanColour()
+    cache_dir = tmp_path if cache == "disk" else False
+    plain = WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=cache_dir)
+    ds = WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=cache_dir, frame_transforms={VIDEO_KEY: fn})
+    idx = edge_and_random_indices()
+    got, want = ds.get_batch(idx), plain.get_batch(idx)
+    assert got[VIDEO_KEY].dtype == torch.float16 and got[VIDEO_KEY].shape == (len(idx), len(OBS), 3, 1, 1)
+    expected = want[VIDEO_KEY].float().mean((-2, -1), keepdim=True).half()
+    assert torch.equal(got[VIDEO_KEY], expected)
+    assert torch.equal(got[IMAGE_KEY], want[IMAGE_KEY])  # untransformed camera unchanged
+    assert torch.equal(got[VIDEO_KEY + "_is_pad"], want[VIDEO_KEY + "_is_pad"])
+    calls = fn.calls
+    assert calls <= len(EPISODE_LENGTHS)
+    ds.warm_cache()
+    assert fn.calls == len(EPISODE_LENGTHS) and ds.warm_cache() == 0  # every episode once, then cached
+    if cache == "disk":  # a new dataset object finds the transformed segments on disk
+        fresh = _MeanColour()
+        again = WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=tmp_path, frame_transforms={VIDEO_KEY: fresh})
+        assert again.warm_cache() == 0 and fresh.calls == 0
+        assert torch.equal(again.get_batch(idx)[VIDEO_KEY], got[VIDEO_KEY])
+
+
+def test_frame_transforms_are_checked(lerobot_root, tmp_path):
+    with pytest.raises(KeyError, match="not a camera"):
+        WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=tmp_path,
+                        frame_transforms={"observation.state": _MeanColour()})
+    with pytest.raises(TypeError, match="cache_id"):
+        WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=tmp_path, frame_transforms={VIDEO_KEY: len})

