@@ -54,6 +54,7 @@ import os
 import re
 import sys
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,7 +217,7 @@ class VLMConfig:
 
 
 # --- families ------------------------------------------------------------------------------------
-class VLMFamily:
+class VLMFamily(ABC):
     """How one transformers VLM class lays out images in the prompt and takes its pixels.
 
     Subclasses set the class attributes and implement the hooks; instances are stateless."""
@@ -225,8 +226,8 @@ class VLMFamily:
     model_type: ClassVar[str]          # config.json "model_type"
     model_class: ClassVar[str]         # transformers class name
     config_class: ClassVar[str]
-    image_token: ClassVar[str]
     special_tokens: ClassVar[tuple[str, ...]]  # the tokenizer must hold these
+    token_keys: ClassVar[dict[str, str]]       # config attribute -> the special token whose id it holds
     image_mean: ClassVar[tuple[float, float, float]] = (0.5, 0.5, 0.5)
     image_std: ClassVar[tuple[float, float, float]] = (0.5, 0.5, 0.5)
     accepts_image_features: ClassVar[bool] = False  # a plugged-in vision tower can feed it
@@ -240,53 +241,62 @@ class VLMFamily:
             raise ValueError(f"VLMConfig.image_size={cfg.image_size} must be a multiple of "
                              f"patch_size={cfg.patch_size} for family {self.name!r}")
 
+    @abstractmethod
     def tiny_config(self, cfg: VLMConfig, text_config: dict[str, Any], token_ids: dict[str, int]) -> PretrainedConfig:
         """The HF config of a random-init model; ``text_config`` holds the text model's sizes."""
-        raise NotImplementedError
 
     def set_token_ids(self, config: PretrainedConfig, token_ids: dict[str, int]) -> None:
-        """Write the special tokens' ids into ``config`` (after tokens were added)."""
-        config.image_token_id = token_ids[self.image_token]
+        """Write the special tokens' ids (token -> id) into ``config``."""
+        for key, token in self.token_keys.items():
+            setattr(config, key, token_ids[token])
 
     def check_token_ids(self, config: PretrainedConfig, token_ids: dict[str, int], where: str) -> None:
-        if config.image_token_id != token_ids[self.image_token]:
-            raise ValueError(f"{where}: config.json image_token_id is {config.image_token_id} but the tokenizer "
-                             f"maps {self.image_token!r} to {token_ids[self.image_token]}; expected the two to match "
-                             "(config and tokenizer from different models?)")
+        for key, token in self.token_keys.items():
+            if getattr(config, key) != token_ids[token]:
+                raise ValueError(f"{where}: config.json {key} is {getattr(config, key)} but the tokenizer maps "
+                                 f"{token!r} to {token_ids[token]}; expected the two to match (config and "
+                                 "tokenizer from different models?)")
 
-    def image_size(self, config: PretrainedConfig) -> int:
+    def image_size(self, config: PretrainedConfig) -> int | None:
+        """The square side the vision tower takes (``None``: any multiple of its patch grid)."""
         return int(config.vision_config.image_size)
 
+    @abstractmethod
     def image_tokens(self, config: PretrainedConfig, image_size: int) -> int:
         """T: placeholder tokens (and projected features) per image."""
-        raise NotImplementedError
 
+    @abstractmethod
     def image_prefix(self, token_ids: dict[str, int], n_tokens: int) -> list[int]:
         """Token ids that stand for one image of ``n_tokens`` features."""
-        return [token_ids[self.image_token]] * n_tokens
 
     def prompt_ids(self, tokenizer, images: list[int], prompt: list[int]) -> list[int]:
         """The prefix: the images' placeholder ids, then the prompt's ids."""
         return images + prompt
 
-    def image_features(self, model: PreTrainedModel, pixels: Tensor, image_size: int) -> Tensor:
+    @abstractmethod
+    def image_features(self, model: PreTrainedModel, pixels: Tensor) -> Tensor:
         """Normalised pixels float [N, 3, S, S] -> projected features [N, T, D]."""
-        raise NotImplementedError
 
+    @abstractmethod
     def vision_encoder(self, model: PreTrainedModel) -> list[nn.Module]:
         """The built-in vision encoder's modules, without the projector into the text model."""
-        raise NotImplementedError
 
+    @abstractmethod
     def model_kwargs(self, model: PreTrainedModel, pixels: Tensor | None, features: Tensor | None,
-                     image_size: int, answer_mask: Tensor, generating: bool) -> dict[str, Any]:
-        """The model's image arguments (and any extra ones) for a batch.
-
-        pixels float [B, n, 3, S, S] (normalised) or features [B, n, T, D] from a plugged-in tower."""
-        raise NotImplementedError
+                     answer_mask: Tensor, generating: bool) -> dict[str, Any]:
+        """The model's image arguments (and any extra ones) for a batch: pixels float [B, n, 3, S, S]
+        (normalised), or features [B, n, T, D] from a plugged-in tower; answer_mask bool [B, L]."""
 
     def position_ids(self, attention_mask: Tensor) -> Tensor | None:
         """int64 [B, L] as ``generate`` derives them (``None``: the model derives its own)."""
         return (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 1) + self.position_offset
+
+
+def _vision_dict(cfg: VLMConfig, **extra: Any) -> dict[str, Any]:
+    """A SigLIP-style vision config at ``cfg``'s sizes."""
+    return dict(hidden_size=cfg.vision_width, intermediate_size=4 * cfg.vision_width,
+                num_hidden_layers=cfg.vision_depth, num_attention_heads=cfg.vision_heads,
+                image_size=cfg.image_size, patch_size=cfg.patch_size, **extra)
 
 
 class SmolVLMFamily(VLMFamily):
@@ -294,11 +304,11 @@ class SmolVLMFamily(VLMFamily):
     model_type = "smolvlm"
     model_class = "SmolVLMForConditionalGeneration"
     config_class = "SmolVLMConfig"
-    image_token = "<image>"
     special_tokens = ("<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>")
+    token_keys = {"image_token_id": "<image>"}
     accepts_image_features = True
 
-    def check_sizes(self, cfg: VLMConfig) -> None:
+    def check_sizes(self, cfg):
         super().check_sizes(cfg)
         if (cfg.image_size // cfg.patch_size) % cfg.scale_factor:
             raise ValueError(f"VLMConfig: image_size/patch_size = {cfg.image_size // cfg.patch_size} patches per "
@@ -306,10 +316,7 @@ class SmolVLMFamily(VLMFamily):
 
     def tiny_config(self, cfg, text_config, token_ids):
         config_class, _ = self.hf_classes()
-        vision = dict(hidden_size=cfg.vision_width, intermediate_size=4 * cfg.vision_width,
-                      num_hidden_layers=cfg.vision_depth, num_attention_heads=cfg.vision_heads,
-                      image_size=cfg.image_size, patch_size=cfg.patch_size)
-        config = config_class(text_config=text_config, vision_config=vision, scale_factor=cfg.scale_factor)
+        config = config_class(text_config=text_config, vision_config=_vision_dict(cfg), scale_factor=cfg.scale_factor)
         self.set_token_ids(config, token_ids)
         return config
 
@@ -320,7 +327,7 @@ class SmolVLMFamily(VLMFamily):
         around = token_ids["<fake_token_around_image>"]
         return [around, token_ids["<global-img>"]] + [token_ids["<image>"]] * n_tokens + [around]
 
-    def image_features(self, model, pixels, image_size):
+    def image_features(self, model, pixels):
         # the vision transformer + pixel-shuffle connector, without get_image_features' rule that
         # drops all-zero images as padding (a uniform mid-grey frame normalises to all zeros)
         hidden = model.model.vision_model(pixel_values=pixels.to(model.dtype)).last_hidden_state
@@ -329,9 +336,9 @@ class SmolVLMFamily(VLMFamily):
     def vision_encoder(self, model):
         return [model.model.vision_model]
 
-    def model_kwargs(self, model, pixels, features, image_size, answer_mask, generating):
+    def model_kwargs(self, model, pixels, features, answer_mask, generating):
         if pixels is not None:
-            features = self.image_features(model, pixels.flatten(0, 1), image_size)
+            features = self.image_features(model, pixels.flatten(0, 1))
         elif features is not None:
             features = features.flatten(0, 1)
         return {} if features is None else {"image_hidden_states": features}
@@ -349,42 +356,36 @@ class PaliGemmaFamily(VLMFamily):
     model_type = "paligemma"
     model_class = "PaliGemmaForConditionalGeneration"
     config_class = "PaliGemmaConfig"
-    image_token = "<image>"
     special_tokens = ("<image>",)
+    token_keys = {"image_token_index": "<image>"}
     position_offset = 1
 
     def tiny_config(self, cfg, text_config, token_ids):
         config_class, _ = self.hf_classes()
         text = dict(text_config, model_type="gemma", head_dim=cfg.text_width // cfg.text_heads)
-        vision = dict(hidden_size=cfg.vision_width, intermediate_size=4 * cfg.vision_width,
-                      num_hidden_layers=cfg.vision_depth, num_attention_heads=cfg.vision_heads,
-                      image_size=cfg.image_size, patch_size=cfg.patch_size, vision_use_head=False)
-        config = config_class(text_config=text, vision_config=vision, projection_dim=cfg.text_width,
-                              hidden_size=cfg.text_width, vocab_size=text_config["vocab_size"])
+        config = config_class(text_config=text, vision_config=_vision_dict(cfg, vision_use_head=False),
+                              projection_dim=cfg.text_width, hidden_size=cfg.text_width,
+                              vocab_size=text_config["vocab_size"])
         self.set_token_ids(config, token_ids)
         return config
 
-    def set_token_ids(self, config, token_ids):
-        config.image_token_index = token_ids[self.image_token]
-
-    def check_token_ids(self, config, token_ids, where):
-        config.image_token_id = config.image_token_index
-        super().check_token_ids(config, token_ids, where)
-
     def image_tokens(self, config, image_size):
         return (image_size // config.vision_config.patch_size) ** 2
+
+    def image_prefix(self, token_ids, n_tokens):
+        return [token_ids["<image>"]] * n_tokens
 
     def prompt_ids(self, tokenizer, images, prompt):
         newline = tokenizer.encode("\n", add_special_tokens=False)
         return images + [tokenizer.bos_token_id] + prompt + newline  # PaliGemmaProcessor's layout
 
-    def image_features(self, model, pixels, image_size):
+    def image_features(self, model, pixels):
         return model.model.get_image_features(pixels.to(model.dtype))
 
     def vision_encoder(self, model):
         return [model.model.vision_tower]
 
-    def model_kwargs(self, model, pixels, features, image_size, answer_mask, generating):
+    def model_kwargs(self, model, pixels, features, answer_mask, generating):
         kwargs: dict[str, Any] = {"pixel_values": pixels.flatten(0, 1)} if pixels is not None else {}
         if not generating:
             # prefix-LM attention: bidirectional over token type 0 (images + prompt), causal over type 1
@@ -400,8 +401,9 @@ class Qwen2VLFamily(VLMFamily):
     model_type = "qwen2_vl"
     model_class = "Qwen2VLForConditionalGeneration"
     config_class = "Qwen2VLConfig"
-    image_token = "<|image_pad|>"
     special_tokens = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+    token_keys = {"image_token_id": "<|image_pad|>", "video_token_id": "<|video_pad|>",
+                  "vision_start_token_id": "<|vision_start|>", "vision_end_token_id": "<|vision_end|>"}
     image_mean = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's, as Qwen2VLImageProcessor
     image_std = (0.26862954, 0.26130258, 0.27577711)
     temporal_patch = 2  # Qwen2-VL repeats a still image over 2 frames
@@ -414,8 +416,8 @@ class Qwen2VLFamily(VLMFamily):
     def tiny_config(self, cfg, text_config, token_ids):
         config_class, _ = self.hf_classes()
         half = cfg.text_width // cfg.text_heads // 2  # rotary frequencies per head, split over t / h / w
-        t = half - 2 * (3 * half // 8)
-        text = dict(text_config, rope_scaling={"type": "mrope", "mrope_section": [t, 3 * half // 8, 3 * half // 8]})
+        hw = 3 * half // 8
+        text = dict(text_config, rope_scaling={"type": "mrope", "mrope_section": [half - 2 * hw, hw, hw]})
         vision = dict(depth=cfg.vision_depth, embed_dim=cfg.vision_width, hidden_size=cfg.text_width,
                       num_heads=cfg.vision_heads, patch_size=cfg.patch_size, spatial_merge_size=2,
                       temporal_patch_size=self.temporal_patch)
@@ -423,25 +425,15 @@ class Qwen2VLFamily(VLMFamily):
         self.set_token_ids(config, token_ids)
         return config
 
-    def set_token_ids(self, config, token_ids):
-        config.image_token_id = token_ids["<|image_pad|>"]
-        config.video_token_id = token_ids["<|video_pad|>"]
-        config.vision_start_token_id = token_ids["<|vision_start|>"]
-        config.vision_end_token_id = token_ids["<|vision_end|>"]
-
-    def check_token_ids(self, config, token_ids, where):
-        for key, token in (("image_token_id", "<|image_pad|>"), ("vision_start_token_id", "<|vision_start|>"),
-                           ("vision_end_token_id", "<|vision_end|>")):
-            if getattr(config, key) != token_ids[token]:
-                raise ValueError(f"{where}: config.json {key} is {getattr(config, key)} but the tokenizer maps "
-                                 f"{token!r} to {token_ids[token]}; expected the two to match")
-
     def image_size(self, config):
-        return 224  # Qwen2-VL takes any multiple of 28; 224 px -> 16 x 16 patches -> 64 tokens
+        return None  # any multiple of patch_size x spatial_merge_size (28 px for the released models)
 
     def image_tokens(self, config, image_size):
-        merge = config.vision_config.spatial_merge_size
-        return (image_size // config.vision_config.patch_size) ** 2 // merge ** 2
+        grid = config.vision_config.patch_size * config.vision_config.spatial_merge_size
+        if image_size % grid:
+            raise ValueError(f"qwen2_vl: image_size {image_size} must be a multiple of patch_size x "
+                             f"spatial_merge_size = {grid}")
+        return (image_size // grid) ** 2
 
     def image_prefix(self, token_ids, n_tokens):
         return [token_ids["<|vision_start|>"]] + [token_ids["<|image_pad|>"]] * n_tokens + [token_ids["<|vision_end|>"]]
@@ -457,14 +449,14 @@ class Qwen2VLFamily(VLMFamily):
         grid = torch.tensor([[1, g, g]] * n, dtype=torch.long, device=pixels.device)
         return x.reshape(n * g * g, c * tp * p * p), grid
 
-    def image_features(self, model, pixels, image_size):
+    def image_features(self, model, pixels):
         patches, grid = self._patches(model.config, pixels)
         return torch.stack(model.model.get_image_features(patches.to(model.dtype), grid))
 
     def vision_encoder(self, model):
         return [model.model.visual.patch_embed, model.model.visual.blocks]  # visual.merger is the projector
 
-    def model_kwargs(self, model, pixels, features, image_size, answer_mask, generating):
+    def model_kwargs(self, model, pixels, features, answer_mask, generating):
         if pixels is None:
             return {}
         patches, grid = self._patches(model.config, pixels.flatten(0, 1))
@@ -747,8 +739,7 @@ class VisionLanguageModel(nn.Module):
             b, n = pixels.shape[:2]
             features = self.vision_tower(pixels.flatten(0, 1).to(self.model.dtype)).unflatten(0, (b, n))
             pixels = None
-        return self.family.model_kwargs(self.model, pixels, features, self.image_size, inputs.answer_mask,
-                                        generating)
+        return self.family.model_kwargs(self.model, pixels, features, inputs.answer_mask, generating)
 
     # --- outputs -------------------------------------------------------------------------------
     def image_features(self, images: Tensor) -> Tensor:
@@ -760,7 +751,7 @@ class VisionLanguageModel(nn.Module):
         if self.vision_tower is not None:
             out = self.vision_tower(flat)
         else:
-            out = self.family.image_features(self.model, flat, self.image_size)
+            out = self.family.image_features(self.model, flat)
         return out.unflatten(0, (b, n))
 
     def _hidden(self, inputs: VLMInputs) -> Tensor:
@@ -853,7 +844,11 @@ class VisionLanguageModel(nn.Module):
     def from_pretrained(cls, directory: str | Path, vision_tower: nn.Module | None = None,
                         image_size: int | None = None) -> VisionLanguageModel:
         """Load a local directory: one saved by ``save_pretrained`` or a Hugging Face snapshot of a
-        supported family (config.json, safetensors weights, tokenizer). Never downloads."""
+        supported family (config.json, safetensors weights, tokenizer; normalisation from
+        preprocessor_config.json when present). Never downloads.
+
+        image_size: only for qwen2_vl, whose tower takes any multiple of 28 px (default 224); the
+        other families take their config's size."""
         directory = Path(directory)
         config, family, meta = _check_directory(directory)
         tokenizer = transformers.AutoTokenizer.from_pretrained(directory, local_files_only=True)
@@ -878,8 +873,15 @@ class VisionLanguageModel(nn.Module):
         if any(problems.values()):
             detail = "; ".join(f"{kind} tensors ({len(v)}): {v[:4]}" for kind, v in problems.items() if v)
             raise ValueError(f"{directory}: the weights do not match config.json ({family.model_class}): {detail}")
-        vlm = cls(model.eval(), tokenizer, family, image_size or meta.get("image_size") or family.image_size(config),
-                  meta.get("image_mean"), meta.get("image_std"), vision_tower)
+        native = family.image_size(config)
+        size = image_size or meta.get("image_size") or native or VLMConfig.image_size
+        if vision_tower is None and native is not None and size != native:
+            raise ValueError(f"{directory}: image_size {size}, but the vision tower takes {native} px "
+                             "(config.json vision_config.image_size)")
+        processor_file = directory / "preprocessor_config.json"
+        processor = json.loads(processor_file.read_text()) if processor_file.is_file() else {}
+        vlm = cls(model.eval(), tokenizer, family, size, meta.get("image_mean", processor.get("image_mean")),
+                  meta.get("image_std", processor.get("image_std")), vision_tower)
         if vision_tower is not None:
             from safetensors.torch import load_file
 

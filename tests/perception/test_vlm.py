@@ -299,6 +299,24 @@ def test_save_and_load_a_directory_exactly(tmp_path, family):
         vlm.generate(["hello"], frames(1), max_new_tokens=3).ids.tolist()
 
 
+@torch.no_grad()
+def test_a_plain_hugging_face_directory_loads_with_its_own_sizes_and_normalisation(tmp_path):
+    vlm = tiny()
+    vlm.model.save_pretrained(tmp_path)  # no policystack_vlm.json: as a downloaded snapshot
+    vlm.tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.4] * 3, "image_std": [0.2] * 3}))
+    again = VisionLanguageModel.from_pretrained(tmp_path)
+    assert again.image_size == SMALL["image_size"] and again.tokens_per_image == vlm.tokens_per_image
+    torch.testing.assert_close(again.image_mean.flatten(), torch.full((3,), 0.4))
+    torch.testing.assert_close(again(again.encode(["hi"])).logits, vlm(vlm.encode(["hi"])).logits)
+    with pytest.raises(ValueError, match="image_size 64, but the vision tower takes 32 px"):
+        VisionLanguageModel.from_pretrained(tmp_path, image_size=64)
+    qwen = tmp_path / "qwen"
+    tiny("qwen2_vl").save_pretrained(qwen)
+    bigger = VisionLanguageModel.from_pretrained(qwen, image_size=64)  # Qwen2-VL takes any multiple of 16 here
+    assert bigger.tokens_per_image == 16 and bigger.image_features(frames(1)).shape[2] == 16
+
+
 def test_bad_directories_name_what_was_expected(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a directory"):
         VisionLanguageModel.from_pretrained(tmp_path / "nope")
