@@ -67,7 +67,7 @@ from torch import Tensor, nn
 from transformers import LogitsProcessor, LogitsProcessorList, PretrainedConfig, PreTrainedModel
 from transformers.modeling_utils import no_init_weights
 
-from policystack.datasets.meta import atomic_directory
+from policystack.datasets.meta import atomic_directory, read_json
 
 IGNORE_INDEX = -100  # label of a position without loss (torch's cross_entropy default)
 META_NAME = "policystack_vlm.json"  # beside a saved model: family, image size and normalisation
@@ -160,7 +160,7 @@ def lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
 
 def byte_tokenizer(special_tokens: Sequence[str] = ()) -> transformers.PreTrainedTokenizerFast:
     """A byte-level tokenizer with no merges: ids 0..255 are the bytes (GPT-2's byte-to-unicode
-    alphabet), then ``<pad>``, ``<bos>``, ``<eos>`` and ``special_tokens``. Needs no files; every
+    alphabet), then ``<bos>``, ``<eos>``, ``<pad>`` and ``special_tokens``. Needs no files; every
     string round-trips. For tiny random-init models."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
@@ -879,7 +879,7 @@ class VisionLanguageModel(nn.Module):
             raise ValueError(f"{directory}: image_size {size}, but the vision tower takes {native} px "
                              "(config.json vision_config.image_size)")
         processor_file = directory / "preprocessor_config.json"
-        processor = json.loads(processor_file.read_text()) if processor_file.is_file() else {}
+        processor = read_json(processor_file) if processor_file.is_file() else {}
         vlm = cls(model.eval(), tokenizer, family, size, meta.get("image_mean", processor.get("image_mean")),
                   meta.get("image_std", processor.get("image_std")), vision_tower)
         if vision_tower is not None:
@@ -900,23 +900,20 @@ def _check_directory(directory: Path) -> tuple[PretrainedConfig, VLMFamily, dict
     config_file = directory / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{config_file}: not found; expected a Hugging Face model directory")
-    try:
-        raw = json.loads(config_file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{config_file}: not valid JSON ({e})") from None
-    family = family_of(raw.get("model_type"), str(config_file))
+    raw = read_json(config_file)
+    family = family_of(raw.get("model_type") if isinstance(raw, dict) else None, str(config_file))
     weights = [directory / n for n in WEIGHT_FILES if (directory / n).is_file()]
     if not weights:
         raise FileNotFoundError(f"{directory}: no weights; expected one of {list(WEIGHT_FILES)}")
     if weights[0].name.endswith(".index.json"):
-        shards = sorted(set(json.loads(weights[0].read_text()).get("weight_map", {}).values()))
+        shards = sorted(set(read_json(weights[0]).get("weight_map", {}).values()))
         absent = [s for s in shards if not (directory / s).is_file()]
         if absent or not shards:
             raise FileNotFoundError(f"{weights[0]}: shards {absent or '(none listed)'} not found in {directory}")
     if not any((directory / n).is_file() for n in TOKENIZER_FILES):
         raise FileNotFoundError(f"{directory}: no tokenizer; expected {' or '.join(TOKENIZER_FILES)}")
     meta_file = directory / META_NAME
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    meta = read_json(meta_file) if meta_file.is_file() else {}
     if meta.get("family", family.name) != family.name:
         raise ValueError(f"{meta_file}: family {meta['family']!r} but config.json is a {family.model_type!r} model")
     config = transformers.AutoConfig.from_pretrained(directory, local_files_only=True)

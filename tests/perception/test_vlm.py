@@ -22,15 +22,7 @@ from policystack.perception.vlm import (
 SMALL = dict(image_size=32, patch_size=8, vision_width=32, vision_depth=1, vision_heads=2, text_width=64,
              text_depth=2, text_heads=4, context_length=256)
 FAMILY_NAMES = sorted(FAMILIES)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is fastest and immune to other jobs on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(family="smolvlm", seed=0, **kw):
