@@ -236,6 +236,26 @@ def test_answer_only_loss_trains_an_answer_and_reaches_the_vision_tower():
     assert vlm.generate(["colour?", "colour?"], imgs, max_new_tokens=8).texts == ["red", "blue"]  # the image decides
 
 
+def test_lora_adapters_inject_into_the_text_model_in_place():
+    """peft's in-place injection keeps the wrapper's calls working (get_peft_model would wrap the
+    model object the wrapper calls into): only the adapters train, and they start as a no-op."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    vlm = tiny()
+    batch = vlm.encode(["what?", "what?"], frames(2), answers=["a", "b"])
+    with torch.no_grad():
+        before = vlm(batch).logits
+    inject_adapter_in_model(LoraConfig(r=4, target_modules=["q_proj", "v_proj"]), vlm.model.model.text_model)
+    for name, p in vlm.named_parameters():
+        p.requires_grad_("lora_" in name)
+    lora = [p for p in vlm.parameters() if p.requires_grad]
+    assert lora and sum(p.numel() for p in lora) < 0.05 * sum(p.numel() for p in vlm.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(vlm(batch).logits, before)
+    vlm.loss(batch).backward()
+    assert all(p.grad is not None for p in lora)
+
+
 # --- a plugged-in vision tower --------------------------------------------------------------------
 class ConvTower(nn.Module):
     """A small CNN + linear projector: pixels [N, 3, 24, 24] in [0, 1] -> [N, 9, hidden]."""
