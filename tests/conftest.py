@@ -11,6 +11,19 @@ os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 # tqdm's monitor thread wakes every 10 s (Event.wait(10)) and allocates while it does, which the
 # control loop's "no allocation in a tick" test would see as foreign objects. Tests never need it.
+import pytest  # noqa: E402
+import torch  # noqa: E402
 import tqdm  # noqa: E402
 
 tqdm.tqdm.monitor_interval = 0
+
+
+@pytest.fixture
+def one_torch_thread():
+    """For tiny models (use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``): one
+    intra-op thread is faster than two and immune to other jobs on a shared 2-core machine (two
+    OpenMP threads competing with other processes make small ops 10-100x slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

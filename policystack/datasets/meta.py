@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -81,6 +83,46 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 def atomic_write_parquet(path: str | Path, table: pa.Table) -> None:
     with atomic_writer(path) as f:
         pq.write_table(table, f)
+
+
+@contextmanager
+def atomic_directory(path: str | Path, replace: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory beside ``path`` to fill; on success every file in it is fsync'd
+    and it is renamed onto ``path`` in one step, so ``path`` is either absent (or the old one) or
+    complete. On an error the temporary directory is removed.
+
+    If ``path`` exists by then: with ``replace`` the old directory is renamed aside, the new one
+    into place, and only then is the old one deleted; without, ``FileExistsError`` (e.g. another
+    process finished the same work first) and the existing directory is left as it is."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir()  # not mkdtemp: its mode 0700 would become the directory's
+    old = None
+    try:
+        yield tmp
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        fsync_dir(tmp)
+        if replace and path.exists():
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            os.replace(path, old)
+        try:
+            os.rename(tmp, path)  # fails on an existing non-empty directory
+        except OSError:
+            if old is not None:  # put the old one back
+                os.replace(old, path)
+                old = None
+            if path.exists():
+                raise FileExistsError(f"{path}: already exists; not replaced") from None
+            raise
+        fsync_dir(path.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def fsync_dir(path: Path) -> None:

@@ -1,9 +1,9 @@
-"""UniformActionTokenizer: round trip within half a bin, edge clipping, id range, errors."""
+"""UniformActionTokenizer: round trip within half a bin, edge clipping, id range, errors; TokenBlock."""
 
 import pytest
 import torch
 
-from policystack.policies.tokenizers import UniformActionTokenizer
+from policystack.policies.tokenizers import TokenBlock, UniformActionTokenizer
 
 
 def test_round_trip_error_at_most_half_a_bin():
@@ -41,3 +41,19 @@ def test_errors_name_the_problem():
         tok.encode(torch.tensor([float("nan")]))
     with pytest.raises(TypeError, match="integer ids"):
         tok.decode(torch.tensor([0.5]))
+
+
+def test_token_block_maps_bins_onto_consecutive_vocabulary_ids_and_back():
+    block = TokenBlock(start=1000, size=256)
+    bins = UniformActionTokenizer(256).encode(torch.tensor([[-1.0, 0.0, 0.999]]))
+    ids = block.to_vocab(bins)
+    assert ids.tolist() == [[1000, 1128, 1255]] and list(block.ids) == list(range(1000, 1256))
+    assert torch.equal(block.to_bins(ids), bins)
+    with pytest.raises(ValueError, match=r"id 999 is outside the block \[1000, 1255\]"):
+        block.to_bins(torch.tensor([999, 1000]))
+    with pytest.raises(ValueError, match=r"bins must lie in \[0, 255\], got min 0, max 256"):
+        block.to_vocab(torch.tensor([0, 256]))
+    with pytest.raises(TypeError, match="integer bins"):
+        block.to_vocab(torch.tensor([0.5]))
+    with pytest.raises(ValueError, match="size >= 1"):
+        TokenBlock(start=0, size=0)
