@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
-from policystack.datasets.meta import atomic_write_bytes, atomic_write_json
+from policystack.io import atomic_write_bytes, atomic_write_json
 from policystack.types import ACTION, Feature, FeatureSpec, Stats
 
 CONFIG_NAME = "config.json"

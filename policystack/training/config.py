@@ -212,7 +212,7 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def save_config_yaml(cfg: TrainConfig, path: Path) -> None:
-    from policystack.datasets.meta import atomic_write_bytes
+    from policystack.io import atomic_write_bytes
 
     atomic_write_bytes(path, OmegaConf.to_yaml(OmegaConf.create(config_to_dict(cfg))).encode())
 

@@ -34,7 +34,8 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from policystack.datasets.loader import WindowedDataset, collate_windows
-from policystack.datasets.meta import DatasetMeta, atomic_write_json
+from policystack.datasets.meta import DatasetMeta
+from policystack.io import atomic_write_json
 from policystack.policies.base import WEIGHTS_NAME, Policy, PolicyConfig, resolve_checkpoint
 from policystack.training import checkpoint
 from policystack.training.config import (

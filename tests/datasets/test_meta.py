@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from policystack.datasets.meta import DatasetMeta, atomic_write_json
+from policystack.datasets.meta import DatasetMeta
 from policystack.types import DataError
 
 
@@ -96,11 +96,3 @@ def test_missing_directory():
     with pytest.raises(DataError, match="dataset directory not found"):
         DatasetMeta.load("/nonexistent/policystack/ds")
 
-
-def test_atomic_write_keeps_old_file_on_failure(tmp_path):
-    p = tmp_path / "x.json"
-    atomic_write_json(p, {"a": 1})
-    with pytest.raises(TypeError):
-        atomic_write_json(p, {"a": object()})
-    assert json.loads(p.read_text()) == {"a": 1}
-    assert [f.name for f in tmp_path.iterdir()] == ["x.json"]  # no temp file left behind
