@@ -255,6 +255,8 @@ def train(cfg: TrainConfig) -> Path:
         src = resolve_checkpoint(cfg.init_from)  # a policy dir, a training checkpoint or a run dir
         checkpoint.check_compatible(src, policy)
         policy.load_state_dict(load_file(src / WEIGHTS_NAME))
+    elif resume_from is None:  # a policy from scratch: the pretrained parts its config names, if any
+        policy.load_external_weights()
     policy.to(device).train()
 
     # -- optimiser, schedule, EMA; the module the loop calls

@@ -226,7 +226,7 @@ def test_missing_features_and_stats_are_reported():
     policy = ACTPolicy(small_config(), FEATURES, STATS)
     bad = one_step(make_batch(b=1))
     bad["observation.images.front"] = bad["observation.images.front"].float()
-    with pytest.raises(ValueError, match="must be uint8"):
+    with pytest.raises(ValueError, match="expected uint8 images"):
         policy.predict_action_chunk(bad)
 
 

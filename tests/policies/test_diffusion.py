@@ -59,6 +59,10 @@ def step_obs(batch, i):
             "observation.images.front": batch["observation.images.front"][:, i], "task": batch["task"]}
 
 
+def stacked_history(policy, obs):
+    return policy.history.window(policy.history_step(obs))[0]
+
+
 def seeded(seed=0):
     return torch.Generator().manual_seed(seed)
 
@@ -141,7 +145,7 @@ def test_predict_action_chunk_is_unnormalised_from_the_current_step():
     assert (chunk >= lo - 1e-4).all() and (chunk <= hi + 1e-4).all()
     assert chunk[..., 0].min() > 9.0 and chunk[..., 1].max() < -9.0  # not left in normalised units
     # it is the tail of LeRobot's sampled trajectory, from the current (last observed) frame on
-    history = policy.stacked_history(obs)
+    history = stacked_history(policy, obs)
     inputs = policy.lerobot_inputs(history)
     inputs["observation.images"] = torch.stack([inputs["observation.images.front"]], dim=-4)
     model = policy.lerobot.diffusion
@@ -161,13 +165,13 @@ def test_select_action_keeps_history_and_queues_a_chunk():
     torch.manual_seed(0)
     first = policy.select_action(steps[0])
     repeated = {k: torch.stack([steps[0][k]] * T_OBS, 1) for k in ("observation.state", "observation.images.front")}
-    assert all(torch.equal(v, repeated[k]) for k, v in policy.stacked_history(steps[0]).items())
+    assert all(torch.equal(v, repeated[k]) for k, v in stacked_history(policy, steps[0]).items())
     torch.manual_seed(0)
     policy_fresh_chunk = policy.predict_action_chunk(steps[0])  # history still [step0]: same frames
     torch.testing.assert_close(first, policy_fresh_chunk[:, 0])
     torch.testing.assert_close(policy.select_action(steps[1]), policy_fresh_chunk[:, 1])  # from the queue
     # third call predicts again, from the two latest frames (steps 1 and 2)
-    h = policy.stacked_history(steps[2])
+    h = stacked_history(policy, steps[2])
     torch.testing.assert_close(h["observation.state"],
                                torch.stack([steps[1]["observation.state"], steps[2]["observation.state"]], 1))
     torch.manual_seed(5)
@@ -175,7 +179,7 @@ def test_select_action_keeps_history_and_queues_a_chunk():
     torch.manual_seed(5)
     torch.testing.assert_close(policy.select_action(steps[2]), expect[:, 0])
     policy.reset()
-    assert policy._history == [] and not policy._action_queue
+    assert len(policy.history) == 0 and not policy._action_queue
 
 
 def test_save_load_gives_identical_actions(tmp_path):

@@ -12,7 +12,8 @@ from overfit import overfit
 
 from policystack.policies.base import Policy
 from policystack.policies.layers.attention import verify_causality
-from policystack.policies.rt1 import RT1Config, RT1Policy, shift_frames, sincos_2d
+from policystack.policies.layers.position import sincos_2d
+from policystack.policies.rt1 import RT1Config, RT1Policy, shift_frames
 
 CONFIGS = Path(__file__).parents[2] / "policystack" / "configs" / "policy"
 A, D = 4, 5
@@ -182,9 +183,9 @@ def test_inference_history_matches_the_training_path():
     got = [policy.select_action(step_obs(batch, t)) for t in range(T + 1)]
     for t in range(T + 1):
         torch.testing.assert_close(got[t], expected[t], msg=f"step {t}")
-    assert len(policy._history) == T
+    assert len(policy.history) == T - 1  # the past frames a window needs besides the current one
     policy.reset()
-    assert not policy._history
+    assert len(policy.history) == 0
     torch.testing.assert_close(policy.select_action(step_obs(batch, 0)), expected[0])
 
 
@@ -292,11 +293,11 @@ def test_task_change_restarts_history_and_batch_size_change_is_refused():
     batch = make_batch(2, 3)
     policy.select_action(step_obs(batch, 0))
     policy.select_action(step_obs(batch, 1))
-    assert len(policy._history) == 2
+    assert len(policy.history) == 2
     obs = step_obs(batch, 2)
     obs["task"] = ["stack the blocks", "stack the blocks"]
     policy.select_action(obs)
-    assert len(policy._history) == 1
+    assert len(policy.history) == 1
     with pytest.raises(ValueError, match="batch size changed from 2 to 1.*reset\\(\\)"):
         policy.select_action({k: v[:1] for k, v in step_obs(batch, 0).items()})
 
