@@ -43,6 +43,7 @@ from policystack.training.config import (
     TrainConfig,
     config_to_dict,
     policy_config,
+    recipe_note,
     save_config_yaml,
 )
 from policystack.training.ema import EMA
@@ -305,7 +306,7 @@ def train(cfg: TrainConfig) -> Path:
                           resume_step=start if (resume_from is not None or cfg.resume) else None)
         print(f"policystack train: {klass.name} ({sum(p.numel() for p in policy.parameters()):,} parameters) on "
               f"{meta.root} ({len(dataset)} frames), {world} process(es) on {device}, steps {start}->{cfg.steps}, "
-              f"run {run_dir}; check step loss {check_loss:.4f}", file=sys.stderr, flush=True)
+              f"run {run_dir}; check step loss {check_loss:.4f}" + recipe_note(cfg), file=sys.stderr, flush=True)
     evaluator = None
     if cfg.eval.every and master:
         from policystack.eval.runner import EvalRunner
