@@ -1,5 +1,5 @@
 """The Policy interface with a minimal family: normaliser, chunk queue, save/load round trip, the registry
-(explicit families, a family as a folder, plugins), action-free families."""
+(explicit families, a family as a folder, plugins). Action-free families: tests/training/test_train.py."""
 
 import sys
 from dataclasses import dataclass
@@ -156,28 +156,3 @@ def test_a_family_may_be_a_folder(tmp_path, monkeypatch):
     for name in [m for m in sys.modules if m.startswith("policystack.policies.folderfam")]:
         del sys.modules[name]
 
-
-@dataclass
-class ActionFreeConfig(PolicyConfig):
-    """A world-model-like family: predicts the next state, trains on data without actions."""
-
-    actions_optional = True
-    future_steps: int = 2
-
-    @property
-    def observation_delta_indices(self) -> list[int]:
-        return list(range(1 - self.n_obs_steps, 1 + self.future_steps))  # history and future frames
-
-
-class ActionFreePolicy(Policy):
-    name = "actionfreetest"
-    config_class = ActionFreeConfig
-
-
-def test_only_a_family_that_says_so_builds_without_actions():
-    state_only = {"observation.state": Feature("float32", (3,))}
-    p = ActionFreePolicy(ActionFreeConfig(n_obs_steps=2), state_only, STATS)
-    assert list(p.normalizer.modes) == ["observation.state"]  # the action's mode is skipped: no action
-    assert p.config.delta_indices(state_only) == {"observation.state": [-1, 0, 1, 2]}
-    with pytest.raises(KeyError, match="the features have no 'action'"):
-        LinearTestPolicy(LinearTestConfig(), state_only, STATS)

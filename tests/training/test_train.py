@@ -227,6 +227,7 @@ def test_action_free_data_with_future_frames(tmp_path):
     assert SEEN[0][2] == ["observation.state", "observation.state_is_pad", "task"]
     policy = Policy.from_pretrained(run)
     assert isinstance(policy, NextStatePolicy) and "action" not in policy.features
+    assert list(policy.normalizer.modes) == ["observation.state"]  # the config's action mode: no action to use it
     # a family that needs actions refuses the dataset, saying why
     with pytest.raises(DataError, match="no 'action' feature to train on.*actions_optional"):
         train(load_config(tiny_overrides(root, tmp_path / "bc")))
