@@ -22,7 +22,7 @@ def markers(name: str) -> tuple[str, str]:
 
 def write_section(name: str, markdown: str, doc: str | Path = DOC) -> Path:
     """Put ``markdown`` between the ``name`` markers of ``doc`` (default docs/benchmarks.md)."""
-    from policystack.datasets.meta import atomic_write_bytes
+    from policystack.io import atomic_write_bytes
 
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise ValueError(f"benchmark section name {name!r}: use letters, digits, '_', '.', '-'")

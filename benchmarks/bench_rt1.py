@@ -17,6 +17,7 @@ The table goes to docs/benchmarks.md between ``<!-- BEGIN bench_rt1 -->`` and ``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import sys
@@ -27,24 +28,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section  # noqa: E402
 
-from policystack.policies.rt1 import RT1Config, RT1Policy  # noqa: E402
+from policystack.policies.rt1 import RT1Policy  # noqa: E402
+from policystack.training.config import load_preset  # noqa: E402
 from policystack.types import Feature  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 D, A, SIZE = 15, 7, 96
 CAMS = ("front", "wrist")
 TASK = "pick up the red block and put it in the bowl"
 
 
 def rt1_policy(preset: str, cams: tuple[str, ...]) -> RT1Policy:
-    d = yaml.safe_load((ROOT / "policystack" / "configs" / "policy" / f"{preset}.yaml").read_text())
-    d.pop("name")
-    cfg = RT1Config.from_dict(d, where=preset)
+    _, cfg, _ = load_preset(preset)
+    cfg = dataclasses.replace(cfg, n_obs_steps=6)  # RT-1's history in every row (the tiny preset trains with 2)
     features = {"action": Feature("float32", (A,)), "observation.state": Feature("float32", (D,))}
     features.update({f"observation.images.{c}": Feature("video", (SIZE, SIZE, 3)) for c in cams})
     stats = {"observation.state": {"mean": np.zeros(D), "std": np.ones(D)},

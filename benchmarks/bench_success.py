@@ -38,18 +38,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section  # noqa: E402
 
+from policystack.training.config import load_preset  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
 INPUTS = {
     "state": {"collect": ["cameras=none", "env_state=true"], "train": ["dataset.cameras=[]"]},
     "images": {"collect": ["cameras=front,wrist"], "train": []},
 }
-# per policy and inputs: overrides on top of the shared budget. With env state the named objects'
-# poses already say which object is meant, so bc runs without its instruction encoder there.
-# RT-1 tiny from cameras: 2 frames of history instead of 6 (a third of the image encoder's work per
-# step on CPU) and lr 1e-3 (a 0.5M-parameter model from scratch; at 1e-4 it was still far from fitting
-# after 3000 steps: OpenDrawer 70%, token accuracy 0.25).
-POLICY_OVERRIDES = {("bc", "state"): ["policy.text_encoder=none"],
-                    ("rt1", "images"): ["policy.n_obs_steps=2", "optim.lr=1e-3"]}
+# per policy and inputs: overrides on top of the shared budget and each preset's recipe (its lr; RT-1
+# tiny's preset carries its 2 frames and lr 1e-3). With env state the named objects' poses already say
+# which object is meant, so bc runs without its instruction encoder there.
+POLICY_OVERRIDES = {("bc", "state"): ["policy.text_encoder=none"]}
 
 
 def overrides(policy: str, inputs: str) -> list[str]:
@@ -199,12 +198,13 @@ def main(argv: list[str] | None = None) -> int:
               + "; ".join(f"{n} " + ", ".join(f"{p} {minutes[n, p]}" for p in policies) for _, _, n in jobs)]
     extra = "; ".join(f"{p}: `{' '.join(overrides(p, args.inputs))}`" for p in policies
                       if overrides(p, args.inputs))
+    lrs = ", ".join(f"{p} {load_preset(p)[2].get('optim', {}).get('lr', 'default')}" for p in policies)
     kind = (f"one policy of each family trained on all {len(tasks)} tasks' demos together "
             f"(`collect env={','.join(tasks)}`), evaluated per task" if args.multitask else
             "one policy per task and family")
     settings = (f"Inputs `{args.inputs}`; {args.demos} expert demos per task (`policystack collect`, "
                 f"action_mode={args.action_mode}); {kind}; every policy trained {args.steps} steps at batch "
-                f"size {args.batch_size}, seed 0, the loop's AdamW (lr 1e-4 unless overridden below, 500 warm-up "
+                f"size {args.batch_size}, seed 0, the loop's AdamW at each preset's recipe (lr: {lrs}; 500 warm-up "
                 f"steps, cosine); evaluated on {args.eval_episodes} episodes per task, seeds "
                 f"1000-{999 + args.eval_episodes}. Per-family overrides: {extra or 'none'}. "
                 f"Produced by `benchmarks/bench_success.py --inputs {args.inputs} --tasks {','.join(tasks)} "

@@ -30,21 +30,21 @@ import platform
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section  # noqa: E402
 
-from policystack.policies.base import Policy, get_policy_class  # noqa: E402
+from policystack.policies.base import Policy  # noqa: E402
+from policystack.training.config import load_preset  # noqa: E402
 from policystack.types import Feature  # noqa: E402
 
-CONFIGS = Path(__file__).resolve().parents[1] / "policystack" / "configs" / "policy"
 CAMERAS = ("observation.images.front", "observation.images.wrist")
 STATE_DIM, ACTION_DIM = 14, 7
 REFERENCE = {"act": "ACTPolicy", "diffusion": "DiffusionPolicy"}  # LeRobot's class per adapter
@@ -98,11 +98,6 @@ def make_batch(eps: dict[str, np.ndarray], obs_offsets: list[int], action_offset
     return batch
 
 
-def preset(name: str) -> dict:
-    d = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
-    return {k: v for k, v in d.items() if k != "name"}
-
-
 def time_round_robin(steps: dict[str, object], warmup: int, n: int) -> dict[str, list[float]]:
     """Step times per row, the rows taking turns (one step each per round) so that every row sees
     the same load when other jobs share the machine."""
@@ -120,11 +115,12 @@ def time_round_robin(steps: dict[str, object], warmup: int, n: int) -> dict[str,
     return times
 
 
-def ours(policy: Policy, batch: dict, lr: float):
-    opt = torch.optim.AdamW(policy.parameters(), lr=lr)
+def train_step(module: torch.nn.Module, loss_fn, lr: float):
+    """One timed training step of ``module``: ``loss_fn()`` (forward), backward, AdamW."""
+    opt = torch.optim.AdamW(module.parameters(), lr=lr)
 
     def step():
-        loss, _ = policy.compute_loss(batch)
+        loss, _ = loss_fn()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -140,14 +136,7 @@ def lerobot_direct(adapter: Policy, batch: dict, lr: float, stack_images: bool):
         inputs = adapter.lerobot_inputs(batch)
     if not stack_images:  # ACT reads one observation step: drop the time axis
         inputs = {k: v[:, -1] if k.startswith("observation.") else v for k, v in inputs.items()}
-    opt = torch.optim.AdamW(lerobot_policy.parameters(), lr=lr)
-
-    def step():
-        loss, _ = lerobot_policy.forward(inputs)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return step, lerobot_policy
+    return train_step(lerobot_policy, partial(lerobot_policy.forward, inputs), lr), lerobot_policy
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -177,13 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     steps, params = {}, {}
     for name in ("bc", "act", "diffusion"):
         torch.manual_seed(0)
-        klass = get_policy_class(name)
-        cfg = klass.config_class.from_dict(preset(name), where=f"{CONFIGS / name}.yaml")
+        klass, cfg, _ = load_preset(name)
         batch = make_batch(eps, cfg.observation_delta_indices, cfg.action_delta_indices, args.batch_size)
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         policy = klass(cfg, features, stats).to(device).train()
         label = f"`{name}` (policystack)"
-        steps[label], params[label] = ours(policy, batch, args.lr), n_params(policy)
+        steps[label], params[label] = train_step(policy, partial(policy.compute_loss, batch), args.lr), n_params(policy)
         if name in ("act", "diffusion"):
             torch.manual_seed(0)
             step, ref = lerobot_direct(policy, batch, args.lr, stack_images=name == "diffusion")

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from policystack.datasets.meta import STATS_PATH, DatasetMeta, atomic_write_json, read_parquet
+from policystack.datasets.meta import STATS_PATH, DatasetMeta, read_parquet
+from policystack.io import atomic_write_json
 from policystack.types import DataError, stats_to_json
 
 TIMESTAMP_TOLERANCE_S = 1e-4  # as LeRobotDataset's tolerance_s

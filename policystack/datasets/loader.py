@@ -46,8 +46,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from policystack.datasets.meta import INFO_PATH, DatasetMeta, atomic_write_json, atomic_writer, read_parquet
+from policystack.datasets.meta import INFO_PATH, DatasetMeta, read_parquet
 from policystack.datasets.video import DEFAULT_TOLERANCE_S, decode_frames
+from policystack.io import atomic_write_json, atomic_writer
 from policystack.types import EPISODE_INDEX, INDEX, PAD_SUFFIX, TASK, TASK_INDEX, TIMESTAMP, DataError
 
 CACHE_VERSION = 1

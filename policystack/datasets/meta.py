@@ -17,20 +17,21 @@ and key on anything malformed, so that nothing downstream meets a half-valid dat
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from policystack.io import (  # noqa: F401 -- re-exported for policystack/robot until the merge
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_parquet,
+    atomic_writer,
+    fsync_dir,
+)
 from policystack.types import DataError, Feature, FeatureSpec, Stats, stats_from_json
 
 CODEBASE_VERSION = "v3.0"
@@ -49,88 +50,6 @@ CHUNKS_SIZE = 1000  # files per chunk directory, as LeRobot
 EPISODE_COLUMNS = ("episode_index", "length", "data/chunk_index", "data/file_index",
                    "dataset_from_index", "dataset_to_index")
 REQUIRED_INFO_KEYS = ("codebase_version", "fps", "features", "data_path", "total_episodes", "total_frames")
-
-
-# --- small file helpers (atomic writes) -----------------------------------------------------
-@contextmanager
-def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
-    """Open a temporary file beside ``path`` for writing; on success it is fsync'd and renamed onto
-    ``path``, so a crash leaves either the old file or the new one, never a half-written one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_writer(path) as f:
-        f.write(data)
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=4) + "\n").encode())
-
-
-def atomic_write_parquet(path: str | Path, table: pa.Table) -> None:
-    with atomic_writer(path) as f:
-        pq.write_table(table, f)
-
-
-@contextmanager
-def atomic_directory(path: str | Path, replace: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory beside ``path`` to fill; on success every file in it is fsync'd
-    and it is renamed onto ``path`` in one step, so ``path`` is either absent (or the old one) or
-    complete. On an error the temporary directory is removed.
-
-    If ``path`` exists by then: with ``replace`` the old directory is renamed aside, the new one
-    into place, and only then is the old one deleted; without, ``FileExistsError`` (e.g. another
-    process finished the same work first) and the existing directory is left as it is."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-    tmp.mkdir()  # not mkdtemp: its mode 0700 would become the directory's
-    old = None
-    try:
-        yield tmp
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        fsync_dir(tmp)
-        if replace and path.exists():
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
-            os.replace(path, old)
-        try:
-            os.rename(tmp, path)  # fails on an existing non-empty directory
-        except OSError:
-            if old is not None:  # put the old one back
-                os.replace(old, path)
-                old = None
-            if path.exists():
-                raise FileExistsError(f"{path}: already exists; not replaced") from None
-            raise
-        fsync_dir(path.parent)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_json(path: Path) -> Any:

@@ -62,7 +62,8 @@ from typing import Any
 
 import numpy as np
 
-from policystack.datasets.meta import fsync_dir, read_json
+from policystack.datasets.meta import read_json
+from policystack.io import fsync_dir
 from policystack.types import ACTION, OBS_STATE, TASK, DataError, Feature, FeatureSpec, camera_key
 
 log = logging.getLogger(__name__)

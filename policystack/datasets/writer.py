@@ -41,13 +41,10 @@ import fcntl
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -63,15 +60,23 @@ from policystack.datasets.meta import (
     TASKS_PATH,
     VIDEO_PATH,
     DatasetMeta,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_parquet,
     episode_files,
-    fsync_dir,
     read_json,
     read_parquet,
 )
 from policystack.datasets.stats import QUANTILES, DatasetStats, accumulate_dataset_stats, quantile_name
+from policystack.io import (
+    MIN_SVTAV1_WIDTH,
+    PIX_FMT,
+    VIDEO_CODECS,
+    VideoEncoder,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_parquet,
+    commit_file,
+    fsync_dir,
+    temp_path,
+)
 from policystack.types import (
     DEFAULT_FEATURE_KEYS,
     EPISODE_INDEX,
@@ -96,17 +101,7 @@ TIMESTAMP_TOLERANCE_S = 1e-4  # LeRobot's tolerance_s: video datasets need times
 DATA_FILE_SIZE_MB = 100  # LeRobot's size bounds, written to info.json (our files are per episode)
 VIDEO_FILE_SIZE_MB = 200
 
-# vcodec argument -> (PyAV encoder, codec name in info.json, encoder options as LeRobot's
-# _get_codec_options: g=2, crf=30, and preset 12 for SVT-AV1)
-VIDEO_CODECS = {
-    "libsvtav1": ("libsvtav1", "av1", {"g": "2", "crf": "30", "preset": "12"}),
-    "h264": ("libx264", "h264", {"g": "2", "crf": "30"}),
-}
-CODEC_FROM_INFO = {"av1": "libsvtav1", "h264": "h264"}
-# SVT-AV1 (as bundled with PyAV 15.1) dies with SIGFPE on frames narrower than 26 px (measured:
-# 24 crashes, 26 works); refuse them up front with a margin
-MIN_SVTAV1_WIDTH = 32
-PIX_FMT = "yuv420p"
+CODEC_FROM_INFO = {"av1": "libsvtav1", "h264": "h264"}  # info.json codec name -> vcodec argument
 
 DEFAULT_FEATURES: FeatureSpec = {
     TIMESTAMP: Feature("float32", (1,)),
@@ -183,21 +178,6 @@ def _next_chunk_file(chunk: int, file: int) -> tuple[int, int]:
     return _chunk_file(chunk * CHUNKS_SIZE + file + 1)
 
 
-def _temp_path(final: Path) -> Path:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
-    os.close(fd)
-    return Path(tmp)
-
-
-def _commit_file(tmp: Path, final: Path) -> None:
-    """fsync ``tmp`` and rename it to ``final`` (durable when this returns)."""
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    fsync_dir(final.parent)
-
-
 # --- frame validation -------------------------------------------------------------------------
 def _check_value(key: str, f: Feature, value: Any) -> np.ndarray:
     """One frame's value of feature ``key`` as a numpy array of the declared dtype and shape."""
@@ -228,44 +208,6 @@ def _check_value(key: str, f: Feature, value: Any) -> np.ndarray:
     return out
 
 
-# --- video encoding ---------------------------------------------------------------------------
-class _VideoEncoder:
-    """Streams RGB frames into an MP4 (temp file) as LeRobot's encode_video_frames would."""
-
-    def __init__(self, final: Path, fps: int, height: int, width: int, vcodec: str):
-        encoder, _, options = VIDEO_CODECS[vcodec]
-        os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its config banner to stderr otherwise
-        self.final, self.tmp = final, _temp_path(final)
-        self.container = av.open(str(self.tmp), "w", format="mp4")
-        self.stream = self.container.add_stream(encoder, rate=fps, options=dict(options))
-        self.stream.pix_fmt = PIX_FMT
-        self.stream.width, self.stream.height = width, height
-        self.time_base = Fraction(1, fps)
-        self.n = 0
-
-    def add(self, hwc: np.ndarray) -> None:
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(hwc), format="rgb24")
-        frame.pts, frame.time_base = self.n, self.time_base
-        for packet in self.stream.encode(frame):
-            self.container.mux(packet)
-        self.n += 1
-
-    def commit(self) -> None:
-        for packet in self.stream.encode():
-            self.container.mux(packet)
-        self.container.close()
-        _commit_file(self.tmp, self.final)
-
-    def abort(self) -> None:
-        try:
-            for packet in self.stream.encode():  # end of stream, so the encoder shuts down cleanly
-                self.container.mux(packet)
-            self.container.close()
-        except (av.FFmpegError, OSError, ValueError):
-            pass
-        self.tmp.unlink(missing_ok=True)
-
-
 # --- the writer -------------------------------------------------------------------------------
 @dataclass
 class _Episode:
@@ -277,7 +219,7 @@ class _Episode:
     data_file: int
     data_tmp: Path
     parquet: pq.ParquetWriter | None
-    videos: dict[str, _VideoEncoder]
+    videos: dict[str, VideoEncoder]
     stats: DatasetStats
     rows: dict[str, list]  # column -> values not yet written as a row group
     tasks: list[str]  # distinct task texts in first-seen order
@@ -427,7 +369,7 @@ class DatasetWriter:
         self._flush_rows(ep)
         ep.parquet.close()
         ep.parquet = None
-        _commit_file(ep.data_tmp, self.root / DATA_PATH.format(chunk_index=ep.data_chunk, file_index=ep.data_file))
+        commit_file(ep.data_tmp, self.root / DATA_PATH.format(chunk_index=ep.data_chunk, file_index=ep.data_file))
         for enc in ep.videos.values():
             enc.commit()
         ep_stats = ep.stats.to_stats()
@@ -528,13 +470,13 @@ class DatasetWriter:
     def _start_episode(self) -> _Episode:
         chunk, file = self._next_data
         final = self.root / DATA_PATH.format(chunk_index=chunk, file_index=file)
-        tmp = _temp_path(final)
+        tmp = temp_path(final)
         videos = {}
         try:
             for k, f in self.features.items():
                 if f.dtype == "video":
                     _, h, w = f.chw
-                    videos[k] = _VideoEncoder(self.root / VIDEO_PATH.format(video_key=k, chunk_index=chunk, file_index=file),
+                    videos[k] = VideoEncoder(self.root / VIDEO_PATH.format(video_key=k, chunk_index=chunk, file_index=file),
                                               self.fps, h, w, self.vcodec)
             writer = pq.ParquetWriter(tmp, self._schema)
         except BaseException:

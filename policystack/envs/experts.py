@@ -307,7 +307,7 @@ def _write_doc_section(path: str, name: str, body: str) -> None:
     import pathlib
     import re
 
-    from policystack.datasets.meta import atomic_write_bytes
+    from policystack.io import atomic_write_bytes
 
     doc = pathlib.Path(path)
     begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"

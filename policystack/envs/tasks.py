@@ -39,7 +39,49 @@ def _pick_colors(rng: np.random.Generator, n: int) -> list[str]:
     return [names[i] for i in rng.choice(len(names), size=n, replace=False)]
 
 
-class ReachEnv(TabletopEnv):
+class _NamedOneOfThree(TabletopEnv):
+    """Three coloured copies of one object (``part``0..2) at random places; the instruction names the
+    target by its colour (the other two are distractors). A task adds ``add_object``, ``place`` and
+    ``evaluate``."""
+
+    part: ClassVar[str]  # object names are f"{part}{i}" (their geoms carry the colour)
+    n_objects = 3
+
+    @staticmethod
+    def add_object(spec: mujoco.MjSpec, name: str) -> None:
+        """Add one object named ``name`` to the scene."""
+        raise NotImplementedError
+
+    @classmethod
+    def build(cls, spec: mujoco.MjSpec) -> None:
+        for i in range(cls.n_objects):
+            cls.add_object(spec, f"{cls.part}{i}")
+
+    def place(self, i: int, xy: np.ndarray, rng: np.random.Generator) -> None:
+        """Put object i at table position ``xy``."""
+        raise NotImplementedError
+
+    def randomize(self) -> str:
+        rng = self.np_random
+        colors = _pick_colors(rng, self.n_objects)
+        xy = sample_positions(rng, self.n_objects, AREA_LOW, AREA_HIGH, 0.12)
+        for i in range(self.n_objects):
+            self.place(i, xy[i], rng)
+            self.model.geom_rgba[self.model.geom(f"{self.part}{i}").id] = COLORS[colors[i]]
+        self.target = f"{self.part}{int(rng.integers(self.n_objects))}"
+        self.colors, self.template = colors, self.templates[int(rng.integers(len(self.templates)))]
+        return self.template.format(c=colors[int(self.target[-1])])
+
+    def swap_instruction(self) -> str:
+        i = (int(self.target[-1]) + 1) % self.n_objects
+        self.target = f"{self.part}{i}"
+        return self.template.format(c=self.colors[i])
+
+    def object_state(self) -> np.ndarray:
+        return self.body_pos(self.target)
+
+
+class ReachEnv(_NamedOneOfThree):
     """Reach a coloured ball (3 balls float above the table; distractors are the other two)."""
 
     name = "Reach"
@@ -47,40 +89,22 @@ class ReachEnv(TabletopEnv):
     max_episode_steps = 50
     templates: ClassVar[tuple[str, ...]] = ("reach the {c} ball", "move the gripper to the {c} ball",
                                             "touch the {c} sphere")
-    n_balls = 3
+    part = "ball"
     success_dist = 0.03
 
-    @classmethod
-    def build(cls, spec: mujoco.MjSpec) -> None:
-        for i in range(cls.n_balls):
-            add_marker(spec, f"ball{i}", "ball", [0.025])
+    @staticmethod
+    def add_object(spec: mujoco.MjSpec, name: str) -> None:
+        add_marker(spec, name, "ball", [0.025])
 
-    def randomize(self) -> str:
-        rng = self.np_random
-        colors = _pick_colors(rng, self.n_balls)
-        xy = sample_positions(rng, self.n_balls, AREA_LOW, AREA_HIGH, 0.12)
-        for i in range(self.n_balls):
-            bid = self.model.body(f"ball{i}").id
-            self.model.body_pos[bid] = [*xy[i], rng.uniform(0.06, 0.3)]
-            self.model.geom_rgba[self.model.geom(f"ball{i}").id] = COLORS[colors[i]]
-        self.target = f"ball{int(rng.integers(self.n_balls))}"
-        self.colors, self.template = colors, self.templates[int(rng.integers(len(self.templates)))]
-        return self.template.format(c=colors[int(self.target[-1])])
-
-    def swap_instruction(self) -> str:
-        i = (int(self.target[-1]) + 1) % self.n_balls
-        self.target = f"ball{i}"
-        return self.template.format(c=self.colors[i])
-
-    def object_state(self) -> np.ndarray:
-        return self.body_pos(self.target)
+    def place(self, i: int, xy: np.ndarray, rng: np.random.Generator) -> None:
+        self.model.body_pos[self.model.body(f"ball{i}").id] = [*xy, rng.uniform(0.06, 0.3)]  # floating
 
     def evaluate(self) -> tuple[bool, dict[str, float]]:
         dist = float(np.linalg.norm(self.ee_pos - self.body_pos(self.target)))
         return dist < self.success_dist, {"dist": -dist}
 
 
-class PressButtonEnv(TabletopEnv):
+class PressButtonEnv(_NamedOneOfThree):
     """Press the named one of three coloured push buttons."""
 
     name = "PressButton"
@@ -88,35 +112,15 @@ class PressButtonEnv(TabletopEnv):
     max_episode_steps = 60
     templates: ClassVar[tuple[str, ...]] = ("press the {c} button", "push the {c} button down",
                                             "hit the {c} button")
-    n_buttons = 3
+    part = "button"
     press_depth = 0.008
+    add_object = staticmethod(add_button)
 
-    @classmethod
-    def build(cls, spec: mujoco.MjSpec) -> None:
-        for i in range(cls.n_buttons):
-            add_button(spec, f"button{i}")
-
-    def randomize(self) -> str:
-        rng = self.np_random
-        colors = _pick_colors(rng, self.n_buttons)
-        xy = sample_positions(rng, self.n_buttons, AREA_LOW, AREA_HIGH, 0.12)
-        for i in range(self.n_buttons):
-            self.model.body_pos[self.model.body(f"button{i}_housing").id] = [*xy[i], 0.0]
-            self.model.geom_rgba[self.model.geom(f"button{i}").id] = COLORS[colors[i]]
-        self.target = f"button{int(rng.integers(self.n_buttons))}"
-        self.colors, self.template = colors, self.templates[int(rng.integers(len(self.templates)))]
-        return self.template.format(c=colors[int(self.target[-1])])
-
-    def swap_instruction(self) -> str:
-        i = (int(self.target[-1]) + 1) % self.n_buttons
-        self.target = f"button{i}"
-        return self.template.format(c=self.colors[i])
+    def place(self, i: int, xy: np.ndarray, rng: np.random.Generator) -> None:
+        self.model.body_pos[self.model.body(f"button{i}_housing").id] = [*xy, 0.0]
 
     def depth(self, button: str) -> float:
         return float(-self.data.qpos[self.model.joint(button).qposadr[0]])
-
-    def object_state(self) -> np.ndarray:
-        return self.body_pos(self.target)
 
     def evaluate(self) -> tuple[bool, dict[str, float]]:
         top = self.body_pos(self.target) + [0.0, 0.0, 0.016]

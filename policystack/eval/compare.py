@@ -18,6 +18,7 @@ from typing import Any
 
 from policystack.eval.report import _figure_png, find_eval_info, load_eval_info, success_bars
 from policystack.eval.runner import EvalResult
+from policystack.io import atomic_write_bytes
 
 USAGE = __doc__.split("\n\n")[1]
 
@@ -86,8 +87,6 @@ def plot_compare(path: str | Path, runs: list[Run]) -> Path:
     """Grouped bars: one group per task (+ overall), one bar per run, Wilson 95% error bars."""
     from matplotlib.figure import Figure
 
-    from policystack.datasets.meta import atomic_write_bytes
-
     tasks = tasks_of(runs)
     labels = tasks + (["overall"] if len(tasks) > 1 else [])
     series = []
@@ -130,8 +129,6 @@ def main(argv: list[str]) -> int:
     table = markdown_table(runs)
     print(table)
     if opts["out"]:
-        from policystack.datasets.meta import atomic_write_bytes
-
         atomic_write_bytes(opts["out"], table.encode())
         print(f"table: {opts['out']}")
     plot = Path(opts["plot"] or (Path(opts["out"]).with_suffix(".png") if opts["out"] else "compare.png"))

@@ -1,4 +1,5 @@
-"""What an evaluation leaves on disk: ``eval_info.json``, episode MP4s and a PNG plot.
+"""What an evaluation leaves on disk: ``eval_info.json`` and a PNG plot (episode MP4s are written by
+the runner with ``policystack.io.write_video``).
 
 ``eval_info.json`` (format_version 1)::
 
@@ -25,37 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from policystack.datasets.meta import atomic_write_bytes, atomic_write_json
 from policystack.eval.metrics import summarize
 from policystack.eval.runner import EvalResult
+from policystack.io import atomic_write_bytes, atomic_write_json
 
 EVAL_INFO = "eval_info.json"
 PLOT_NAME = "eval.png"
 FORMAT_VERSION = 1
-VIDEO_CODEC = "h264"  # plays everywhere; one of policystack.datasets.writer.VIDEO_CODECS
-
-
-# --- videos ------------------------------------------------------------------------------------
-def write_video(path: str | Path, frames: Sequence[np.ndarray], fps: int) -> Path:
-    """Encode uint8 HWC RGB ``frames`` to an MP4 at ``path`` (atomically), with the dataset
-    writer's encoder. Odd sizes are padded by one black row / column (yuv420p needs even sizes)."""
-    from policystack.datasets.writer import _VideoEncoder
-
-    if not frames:
-        raise ValueError(f"{path}: no frames to encode")
-    h, w = frames[0].shape[:2]
-    ph, pw = h + h % 2, w + w % 2
-    encoder = _VideoEncoder(Path(path), fps=fps, height=ph, width=pw, vcodec=VIDEO_CODEC)
-    try:
-        for f in frames:
-            if f.shape != (h, w, 3) or f.dtype != np.uint8:
-                raise ValueError(f"{path}: frames must all be uint8 [{h}, {w}, 3], got {f.dtype} {list(f.shape)}")
-            encoder.add(np.pad(f, ((0, ph - h), (0, pw - w), (0, 0))) if (ph, pw) != (h, w) else f)
-        encoder.commit()
-    except BaseException:
-        encoder.abort()
-        raise
-    return Path(path)
 
 
 # --- eval_info.json ------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ import torch
 from policystack.eval.envs import check_features, env_kwargs_from_features, make_eval_env, resolve_task
 from policystack.eval.expert import ScriptedExpert
 from policystack.eval.metrics import summarize
+from policystack.io import write_video
 from policystack.types import OBS_IMAGES, TASK
 
 # --- results ---------------------------------------------------------------------------------
@@ -341,8 +342,6 @@ class EvalRunner:
     def _finish(self, slot: _Slot, fps: int) -> EpisodeRecord:
         video = None
         if slot.frames:
-            from policystack.eval.report import write_video
-
             path = Path(self.video_dir) / f"episode_{slot.episode:03d}_seed{slot.seed}.mp4"
             video = str(write_video(path, slot.frames, fps=fps))
         record = EpisodeRecord(index=slot.episode, seed=slot.seed, success=slot.success, length=slot.length,

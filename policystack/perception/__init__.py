@@ -1,1 +1,3 @@
-"""Perception modules shared by the policy families: text encoders (and later image encoders, VLMs)."""
+"""Perception modules shared by the policy families: text encoders (``text``), camera-frame preprocessing
+(``preprocess``), a small conv encoder with spatial-softmax keypoints (``conv``); later pretrained image
+encoders and VLMs."""

@@ -10,7 +10,8 @@
 
 Both are frozen, return float32 [B, dim] on the CPU and cache one embedding per distinct string (a
 robot repeats a handful of instructions). They are not ``nn.Module``s: a policy keeps one beside its
-weights, never inside its checkpoint. ``make_text_encoder(name)`` returns a process-wide instance.
+weights, never inside its checkpoint. ``make_text_encoder(name)`` returns a process-wide instance;
+``encode_instructions(name, tasks, batch_size, device)`` is what a policy calls with a batch's ``task``.
 """
 
 from __future__ import annotations
@@ -131,6 +132,18 @@ def make_text_encoder(name: str) -> TextEncoder:
     if name not in TEXT_ENCODERS:
         raise KeyError(f"unknown text encoder {name!r}; available: {sorted(TEXT_ENCODERS)}")
     return TEXT_ENCODERS[name]()
+
+
+def encode_instructions(name: str, tasks: Sequence[str] | str, batch_size: int,
+                        device: torch.device | str | None = None) -> Tensor:
+    """Embeddings float32 [B, E] of a batch's instructions (``task``: a list of B strings, or one string
+    for every row) by the shared encoder ``name``, on ``device``. The encoder is built once per process
+    (``make_text_encoder``) and caches one embedding per distinct string."""
+    if isinstance(tasks, str):
+        tasks = [tasks] * batch_size
+    if len(tasks) != batch_size:
+        raise ValueError(f"'task' has {len(tasks)} instructions for a batch of {batch_size}")
+    return make_text_encoder(name).encode(list(tasks)).to(device)
 
 
 def text_encoder_dim(name: str) -> int:

@@ -67,7 +67,8 @@ from torch import Tensor, nn
 from transformers import LogitsProcessor, LogitsProcessorList, PretrainedConfig, PreTrainedModel
 from transformers.modeling_utils import no_init_weights
 
-from policystack.datasets.meta import atomic_directory, read_json
+from policystack.datasets.meta import read_json
+from policystack.io import atomic_directory
 
 IGNORE_INDEX = -100  # label of a position without loss (torch's cross_entropy default)
 META_NAME = "policystack_vlm.json"  # beside a saved model: family, image size and normalisation

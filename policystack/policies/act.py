@@ -114,13 +114,12 @@ class ACTPolicy(LeRobotAdapter):
     name = "act"
     config_class = ACTConfig
     config: ACTConfig
+    lerobot_policy = "lerobot.policies.act.modeling_act:ACTPolicy"
 
     def __init__(self, config: ACTConfig, features: FeatureSpec, stats: Stats | None):
         super().__init__(config, features, stats)
-        from lerobot.policies.act.modeling_act import ACTPolicy as LeRobotACTPolicy
         from lerobot.policies.act.modeling_act import ACTTemporalEnsembler
 
-        self.lerobot = LeRobotACTPolicy(config.to_lerobot(features))
         self._ensembler = (ACTTemporalEnsembler(config.temporal_ensemble_coeff, config.horizon)
                            if config.temporal_ensemble_coeff is not None else None)
 
@@ -143,8 +142,7 @@ class ACTPolicy(LeRobotAdapter):
         from LeRobot's ``ACTPolicy.predict_action_chunk`` (zero latent, as at LeRobot's inference)."""
         was_training = self.lerobot.training
         try:
-            chunk = self.lerobot.predict_action_chunk(self.lerobot_inputs(
-                {k: obs[k] for k in self._obs_keys() if k in obs}))
+            chunk = self.lerobot.predict_action_chunk(self.lerobot_inputs(self.history_step(obs)))
         finally:
             self.lerobot.train(was_training)  # LeRobot's call switches its module to eval
         return self.unnormalize_actions(chunk)

@@ -1,16 +1,33 @@
 """The Policy interface every family implements, its config base class, save/load and the registry.
 
-A family is one module ``policystack/policies/<name>.py`` holding ``<Name>Config(PolicyConfig)`` and
-``<Name>Policy(Policy)`` with ``name = "<name>"``. ``get_policy_class(name)`` imports that module on
-demand (LeRobot's naming-convention factory, without if/elif chains).
+A family is a module ``policystack/policies/<name>.py`` (or a package ``policystack/policies/<name>/``
+whose ``__init__.py`` imports its policy class, for a family with its own tokenizer or model parts)
+holding ``<Name>Config(PolicyConfig)`` and ``<Name>Policy(Policy)`` with ``name = "<name>"``, listed
+in ``FAMILIES``; ``get_policy_class(name)`` imports it on demand (LeRobot's naming-convention factory,
+without if/elif chains). Its presets are ``policystack/configs/policy/<name>.yaml`` (tiny: trains in
+minutes on two CPU cores) and ``<name>_paper.yaml`` (the published sizes); tests/policies/test_contract.py
+checks every family in ``FAMILIES`` (docs/policies/adding-a-family.md).
 
 Shapes (B batch, T_obs history, H action horizon, A action dim, D state dim):
     batch["observation.state"]          float32 [B, T_obs, D]
     batch["observation.images.<cam>"]   uint8   [B, T_obs, 3, H, W]
+    batch["<key>_is_pad"]               bool    [B, T]         (frames repeated at an episode edge)
     batch["action"]                     float32 [B, H, A]      (training only)
     batch["action_is_pad"]              bool    [B, H]         (training only)
     batch["task"]                       list[str] of length B
-At inference ``obs`` holds one step: state [B, D], images [B, 3, H, W], task list[str].
+The offsets behind T_obs and H are the config's (``PolicyConfig.delta_indices``). At inference ``obs``
+holds one step: state [B, D], images [B, 3, H, W], task list[str].
+
+The inference contract (one history mechanism, the same in ``policystack eval`` and the daemon):
+    - ``predict_action_chunk(obs)`` -> [B, H, A] unnormalised actions from the history (the steps
+      shown to ``observe``) and this step's ``obs``; it changes no state.
+    - ``observe(obs)`` is called with EVERY policy-rate observation, after any prediction for that
+      step; a policy with ``n_obs_steps > 1`` keeps what it needs of it in ``self.history``
+      (``layers/history.py``: the last steps, stacked and left-padded as the loader pads).
+    - ``select_action(obs)`` = predict a chunk when the queue of actions is empty, then ``observe(obs)``,
+      then pop one action. A caller that replans on its own (the daemon's worker) calls
+      ``predict_action_chunk`` when it replans and ``observe`` at every tick.
+    - ``reset()`` clears the history and the queue (every episode start).
 """
 
 from __future__ import annotations
@@ -27,17 +44,30 @@ import torch
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
-from policystack.datasets.meta import atomic_write_bytes, atomic_write_json
+from policystack.io import atomic_write_bytes, atomic_write_json
+from policystack.policies.layers.history import ObservationHistory
+from policystack.policies.normalize import Normalizer
 from policystack.types import ACTION, Feature, FeatureSpec, Stats
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # of config.json + model.safetensors; from_pretrained refuses any other
+# The families policystack ships, each ``policystack.policies.<name>`` (a module or a package).
+FAMILIES = ("bc", "rt1", "act", "diffusion")
 
 
 @dataclass
 class PolicyConfig:
-    """Fields every policy shares; a family's config subclasses this and adds its own."""
+    """Fields every policy shares; a family's config subclasses this and adds its own.
+
+    Frame offsets the loader gives (``delta_indices``): observations ``observation_delta_indices``
+    (default ``-(T_obs-1) .. 0``; a family may override it to add future frames ``1 .. F`` it learns to
+    predict, e.g. a world model), the action ``action_delta_indices`` (default ``0 .. H-1``). A family
+    whose policy trains without actions (action-free video) sets the class flag ``actions_optional``.
+    """
+
+    # a family that can train on datasets without an `action` feature (e.g. a world model on video)
+    actions_optional: ClassVar[bool] = False
 
     n_obs_steps: int = 1  # T_obs: frames of observation history (offsets -(T_obs-1) .. 0)
     horizon: int = 1  # H: actions predicted per chunk (offsets 0 .. H-1)
@@ -103,25 +133,29 @@ _REGISTRY: dict[str, type[Policy]] = {}
 
 
 def get_policy_class(name: str) -> type[Policy]:
-    """The Policy subclass registered as ``name``, importing ``policystack.policies.<name>`` if needed."""
-    if name not in _REGISTRY:
-        try:
-            importlib.import_module(f"policystack.policies.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"policystack.policies.{name}":
-                raise
+    """The Policy subclass registered as ``name``; a family of ``FAMILIES`` is imported on first use.
+    (A subclass defined elsewhere registers itself when its module is imported.)"""
+    if name not in _REGISTRY and name in FAMILIES:
+        importlib.import_module(f"policystack.policies.{name}")
     if name not in _REGISTRY:
         raise KeyError(f"unknown policy {name!r}; available: {available_policies()}")
     return _REGISTRY[name]
 
 
 def available_policies() -> list[str]:
-    pkg = Path(__file__).parent
-    found = {p.stem for p in pkg.glob("*.py") if p.stem not in ("__init__", "base", "normalize", "tokenizers")}
-    return sorted(found | set(_REGISTRY))
+    """The shipped families and any other Policy subclass imported so far."""
+    return sorted(set(FAMILIES) | set(_REGISTRY))
 
 
 class Policy(nn.Module):
+    """A policy family (see the module docstring for the batch shapes and the inference contract).
+
+    ``__init__`` builds what every family shares: ``self.normalizer`` over the features and modes
+    ``normalization_modes()`` declares, filled from ``stats`` (None: left unset, for
+    ``from_pretrained`` to load with the weights), ``self.history`` (``n_obs_steps`` steps) and the
+    action queue. A family's ``__init__`` calls it first, then builds its model.
+    """
+
     name: ClassVar[str]
     config_class: ClassVar[type[PolicyConfig]] = PolicyConfig
 
@@ -134,20 +168,42 @@ class Policy(nn.Module):
         super().__init__()
         if not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
-        if ACTION not in features:
+        if ACTION not in features and not config.actions_optional:
             raise KeyError(f"{type(self).__name__}: the features have no {ACTION!r}; got {sorted(features)}")
         self.config = config
         self.features = dict(features)
+        modes = self.normalization_modes()
+        self.normalizer = Normalizer({k: (3, 1, 1) if self.features[k].is_visual else tuple(self.features[k].shape)
+                                      for k in modes if k in self.features}, modes, stats)
+        self.history = ObservationHistory(config.n_obs_steps)
         self._action_queue: deque[Tensor] = deque()
 
-    # --- what a family implements ------------------------------------------------------------
+    # --- what a family declares or implements --------------------------------------------------
+    def normalization_modes(self) -> dict[str, str]:
+        """Feature -> normalisation mode of every feature this family normalises (statistics of one
+        value's shape; cameras per channel, [3, 1, 1]). Default: ``config.normalization`` for the
+        non-camera features present."""
+        return {k: m for k, m in self.config.normalization.items()
+                if k in self.features and not self.features[k].is_visual}
+
     def compute_loss(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
         """Training loss on a batch of windows (shapes in the module docstring) and scalars to log."""
         raise NotImplementedError
 
     def predict_action_chunk(self, obs: dict[str, Any]) -> Tensor:
-        """[B, H, A] unnormalised actions for one step of observations."""
+        """[B, H, A] unnormalised actions for one step of observations (and the history); no state changes."""
         raise NotImplementedError
+
+    def history_step(self, obs: dict[str, Any]) -> Any:
+        """What ``self.history`` keeps of one step (default: its ``observation.*`` tensors this policy
+        has features for). A family may keep something derived instead (RT-1: image tokens)."""
+        return {k: obs[k] for k in self.features if k.startswith("observation.") and k in obs}
+
+    def load_external_weights(self) -> None:
+        """Load weights that live outside policystack checkpoints (e.g. a pretrained backbone the config
+        names by path). ``policystack train`` calls it once for a policy that starts from scratch; a
+        policy loaded by ``from_pretrained`` (or trained on from one) never reads them: its checkpoint
+        holds every weight. Default: nothing to load."""
 
     # --- shared behaviour ---------------------------------------------------------------------
     @torch.no_grad()
@@ -159,18 +215,21 @@ class Policy(nn.Module):
         self.observe(obs)
         return self._action_queue.popleft()
 
+    @torch.no_grad()
     def observe(self, obs: dict[str, Any]) -> None:
-        """Called by ``select_action`` with every step's observation, after any prediction: a
-        policy with observation history appends to it here (``predict_action_chunk`` itself only
-        reads the history, so calling it directly has no side effect)."""
+        """Show the policy this step's observation (every policy tick, after any prediction): the
+        history keeps ``history_step(obs)``."""
+        if self.config.n_obs_steps > 1:
+            self.history.append(self.history_step(obs))
 
     def reset(self) -> None:
         """Clear history and queued actions (call at every episode start)."""
         self._action_queue.clear()
+        self.history.clear()
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` (policy name, config, features) and ``model.safetensors`` (weights
-        and normalisation statistics) atomically."""
+        """Write ``config.json`` (format version, policy name, config, features) and ``model.safetensors``
+        (weights and normalisation statistics) atomically."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
@@ -187,13 +246,19 @@ class Policy(nn.Module):
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> Policy:
         """Rebuild a policy from ``save_pretrained`` output alone (``directory`` may also be a
         training checkpoint or run directory, see ``resolve_checkpoint``). Called on ``Policy`` it
-        builds the saved family; called on a family it checks the checkpoint is of that family."""
+        builds the saved family; called on a family it checks the checkpoint is of that family.
+        A checkpoint of another ``format_version`` is refused."""
         directory = resolve_checkpoint(directory)
         cfg_path = directory / CONFIG_NAME
         if not (directory / WEIGHTS_NAME).is_file():
             raise FileNotFoundError(f"{directory}: not a policy checkpoint (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
         meta = json.loads(cfg_path.read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{cfg_path}: format_version {meta.get('format_version')!r}; this policystack reads "
+                             f"policy checkpoints of format_version {FORMAT_VERSION} only")
         name = meta.get("policy")
+        if not isinstance(name, str):
+            raise ValueError(f"{cfg_path}: no 'policy' name (expected one of {available_policies()})")
         klass = get_policy_class(name)
         if cls is not Policy and klass is not cls:
             raise ValueError(f"{cfg_path}: checkpoint of policy {name!r}, not {cls.name!r}")

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from policystack.perception.text import make_text_encoder, text_encoder_dim
+from policystack.perception.conv import ConvEncoder
+from policystack.perception.preprocess import ImagePreprocessor
+from policystack.perception.text import encode_instructions, text_encoder_dim
 from policystack.policies.base import Policy, PolicyConfig
 from policystack.policies.layers.augment import random_shift
-from policystack.policies.normalize import Normalizer
 from policystack.types import ACTION, OBS_ENV_STATE, OBS_STATE, TASK, FeatureSpec, Stats
 
 
@@ -58,40 +59,6 @@ class BCConfig(PolicyConfig):
                                  f"{sorted(TEXT_ENCODERS) + ['none']}")
 
 
-class SpatialSoftmax(nn.Module):
-    """[B, C, H, W] feature map -> [B, 2K] expected (x, y) of K learned keypoint heat maps."""
-
-    def __init__(self, in_channels: int, keypoints: int):
-        super().__init__()
-        self.proj = nn.Conv2d(in_channels, keypoints, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        b, _, h, w = x.shape
-        heat = self.proj(x).flatten(2).softmax(-1)  # [B, K, H*W]
-        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=x.device),
-                                torch.linspace(-1, 1, w, device=x.device), indexing="ij")
-        grid = torch.stack([xs.flatten(), ys.flatten()], -1)  # [H*W, 2]
-        return (heat @ grid).flatten(1)  # [B, 2K]
-
-
-class ConvEncoder(nn.Module):
-    """uint8 [N, 3, H, W] -> float [N, 2K]."""
-
-    def __init__(self, channels: tuple[int, ...], keypoints: int):
-        super().__init__()
-        layers, c_in = [], 3
-        for c in channels:
-            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(8 if c % 8 == 0 else 1, c), nn.ReLU()]
-            c_in = c
-        layers += [nn.Conv2d(c_in, c_in, 3, padding=1), nn.ReLU()]
-        self.net = nn.Sequential(*layers)
-        self.keypoints = SpatialSoftmax(c_in, keypoints)
-
-    def forward(self, img: Tensor) -> Tensor:
-        x = img.float() / 127.5 - 1.0
-        return self.keypoints(self.net(x))
-
-
 class BCPolicy(Policy):
     name = "bc"
     config_class = BCConfig
@@ -103,9 +70,7 @@ class BCPolicy(Policy):
         if not self.cameras and not self.vectors:
             raise KeyError(f"bc needs {OBS_STATE!r}, {OBS_ENV_STATE!r} or at least one camera among the features "
                            f"{sorted(features)}")
-        shapes = {k: f.shape for k, f in features.items() if not f.is_visual}
-        modes = {k: m for k, m in config.normalization.items() if k in shapes}
-        self.normalizer = Normalizer(shapes, modes, stats)
+        self.preprocess = ImagePreprocessor(normalization="half")  # pixels to [-1, 1]
         self.encoders = nn.ModuleDict({k.replace(".", "_"): ConvEncoder(config.conv_channels, config.keypoints)
                                        for k in self.cameras})
         self.action_dim = features[ACTION].shape[0]
@@ -120,7 +85,6 @@ class BCPolicy(Policy):
                        nn.Dropout(config.dropout)]
         layers.append(nn.Linear(config.hidden_dim, config.horizon * self.action_dim))
         self.head = nn.Sequential(*layers)
-        self._history: list[dict[str, Tensor]] = []
 
     def _features(self, obs: dict[str, Tensor]) -> Tensor:
         """obs with a time axis ([B, T, ...]) -> [B, T * F]."""
@@ -128,7 +92,7 @@ class BCPolicy(Policy):
         for cam in self.cameras:
             img = obs[cam]  # [B, T, 3, H, W] uint8
             b, t = img.shape[:2]
-            flat = img.flatten(0, 1)
+            flat = self.preprocess(img.flatten(0, 1), cam)  # [B*T, 3, H, W] in [-1, 1]
             if self.training and self.config.random_shift > 0:
                 flat = random_shift(flat, self.config.random_shift)
             parts.append(self.encoders[cam.replace(".", "_")](flat).view(b, t, -1))
@@ -140,11 +104,7 @@ class BCPolicy(Policy):
         if TASK not in obs:
             raise KeyError(f"bc with text_encoder={self.config.text_encoder!r} needs the instruction {TASK!r} "
                            "(list[str]) in the observation")
-        tasks = obs[TASK]
-        tasks = [tasks] * feats.shape[0] if isinstance(tasks, str) else list(tasks)
-        if len(tasks) != feats.shape[0]:
-            raise ValueError(f"{TASK!r} has {len(tasks)} instructions for a batch of {feats.shape[0]}")
-        emb = make_text_encoder(self.config.text_encoder).encode(tasks).to(feats.device)  # [B, E], cached
+        emb = encode_instructions(self.config.text_encoder, obs[TASK], feats.shape[0], feats.device)  # [B, E]
         return torch.cat([feats, self.task_proj(emb)], -1)
 
     def compute_loss(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
@@ -155,27 +115,16 @@ class BCPolicy(Policy):
         loss = (err * valid).sum() / valid.sum().clamp(min=1)
         return loss, {"l1": loss.item()}
 
-    def _obs_keys(self) -> list[str]:
-        return self.cameras + self.vectors
+    def history_step(self, obs: dict) -> dict[str, Tensor]:
+        return {k: obs[k] for k in self.cameras + self.vectors}
 
     @torch.no_grad()
     def predict_action_chunk(self, obs: dict) -> Tensor:
         """One step of obs (state [B, D], images [B, 3, H, W]) -> [B, H, A] unnormalised actions.
         History: the steps seen by ``observe`` (select_action), the first one repeated at an
         episode start, as the loader pads."""
-        step = {k: obs[k] for k in self._obs_keys()}
-        past = self._history[-(self.config.n_obs_steps - 1):] if self.config.n_obs_steps > 1 else []
-        frames = [past[0] if past else step] * (self.config.n_obs_steps - 1 - len(past)) + past + [step]
-        stacked = {k: torch.stack([f[k] for f in frames], 1) for k in step}
+        stacked, _ = self.history.window(self.history_step(obs))  # [B, T, ...]
         if TASK in obs:
             stacked[TASK] = obs[TASK]
         pred = self.head(self._features(stacked)).view(-1, self.config.horizon, self.action_dim)
         return self.normalizer.unnormalize(ACTION, pred)
-
-    def observe(self, obs: dict) -> None:
-        if self.config.n_obs_steps > 1:
-            self._history = (self._history + [{k: obs[k] for k in self._obs_keys()}])[-(self.config.n_obs_steps - 1):]
-
-    def reset(self) -> None:
-        super().reset()
-        self._history = []

@@ -177,28 +177,31 @@ class DiffusionPolicy(LeRobotAdapter):
     name = "diffusion"
     config_class = DiffusionConfig
     config: DiffusionConfig
+    lerobot_policy = "lerobot.policies.diffusion.modeling_diffusion:DiffusionPolicy"
 
-    def __init__(self, config: DiffusionConfig, features: FeatureSpec, stats: Stats | None):
-        super().__init__(config, features, stats)
-        sizes = {features[k].chw for k in self.cameras}
+    def lerobot_config(self):
+        """LeRobot's DiffusionConfig, after checking that the cameras share one size the crop fits."""
+        sizes = {self.features[k].chw for k in self.cameras}
         if len(sizes) > 1:
-            shapes = {k: features[k].chw for k in self.cameras}
+            shapes = {k: self.features[k].chw for k in self.cameras}
             raise ValueError(f"diffusion: LeRobot's Diffusion Policy needs all cameras at one shape; got {shapes} "
                              f"(record or resize the cameras to one size)")
-        lr_config = config.to_lerobot(features)
-        if lr_config.crop_shape is not None and config.resize_shape is None and sizes:
+        lr_config = super().lerobot_config()
+        if lr_config.crop_shape is not None and self.config.resize_shape is None and sizes:
             _, h, w = next(iter(sizes))
             if lr_config.crop_shape[0] > h or lr_config.crop_shape[1] > w:
                 raise ValueError(f"diffusion: crop_shape {lr_config.crop_shape} does not fit the {h}x{w} images "
                                  f"of {self.cameras}; lower crop_shape or use crop_ratio")
-        from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy as LeRobotDiffusionPolicy
+        return lr_config
 
-        self.lerobot = LeRobotDiffusionPolicy(lr_config)
+    def __init__(self, config: DiffusionConfig, features: FeatureSpec, stats: Stats | None):
+        super().__init__(config, features, stats)
         if self.cameras:
             encoder = self.lerobot.diffusion.rgb_encoder
             pool = (encoder[0] if isinstance(encoder, torch.nn.ModuleList) else encoder).pool
             if pool._in_h * pool._in_w == 1:
-                size = lr_config.crop_shape or lr_config.resize_shape or next(iter(sizes))[1:]
+                lr_config = self.lerobot.config
+                size = lr_config.crop_shape or lr_config.resize_shape or self.features[self.cameras[0]].chw[1:]
                 raise ValueError(
                     f"diffusion: the {config.vision_backbone} feature map of the {size[0]}x{size[1]} encoder "
                     f"input (after resize / crop) is 1x1, so the spatial "
@@ -226,7 +229,7 @@ class DiffusionPolicy(LeRobotAdapter):
         sampler's noise (default: torch's global RNG)."""
         from lerobot.utils.constants import OBS_IMAGES
 
-        inputs = self.lerobot_inputs(self.stacked_history(obs))  # [B, o, ...]
+        inputs = self.lerobot_inputs(self.history.window(self.history_step(obs))[0])  # [B, o, ...]
         if self.cameras:  # LeRobot's layout: [B, o, n_cameras, 3, H, W]
             inputs[OBS_IMAGES] = torch.stack([inputs[k] for k in self.cameras], dim=-4)
         model = self.lerobot.diffusion

@@ -30,16 +30,15 @@ dimension at its own token carries the same information and keeps one output per
 Multi-camera (not in RT-1, which has one camera): every camera goes through the same FiLM-EfficientNet
 and TokenLearner and contributes its own K tokens per frame, told apart by a learned camera embedding.
 
-At inference the policy keeps the image tokens of the last T frames (RT-1's network state): each
-``select_action`` call encodes only the new frame (``predict_action_chunk`` reads the history,
-``observe`` appends to it); earlier slots are padded (masked out of attention) until T frames have been
-seen. ``reset()`` clears this history; so does a change of instruction.
+At inference the policy's history (``Policy.history``, layers/history.py) keeps the image tokens of the
+last frames (RT-1's network state): each policy tick encodes only the new frame (``predict_action_chunk``
+reads the history, ``observe`` appends to it); earlier slots are padded (masked out of attention) until T
+frames have been seen. ``reset()`` clears this history; so does a change of instruction.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from policystack.perception.text import TEXT_ENCODERS, TextEncoder, make_text_encoder, text_encoder_dim
+from policystack.perception.preprocess import ImagePreprocessor
+from policystack.perception.text import TEXT_ENCODERS, encode_instructions, text_encoder_dim
 from policystack.policies.base import Policy, PolicyConfig
 from policystack.policies.layers.attention import (
     AttentionRule,
@@ -57,14 +57,13 @@ from policystack.policies.layers.attention import (
 )
 from policystack.policies.layers.augment import random_shift
 from policystack.policies.layers.efficientnet_film import FilmEfficientNet, efficientnet_stride
+from policystack.policies.layers.history import ObservationHistory
+from policystack.policies.layers.position import sincos_2d
 from policystack.policies.layers.token_learner import TokenLearner
 from policystack.policies.layers.transformer import DecoderStack
-from policystack.policies.normalize import Normalizer
 from policystack.policies.tokenizers import UniformActionTokenizer
 from policystack.types import ACTION, OBS_STATE, PAD_SUFFIX, TASK, FeatureSpec, Stats, image_keys
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 BINNED_ACTION_MODES = ("min_max", "quantile")
 
 
@@ -75,7 +74,7 @@ BINNED_ACTION_MODES = ("min_max", "quantile")
 @dataclass
 class RT1Config(PolicyConfig):
     # --- history and chunking (PolicyConfig fields) ---
-    n_obs_steps: int = 6  # frames of history (RT-1: 6)
+    n_obs_steps: int = 2  # frames of history (RT-1: 6; 2 trains better here, a third of the image work on CPU)
     horizon: int = 1  # actions predicted per step (RT-1: 1, the current action)
     n_action_steps: int = 1  # actions executed per prediction
     # Actions are binned over [-1, 1], so they must be normalised onto it: "min_max" maps the dataset's
@@ -96,7 +95,7 @@ class RT1Config(PolicyConfig):
     backbone_width: float = 0.25  # EfficientNet channel multiplier (B3: 1.2)
     backbone_depth: float = 0.25  # EfficientNet depth multiplier (B3: 1.4)
     backbone_stages: int = 4  # EfficientNet stages kept, 1..7 (7: stride 32; 4..6: stride 16)
-    backbone_weights: str | None = None  # local timm EfficientNet state dict loaded at a fresh build
+    backbone_weights: str | None = None  # local timm EfficientNet state dict (load_external_weights)
     tokens_per_image: int = 8  # TokenLearner output tokens per camera per frame (RT-1: 8)
     token_learner_bottleneck: int = 64  # TokenLearner MLP width (RT-1: 64)
     # add a fixed 2-D sin-cos code of each feature-map cell before TokenLearner, so that a pooled token
@@ -177,26 +176,19 @@ class RT1Policy(Policy):
             raise KeyError(f"RT1Config.use_state is True but the features have no {OBS_STATE!r}; "
                            "set use_state: false for image-only data")
         self.action_dim = features[ACTION].shape[0]
-        used = [ACTION] + ([OBS_STATE] if c.use_state else [])
-        self.normalizer = Normalizer({k: features[k].shape for k in used},
-                                     {k: m for k, m in c.normalization.items() if k in used}, stats)
         self.action_tokenizer = UniformActionTokenizer(c.n_bins, -1.0, 1.0)
-        self._text_encoder: TextEncoder | None = None  # built on first use; frozen, not in the state dict
-        cond_dim = text_encoder_dim(c.text_encoder)
+        cond_dim = text_encoder_dim(c.text_encoder)  # the sentence encoder is frozen, outside the checkpoint
 
         # image tokenizer: FiLM-EfficientNet -> TokenLearner (+ camera embedding)
+        self.preprocess = ImagePreprocessor(c.image_size, "imagenet")
         self.image_encoder = FilmEfficientNet(cond_dim, c.d_model, c.backbone_width, c.backbone_depth,
                                               c.backbone_stages)
-        if c.backbone_weights and stats is not None:  # a fresh build; from_pretrained loads all weights itself
-            self.image_encoder.load_backbone_weights(c.backbone_weights)
         self.token_learner = TokenLearner(c.d_model, c.tokens_per_image, c.token_learner_bottleneck)
         grid = c.feature_grid
         self.register_buffer("feature_pos", sincos_2d(c.d_model, grid, grid) if c.position_embedding else None,
                              persistent=False)  # [d, g, g] or None
         self.camera_embed = nn.Parameter(0.02 * torch.randn(len(self.camera_keys), 1, c.d_model))  # [C, 1, d]
         self.state_proj = nn.Linear(features[OBS_STATE].shape[0], c.d_model) if c.use_state else None
-        self.register_buffer("image_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
-        self.register_buffer("image_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
 
         # token sequence: per frame [obs tokens | action tokens], RT-1's attention rules
         self.n_obs_tokens = len(self.camera_keys) * c.tokens_per_image + int(c.use_state)
@@ -211,33 +203,26 @@ class RT1Policy(Policy):
         self.transformer = DecoderStack(c.n_layer, c.d_model, c.n_head, c.head_dim, c.mlp_hidden, c.dropout)
         self.head = nn.Linear(c.d_model, c.n_bins)
 
-        # inference state: image tokens of the last T frames, and the instructions they were encoded with
-        self._history: deque[Tensor] = deque(maxlen=c.n_obs_steps)
+        # inference state besides self.history (image tokens): the instructions it was encoded with
         self._history_tasks: list[str] | None = None
         self._pending: tuple[dict, Tensor] | None = None  # (obs, its tokens) from the last predict_action_chunk
+
+    def normalization_modes(self) -> dict[str, str]:
+        """The action, and the state when ``use_state`` (RT-1 reads nothing else unnormalised)."""
+        used = (ACTION, OBS_STATE) if self.config.use_state else (ACTION,)
+        return {k: m for k, m in self.config.normalization.items() if k in used and k in self.features}
+
+    def load_external_weights(self) -> None:
+        """The ImageNet EfficientNet named by ``backbone_weights`` (a local timm state dict), if any."""
+        if self.config.backbone_weights:
+            self.image_encoder.load_backbone_weights(self.config.backbone_weights)
 
     # --- language ----------------------------------------------------------------------------
     def embed_tasks(self, tasks: list[str] | str, batch_size: int) -> Tensor:
         """Instruction embeddings [B, E] on the policy's device."""
-        if isinstance(tasks, str):
-            tasks = [tasks] * batch_size
-        if len(tasks) != batch_size:
-            raise ValueError(f"{TASK!r} has {len(tasks)} instructions for a batch of {batch_size}")
-        if self._text_encoder is None:
-            self._text_encoder = make_text_encoder(self.config.text_encoder)
-        return self._text_encoder.encode(list(tasks)).to(self.head.weight.device)
+        return encode_instructions(self.config.text_encoder, tasks, batch_size, self.head.weight.device)
 
     # --- observation tokens --------------------------------------------------------------------
-    def _preprocess(self, images: Tensor, key: str) -> Tensor:
-        """uint8 [N, 3, h, w] -> float [N, 3, S, S], ImageNet-normalised, on the policy's device."""
-        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"{key!r}: expected uint8 images [.., 3, H, W], got {images.dtype} {tuple(images.shape)}")
-        x = images.to(self.image_mean.device, non_blocking=True).float().div_(255.0)
-        size = self.config.image_size
-        if x.shape[-2:] != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        return (x - self.image_mean) / self.image_std
-
     def encode_frames(self, images: dict[str, Tensor], state: Tensor | None, cond: Tensor) -> Tensor:
         """Observation tokens of T frames.
 
@@ -250,7 +235,7 @@ class RT1Policy(Policy):
         first = images[self.camera_keys[0]]
         B, T = first.shape[:2]
         K, d, C = self.config.tokens_per_image, self.config.d_model, len(self.camera_keys)
-        x = torch.stack([self._preprocess(images[k].flatten(0, 1), k) for k in self.camera_keys], dim=1)
+        x = torch.stack([self.preprocess(images[k].flatten(0, 1), k) for k in self.camera_keys], dim=1)
         if self.training and self.config.random_shift > 0:
             x = shift_frames(x.view(B, T, C, *x.shape[2:]), self.config.random_shift)
         x = x.reshape(B * T * C, *x.shape[-3:])  # [(B T C), 3, S, S]; order b, t, c
@@ -327,8 +312,9 @@ class RT1Policy(Policy):
             if key not in obs:
                 raise KeyError(f"RT1Policy: the observation has no {key!r}; got {sorted(obs)}")
         B = obs[self.camera_keys[0]].shape[0]
-        if self._history and self._history[-1].shape[0] != B:
-            raise ValueError(f"batch size changed from {self._history[-1].shape[0]} to {B} within an episode; "
+        last = self.history.last
+        if last is not None and last.shape[0] != B:
+            raise ValueError(f"batch size changed from {last.shape[0]} to {B} within an episode; "
                              "call reset() between episodes")
         tasks = [obs[TASK]] * B if isinstance(obs[TASK], str) else list(obs[TASK])
         if self._pending is not None and self._pending[0] is obs:  # encoded by predict_action_chunk just now
@@ -344,43 +330,30 @@ class RT1Policy(Policy):
         step's observations; the history itself is not changed."""
         current, tasks = self._frame_tokens(obs)
         self._pending = (obs, current)  # observe(obs) right after this reuses the tokens
-        past = list(self._history) if tasks == self._history_tasks else []  # tokens depend on the instruction
-        frames = (past + [current])[-self.config.n_obs_steps:]
-        n_pad = self.config.n_obs_steps - len(frames)
-        tokens = torch.stack([frames[0]] * n_pad + frames, dim=1)  # [B, T, n_obs, d], left-padded
-        is_pad = torch.arange(self.config.n_obs_steps)[None].expand(tokens.shape[0], -1) < n_pad  # [B, T]
+        # tokens depend on the instruction: a new one starts from an empty history
+        history = self.history if tasks == self._history_tasks else ObservationHistory(self.config.n_obs_steps)
+        tokens, is_pad = history.window(current)  # [B, T, n_obs, d] left-padded, [B, T]
         ids = self.action_logits(tokens, is_pad).argmax(-1)  # [B, H, A]
         return self.normalizer.unnormalize(ACTION, self.action_tokenizer.decode(ids))
 
     @torch.no_grad()
     def observe(self, obs: dict[str, Any]) -> None:
-        """Append this step's image tokens to the history of the last T frames (``select_action`` calls
-        it every step); a new instruction starts the history afresh."""
+        """Append this step's image tokens to the history (every policy tick); a new instruction starts
+        the history afresh."""
+        if self.config.n_obs_steps == 1:  # nothing to keep
+            self._pending = None
+            return
         tokens, tasks = self._frame_tokens(obs)
         self._pending = None
         if tasks != self._history_tasks:
-            self._history.clear()
+            self.history.clear()
             self._history_tasks = tasks
-        self._history.append(tokens)
+        self.history.append(tokens)
 
     def reset(self) -> None:
         super().reset()
-        self._history.clear()
         self._history_tasks = None
         self._pending = None
-
-
-def sincos_2d(dim: int, height: int, width: int) -> Tensor:
-    """Fixed 2-D position code [dim, height, width]: a quarter of the channels each sin(y), cos(y), sin(x),
-    cos(x) at geometric frequencies (as MAE/ViT), positions in cells."""
-    if dim % 4:
-        raise ValueError(f"a 2-D sin-cos code needs dim divisible by 4, got {dim}")
-    freq = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))  # [dim/4]
-    y = torch.arange(height, dtype=torch.float32)[:, None] * freq  # [H, dim/4]
-    x = torch.arange(width, dtype=torch.float32)[:, None] * freq  # [W, dim/4]
-    code = torch.cat([y.sin()[:, None].expand(-1, width, -1), y.cos()[:, None].expand(-1, width, -1),
-                      x.sin()[None].expand(height, -1, -1), x.cos()[None].expand(height, -1, -1)], dim=-1)
-    return code.permute(2, 0, 1).contiguous()  # [dim, H, W]
 
 
 def shift_frames(x: Tensor, fraction: float) -> Tensor:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
-from policystack.datasets.meta import atomic_write_bytes, atomic_write_json, fsync_dir
+from policystack.io import atomic_write_bytes, atomic_write_json, fsync_dir
 from policystack.policies.base import CONFIG_NAME, WEIGHTS_NAME, Policy
 from policystack.training.ema import EMA
 from policystack.types import Feature

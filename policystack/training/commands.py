@@ -66,6 +66,10 @@ def main(argv: list[str]) -> int:
         if print_cfg:
             from omegaconf import OmegaConf
 
+            from policystack.training.config import recipe_note
+
+            if cfg.recipe:  # what the policy preset's recipe set (the command line's keys win over it)
+                print(f"#{recipe_note(cfg).removeprefix(';')} (command-line keys win over it)")
             print(OmegaConf.to_yaml(OmegaConf.create(config_to_dict(cfg))), end="")
             return 0
         from policystack.training.loop import train

@@ -7,7 +7,12 @@
 Groups (one YAML file per choice, under ``policystack/configs/``):
 
 - ``policy/<preset>.yaml``: ``name: <registered policy>`` plus that family's config fields
-  (checked by the family's ``PolicyConfig.from_dict``, which rejects unknown fields);
+  (checked by the family's ``PolicyConfig.from_dict``, which rejects unknown fields), and a
+  ``recipe:`` block: the training settings this preset trains well with (``optim.*``, ``ema.*``,
+  ``steps``, ``batch_size``), as LeRobot's ``get_optimizer_preset``. Composition applies each of
+  them unless the command line sets that key (``optim.lr=3e-4`` beats the recipe's lr; so does
+  ``policy.recipe.optim.lr=3e-4``, which changes the recipe itself), and records what it applied in
+  ``TrainConfig.recipe`` (``policystack train --cfg`` shows it);
 - ``dataset/<name>.yaml``: ``path:`` and loader options (``DatasetConfig``);
 - ``env/<name>.yaml``: ``task:`` and env kwargs (``EnvConfig``); ``env=none`` trains without a
   simulator (no periodic evaluation).
@@ -124,9 +129,12 @@ class TrainConfig:
     amp: bool | None = None  # bf16 autocast; None: on for CUDA, off on CPU
     compile: bool = False  # torch.compile the loss computation
     threads: int | None = None  # torch threads per process; None: cores / processes - loader workers
+    # what the policy preset's recipe set (dotted key -> value), for the record; filled by composition
+    recipe: dict[str, Any] = field(default_factory=dict)
 
 
 _SCHEMA_NAME = "train_schema"
+RECIPE_KEYS = ("optim", "ema", "steps", "batch_size")  # what a preset's recipe may set
 
 
 def _register_schema() -> None:
@@ -184,7 +192,80 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
         cause = f" ({e.__cause__})" if e.__cause__ else ""
         raise ValueError(f"bad training config override: {e}{cause}\n"
                          f"valid top-level keys: {[f.name for f in dataclasses.fields(TrainConfig)]}") from None
+    apply_recipe(cfg, _override_keys(overrides))
     return cfg
+
+
+def _override_keys(overrides: list[str]) -> set[str]:
+    """The config keys that command-line ``overrides`` set (``+`` / ``++`` / ``~`` prefixes stripped)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return {o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)}
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def apply_recipe(cfg: DictConfig, cli_keys: set[str]) -> dict[str, Any]:
+    """Apply the policy preset's ``recipe`` block (``cfg.policy.recipe``) to ``cfg`` wherever the command
+    line did not set the key (``cli_keys``: ``optim.lr`` or ``optim`` covers the recipe's ``optim.lr``).
+    The block leaves ``cfg.policy`` (it is not a policy config field); what it set is recorded in
+    ``cfg.recipe`` and returned (dotted key -> value). A key outside ``RECIPE_KEYS`` or a value of the
+    wrong type is a ValueError naming ``policy.recipe.<key>``."""
+    from omegaconf import open_dict
+    from omegaconf.errors import OmegaConfBaseException
+
+    if "recipe" not in cfg.policy or cfg.policy.recipe is None:
+        return {}
+    recipe = OmegaConf.to_container(cfg.policy.recipe, resolve=True)
+    if not isinstance(recipe, dict):
+        raise ValueError(f"policy.recipe: expected a block of training settings ({', '.join(RECIPE_KEYS)}), "
+                         f"got {recipe!r}")
+    applied = {}
+    for key, value in _flatten(recipe).items():
+        top = key.split(".")[0]
+        if top not in RECIPE_KEYS or OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
+            raise ValueError(f"policy.recipe.{key}: not a training setting a recipe can set; a recipe sets "
+                             f"{', '.join(k + ('.*' if k in ('optim', 'ema') else '') for k in RECIPE_KEYS)} "
+                             f"(fields of TrainConfig in policystack/training/config.py)")
+        if any(key == c or key.startswith(c + ".") for c in cli_keys):
+            continue  # the command line wins
+        try:
+            OmegaConf.update(cfg, key, value, merge=False)
+        except OmegaConfBaseException as e:
+            raise ValueError(f"policy.recipe.{key}={value!r}: {e}") from None
+        applied[key] = value
+    with open_dict(cfg):
+        del cfg.policy["recipe"]
+        cfg.recipe = _nest(applied)
+    return applied
+
+
+def recipe_note(cfg: TrainConfig) -> str:
+    """``"; preset recipe: optim.lr=0.001, ..."``: what the policy preset's recipe set, for messages."""
+    flat = _flatten(cfg.recipe)
+    return "; preset recipe: " + ", ".join(f"{k}={v}" for k, v in flat.items()) if flat else ""
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, last = key.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return out
+
+
+_ABSENT = object()
 
 
 def to_train_config(cfg: DictConfig | dict) -> TrainConfig:
@@ -212,7 +293,7 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def save_config_yaml(cfg: TrainConfig, path: Path) -> None:
-    from policystack.datasets.meta import atomic_write_bytes
+    from policystack.io import atomic_write_bytes
 
     atomic_write_bytes(path, OmegaConf.to_yaml(OmegaConf.create(config_to_dict(cfg))).encode())
 
@@ -290,6 +371,20 @@ def check_config(cfg: TrainConfig) -> None:
         cfg.env.task = name if kind == "tabletop" else cfg.env.task
         need(cfg.env.action_mode in (None, "ee_delta", "joint"),
              f"env.action_mode={cfg.env.action_mode!r}: expected ee_delta or joint")
+
+
+def load_preset(preset: str):
+    """``policystack/configs/policy/<preset>.yaml`` as (Policy class, its config, the recipe block as a
+    dict): what ``policy=<preset>`` trains, for code that builds a policy without the training config."""
+    from policystack.policies.base import get_policy_class
+
+    path = CONFIG_DIR / "policy" / f"{preset}.yaml"
+    if not path.is_file():
+        raise ValueError(f"{path}: no such policy preset; presets: {presets('policy')}")
+    fields = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    recipe = fields.pop("recipe", None) or {}
+    klass = get_policy_class(fields.pop("name"))
+    return klass, klass.config_class.from_dict(fields, where=str(path)), recipe
 
 
 def policy_config(cfg: TrainConfig):

@@ -34,7 +34,8 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from policystack.datasets.loader import WindowedDataset, collate_windows
-from policystack.datasets.meta import DatasetMeta, atomic_write_json
+from policystack.datasets.meta import DatasetMeta
+from policystack.io import atomic_write_json
 from policystack.policies.base import WEIGHTS_NAME, Policy, PolicyConfig, resolve_checkpoint
 from policystack.training import checkpoint
 from policystack.training.config import (
@@ -42,6 +43,7 @@ from policystack.training.config import (
     TrainConfig,
     config_to_dict,
     policy_config,
+    recipe_note,
     save_config_yaml,
 )
 from policystack.training.ema import EMA
@@ -86,15 +88,18 @@ def param_groups(policy: nn.Module, weight_decay: float) -> list[dict]:
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
 
 
-def dataset_features(cfg: TrainConfig) -> tuple[DatasetMeta, FeatureSpec]:
+def dataset_features(cfg: TrainConfig, pcfg: PolicyConfig) -> tuple[DatasetMeta, FeatureSpec]:
     """The dataset's metadata and the features a policy trains on: every feature but LeRobot's
-    default columns and strings, cameras limited to ``dataset.cameras`` when given."""
+    default columns and strings, cameras limited to ``dataset.cameras`` when given. A dataset without
+    ``action`` (action-free video) suits only a family whose config has ``actions_optional``."""
     if not cfg.dataset.path:
         raise ValueError("dataset.path is required: policystack train dataset.path=<LeRobot v3 dataset dir>")
     meta = DatasetMeta.load(cfg.dataset.path)
     features = {k: f for k, f in meta.features.items() if k not in DEFAULT_FEATURE_KEYS and f.dtype != "string"}
-    if ACTION not in features:
-        raise DataError(f"{meta.root}/meta/info.json: no {ACTION!r} feature to train on; features: {sorted(features)}")
+    if ACTION not in features and not pcfg.actions_optional:
+        raise DataError(f"{meta.root}/meta/info.json: no {ACTION!r} feature to train on; features: {sorted(features)} "
+                        f"(policy {cfg.policy['name']!r} needs actions; only a family whose config sets "
+                        f"actions_optional trains on action-free data)")
     if cfg.dataset.cameras is not None:
         have = [k.removeprefix(OBS_IMAGES + ".") for k in features if is_image_key(k)]
         missing = [c for c in cfg.dataset.cameras if camera_key(c) not in features]
@@ -131,6 +136,9 @@ def check_env(env: EnvConfig, features: FeatureSpec) -> dict[str, Any]:
     Returns the env kwargs: those ``env`` sets over those derived from the policy's features."""
     from policystack.eval.envs import check_features, env_kwargs_from_features, make_eval_env
 
+    if ACTION not in features:
+        raise ValueError(f"env={env.task}: evaluation rolls out the policy's actions, and this dataset has no "
+                         f"{ACTION!r}; train without an env (env=none)")
     kwargs = env_kwargs_from_features(env.task, features)
     kwargs.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in
                    (("cameras", env.cameras), ("image_size", env.image_size), ("action_mode", env.action_mode))
@@ -242,7 +250,7 @@ def train(cfg: TrainConfig) -> Path:
 
     # -- data and policy, checked before anything long starts
     klass, pcfg = policy_config(cfg)
-    meta, features = dataset_features(cfg)
+    meta, features = dataset_features(cfg, pcfg)
     deltas = pcfg.delta_indices(features)
     dataset = WindowedDataset(meta.root, delta_indices=deltas, keys=list(features),
                               cache_dir=cfg.dataset.cache_dir, frame_cache_bytes=cfg.dataset.frame_cache_bytes)
@@ -254,6 +262,8 @@ def train(cfg: TrainConfig) -> Path:
         src = resolve_checkpoint(cfg.init_from)  # a policy dir, a training checkpoint or a run dir
         checkpoint.check_compatible(src, policy)
         policy.load_state_dict(load_file(src / WEIGHTS_NAME))
+    elif resume_from is None:  # a policy from scratch: the pretrained parts its config names, if any
+        policy.load_external_weights()
     policy.to(device).train()
 
     # -- optimiser, schedule, EMA; the module the loop calls
@@ -302,7 +312,7 @@ def train(cfg: TrainConfig) -> Path:
                           resume_step=start if (resume_from is not None or cfg.resume) else None)
         print(f"policystack train: {klass.name} ({sum(p.numel() for p in policy.parameters()):,} parameters) on "
               f"{meta.root} ({len(dataset)} frames), {world} process(es) on {device}, steps {start}->{cfg.steps}, "
-              f"run {run_dir}; check step loss {check_loss:.4f}", file=sys.stderr, flush=True)
+              f"run {run_dir}; check step loss {check_loss:.4f}" + recipe_note(cfg), file=sys.stderr, flush=True)
     evaluator = None
     if cfg.eval.every and master:
         from policystack.eval.runner import EvalRunner

@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from policystack.datasets.meta import atomic_write_bytes
+from policystack.io import atomic_write_bytes
 
 METRICS = "metrics.jsonl"
 

@@ -106,6 +106,23 @@ def test_keys_subset_skips_cameras(lerobot_root, tmp_path):
     assert not (ds.cache_dir / "frames").exists()  # nothing decoded
 
 
+def test_future_observation_frames_without_the_action_match_lerobot(lerobot_root, tmp_path):
+    """A world model's windows: past, current and future frames of observations only (no action)."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    future = {"observation.state": [-1, 0, 1, 2], VIDEO_KEY: [0, 3]}
+    ours = WindowedDataset(lerobot_root, delta_indices=future, keys=["observation.state", VIDEO_KEY],
+                           cache_dir=tmp_path)
+    theirs = LeRobotDataset("test/loader", root=lerobot_root, delta_timestamps=as_seconds(future))
+    end = EPISODE_LENGTHS[0] - 1  # the last frame of the first episode: every future frame is padding
+    for i in (0, end - 2, end, end + 1):
+        want = {k: v for k, v in theirs[i].items() if k in ours[i]}
+        assert_same_sample(ours[i], want, f"index {i}")
+    s = ours[end]
+    assert s["observation.state_is_pad"].tolist() == [False, False, True, True] and "action" not in s
+    assert torch.equal(s["observation.state"][2], s["observation.state"][1])  # repeats the episode's last frame
+
+
 @pytest.mark.parametrize("collate", ["default", "windows"])
 def test_workers_give_the_same_batches(lerobot_root, tmp_path, collate):
     ds = WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=tmp_path)

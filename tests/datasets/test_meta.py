@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from policystack.datasets.meta import DatasetMeta, atomic_directory, atomic_write_json
+from policystack.datasets.meta import DatasetMeta
 from policystack.types import DataError
 
 
@@ -96,32 +96,3 @@ def test_missing_directory():
     with pytest.raises(DataError, match="dataset directory not found"):
         DatasetMeta.load("/nonexistent/policystack/ds")
 
-
-def test_atomic_write_keeps_old_file_on_failure(tmp_path):
-    p = tmp_path / "x.json"
-    atomic_write_json(p, {"a": 1})
-    with pytest.raises(TypeError):
-        atomic_write_json(p, {"a": object()})
-    assert json.loads(p.read_text()) == {"a": 1}
-    assert [f.name for f in tmp_path.iterdir()] == ["x.json"]  # no temp file left behind
-
-
-def test_atomic_directory_is_absent_or_complete(tmp_path):
-    target = tmp_path / "out"
-    with pytest.raises(RuntimeError, match="interrupted"):
-        with atomic_directory(target) as tmp:
-            (tmp / "a.bin").write_bytes(b"half")
-            raise RuntimeError("interrupted")
-    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no target, no temporary left
-    with atomic_directory(target) as tmp:
-        (tmp / "sub").mkdir()
-        (tmp / "sub" / "a.bin").write_bytes(b"one")
-    assert (target / "sub" / "a.bin").read_bytes() == b"one"
-    with pytest.raises(FileExistsError, match="already exists; not replaced"):
-        with atomic_directory(target) as tmp:
-            (tmp / "b.bin").write_bytes(b"two")
-    assert sorted(p.name for p in target.rglob("*")) == ["a.bin", "sub"]
-    with atomic_directory(target, replace=True) as tmp:
-        (tmp / "b.bin").write_bytes(b"two")
-    assert sorted(p.name for p in target.iterdir()) == ["b.bin"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -66,7 +66,7 @@ def test_policy_state_and_rng_untouched(bc_state):
     EvalRunner(task="Reach", episodes=1, max_steps=2, progress=False).run(bc_state)
     assert torch.equal(torch.rand(3), expected)  # the caller's RNG stream is restored
     assert bc_state.training  # mode restored
-    assert bc_state._history == [] and not bc_state._action_queue  # rollouts ran on copies
+    assert len(bc_state.history) == 0 and not bc_state._action_queue  # rollouts ran on copies
     bc_state.eval()
 
 

@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from policystack.perception.text import HashedNgramEncoder, MiniLMEncoder, make_text_encoder, text_encoder_dim
+from policystack.perception.text import (
+    HashedNgramEncoder,
+    MiniLMEncoder,
+    encode_instructions,
+    make_text_encoder,
+    text_encoder_dim,
+)
 
 
 def _cos(e):
@@ -36,6 +42,14 @@ def test_make_text_encoder_names():
     assert text_encoder_dim("minilm") == 384 == text_encoder_dim("hashed")
     with pytest.raises(KeyError, match="unknown text encoder 'use'; available"):
         make_text_encoder("use")
+
+
+def test_encode_instructions_broadcasts_one_string_and_checks_the_batch():
+    e = encode_instructions("hashed", "open the drawer", 3)
+    assert e.shape == (3, 384) and torch.equal(e[0], e[2])
+    torch.testing.assert_close(encode_instructions("hashed", ["a", "b"], 2), make_text_encoder("hashed").encode(["a", "b"]))
+    with pytest.raises(ValueError, match="'task' has 2 instructions for a batch of 3"):
+        encode_instructions("hashed", ["a", "b"], 3)
 
 
 def test_minilm_loads_offline_from_the_package():

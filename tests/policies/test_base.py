@@ -1,5 +1,7 @@
-"""The Policy interface: normaliser, chunk queue, save/load round trip, registry errors."""
+"""The Policy interface with a minimal family: normaliser, chunk queue, save/load round trip, the registry
+(explicit families, a family as a folder, plugins). Action-free families: tests/training/test_train.py."""
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -7,7 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from policystack.policies.base import Policy, PolicyConfig, get_policy_class, resolve_checkpoint
+from policystack.policies import base
+from policystack.policies.base import (
+    FAMILIES,
+    Policy,
+    PolicyConfig,
+    available_policies,
+    get_policy_class,
+    resolve_checkpoint,
+)
 from policystack.policies.normalize import Normalizer
 from policystack.types import Feature
 
@@ -32,8 +42,6 @@ class LinearTestPolicy(Policy):
 
     def __init__(self, config, features, stats):
         super().__init__(config, features, stats)
-        shapes = {k: f.shape for k, f in features.items()}
-        self.normalizer = Normalizer(shapes, {k: m for k, m in config.normalization.items() if k in shapes}, stats)
         self.net = nn.Linear(3, 2 * config.horizon)
 
     def predict_action_chunk(self, obs):
@@ -118,3 +126,33 @@ def test_from_pretrained_errors(tmp_path):
         Policy.from_pretrained(tmp_path)
     with pytest.raises(KeyError, match="unknown policy 'nosuch'; available"):
         get_policy_class("nosuch")
+
+
+def test_registry_lists_the_shipped_families_and_imports_them_on_use():
+    assert set(FAMILIES) <= set(available_policies()) and "lineartest" in available_policies()
+    assert [get_policy_class(f).name for f in FAMILIES] == list(FAMILIES)
+    assert get_policy_class("lineartest") is LinearTestPolicy  # a subclass defined elsewhere registers itself
+
+
+def test_a_family_may_be_a_folder(tmp_path, monkeypatch):
+    """A family with its own parts is a package policies/<name>/ whose __init__.py imports its policy."""
+    import policystack.policies
+
+    pkg = tmp_path / "folderfam"
+    pkg.mkdir()
+    (pkg / "parts.py").write_text("WIDTH = 3\n")
+    (pkg / "__init__.py").write_text(
+        "from dataclasses import dataclass\n"
+        "from policystack.policies.base import Policy, PolicyConfig\n"
+        "from policystack.policies.folderfam.parts import WIDTH\n"
+        "@dataclass\nclass FolderFamConfig(PolicyConfig):\n    width: int = WIDTH\n"
+        "class FolderFamPolicy(Policy):\n    name = 'folderfam'\n    config_class = FolderFamConfig\n")
+    monkeypatch.setattr(policystack.policies, "__path__", [*policystack.policies.__path__, str(tmp_path)])
+    monkeypatch.setattr(base, "FAMILIES", (*FAMILIES, "folderfam"))
+    monkeypatch.delitem(base._REGISTRY, "folderfam", raising=False)
+    klass = get_policy_class("folderfam")
+    assert klass.__name__ == "FolderFamPolicy" and klass.config_class().width == 3
+    base._REGISTRY.pop("folderfam")
+    for name in [m for m in sys.modules if m.startswith("policystack.policies.folderfam")]:
+        del sys.modules[name]
+

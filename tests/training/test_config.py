@@ -10,6 +10,7 @@ from policystack.training.config import (
     TrainConfig,
     compose_config,
     load_config,
+    load_preset,
     load_run_config,
     policy_config,
     presets,
@@ -86,6 +87,38 @@ def test_cli_prints_the_composed_config(capsys):
     assert train_main(["--cfg", "steps=77", "env=reach"]) == 0
     out = capsys.readouterr().out
     assert "steps: 77" in out and "task: Reach" in out and "name: bc" in out
+
+
+def test_a_preset_recipe_applies_unless_the_command_line_sets_the_key(capsys):
+    cfg = load_config(["policy=rt1"])  # RT-1 tiny's known-good recipe comes with its preset
+    assert cfg.optim.lr == 1e-3 and cfg.policy["n_obs_steps"] == 2 and "recipe" not in cfg.policy
+    assert cfg.recipe["optim"]["lr"] == 1e-3 and cfg.recipe["batch_size"] == 64
+    cfg = load_config(["policy=rt1", "optim.lr=3e-4", "batch_size=8"])  # the command line wins
+    assert cfg.optim.lr == 3e-4 and cfg.batch_size == 8
+    assert "lr" not in cfg.recipe["optim"] and "batch_size" not in cfg.recipe
+    assert cfg.optim.warmup_steps == cfg.recipe["optim"]["warmup_steps"] == 500
+    assert load_config(["policy=rt1", "policy.recipe.optim.lr=5e-4"]).optim.lr == 5e-4  # a changed recipe
+    assert load_config(["policy=act_paper"]).optim.lr == 1e-5  # LeRobot's ACT preset
+    paper = load_config(["policy=diffusion_paper"])
+    assert paper.optim.betas == [0.95, 0.999] and paper.optim.weight_decay == 1e-6
+    with pytest.raises(ValueError, match=r"policy.recipe.dataset.path: not a training setting a recipe can set"):
+        load_config(["policy=rt1", "+policy.recipe.dataset.path=/x"])
+    with pytest.raises(ValueError, match=r"policy.recipe.optim.lrr: not a training setting"):
+        load_config(["policy=rt1", "+policy.recipe.optim.lrr=1"])
+    with pytest.raises(ValueError, match=r"policy.recipe.steps='many'"):
+        load_config(["policy=rt1", "policy.recipe.steps=many"])
+    assert train_main(["--cfg", "policy=rt1", "optim.warmup_steps=7"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# preset recipe: optim.lr=0.001, optim.weight_decay=0.0001, steps=2000, batch_size=64")
+    assert "warmup_steps: 7" in out and "recipe:\n  optim:\n    lr: 0.001" in out
+
+
+def test_every_preset_composes_and_builds_its_config():
+    for preset in presets("policy"):
+        cfg = load_config([f"policy={preset}"])
+        klass, pcfg = policy_config(cfg)
+        assert isinstance(pcfg, klass.config_class) and cfg.recipe, preset  # every preset carries a recipe
+        assert load_preset(preset)[1] == pcfg
 
 
 def test_saved_config_reloads_with_overrides(tmp_path):

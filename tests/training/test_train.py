@@ -6,17 +6,19 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from policystack.policies.base import Policy
+from policystack.policies.base import Policy, PolicyConfig
+from policystack.policies.bc import BCPolicy
 from policystack.training import checkpoint
 from policystack.training.config import load_config
 from policystack.training.loop import train
-from policystack.types import DataError
+from policystack.types import DataError, Feature
 
 from .conftest import ACTION_DIM, SIZE, STATE_DIM, tiny_overrides
 
@@ -143,6 +145,96 @@ def test_init_from_checkpoint_of_another_policy_or_config(state_ds, tmp_path):
     a = load_file(checkpoint.latest_checkpoint(run) / "pretrained" / "model.safetensors")
     b = load_file(checkpoint.latest_checkpoint(fine) / "pretrained" / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+class ExternalWeightsBC(BCPolicy):
+    """bc with a stand-in for a pretrained part: a buffer that ``load_external_weights`` sets to 1."""
+
+    name = "test_external_bc"
+
+    def __init__(self, config, features, stats):
+        super().__init__(config, features, stats)
+        self.register_buffer("external", torch.zeros(1))
+
+    def load_external_weights(self):
+        self.external.fill_(1.0)
+
+
+def test_external_weights_load_only_for_a_policy_from_scratch(state_ds, tmp_path):
+    fresh = train(load_config(tiny_overrides(state_ds, tmp_path / "fresh", "policy.name=test_external_bc", "steps=2")))
+    assert Policy.from_pretrained(fresh).external.item() == 1.0  # a new policy loaded them
+    start = Policy.from_pretrained(fresh)
+    start.external.zero_()
+    start.save_pretrained(tmp_path / "start")
+    tuned = train(load_config(tiny_overrides(state_ds, tmp_path / "tuned", "policy.name=test_external_bc", "steps=2",
+                                             f"init_from={tmp_path / 'start'}")))
+    assert Policy.from_pretrained(tuned).external.item() == 0.0  # the checkpoint's weights, not the outside ones
+
+
+@dataclass
+class NextStateConfig(PolicyConfig):
+    """A tiny world model: trains on observations alone (no action) and asks for future frames."""
+
+    actions_optional = True
+    future_steps: int = 2
+
+    @property
+    def observation_delta_indices(self) -> list[int]:
+        return list(range(1 - self.n_obs_steps, 1 + self.future_steps))
+
+
+SEEN: list[tuple] = []  # (state window shape, padded future frames, batch keys) of every loss computed
+
+
+class NextStatePolicy(Policy):
+    """Predicts the state of the next ``future_steps`` frames from the current one (padded frames masked)."""
+
+    name = "test_next_state"
+    config_class = NextStateConfig
+
+    def __init__(self, config, features, stats):
+        super().__init__(config, features, stats)
+        d = features["observation.state"].shape[0]
+        self.net = torch.nn.Linear(d, d * config.future_steps)
+
+    def compute_loss(self, batch):
+        state = self.normalizer.normalize("observation.state", batch["observation.state"])  # [B, T + F, D]
+        now, future = state[:, self.config.n_obs_steps - 1], state[:, self.config.n_obs_steps:]
+        valid = ~batch["observation.state_is_pad"][:, self.config.n_obs_steps:]  # [B, F]
+        SEEN.append((tuple(state.shape), int((~valid).sum()), sorted(batch)))
+        err = ((self.net(now).view_as(future) - future) ** 2).mean(-1)
+        loss = (err * valid).sum() / valid.sum().clamp(min=1)
+        return loss, {"mse": loss.item()}
+
+
+def test_action_free_data_with_future_frames(tmp_path):
+    from policystack.datasets.writer import DatasetWriter
+
+    root = tmp_path / "video"
+    features = {"observation.state": Feature("float32", (STATE_DIM,))}
+    with DatasetWriter.create(root, fps=10, features=features, robot_type="test", vcodec="h264") as w:
+        for ep in range(2):
+            for i in range(8):
+                w.add_frame({"observation.state": np.full(STATE_DIM, ep + 0.1 * i, np.float32), "task": "watch"})
+            w.save_episode()
+    cfg = load_config(tiny_overrides(root, tmp_path / "run", "steps=3", "batch_size=16"))
+    cfg.policy = {"name": "test_next_state", "n_obs_steps": 1, "future_steps": 2}
+    SEEN.clear()
+    run = train(cfg)
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 3
+    assert all(shape == (16, 3, STATE_DIM) for shape, _, _ in SEEN)  # the current frame and 2 future ones
+    assert any(n_pad > 0 for _, n_pad, _ in SEEN)  # frames past an episode's end are marked
+    assert SEEN[0][2] == ["observation.state", "observation.state_is_pad", "task"]
+    policy = Policy.from_pretrained(run)
+    assert isinstance(policy, NextStatePolicy) and "action" not in policy.features
+    assert list(policy.normalizer.modes) == ["observation.state"]  # the config's action mode: no action to use it
+    # a family that needs actions refuses the dataset, saying why
+    with pytest.raises(DataError, match="no 'action' feature to train on.*actions_optional"):
+        train(load_config(tiny_overrides(root, tmp_path / "bc")))
+    cfg = load_config(tiny_overrides(root, tmp_path / "env", "env=reach"))
+    cfg.policy = {"name": "test_next_state"}
+    with pytest.raises(ValueError, match="this dataset has no 'action'; train without an env"):
+        train(cfg)
 
 
 def test_non_finite_first_batch_fails_before_training(state_ds, tmp_path):

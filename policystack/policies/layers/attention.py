@@ -67,10 +67,11 @@ class TokenGroup:
 
 
 def _token_index(groups: Sequence[TokenGroup]) -> tuple[Tensor, Tensor, Tensor]:
-    """Per token: group index, timestep, position; each int64 [N]."""
-    gid = torch.cat([torch.full((g.num_tokens,), i) for i, g in enumerate(groups)])
-    ts = torch.cat([torch.full((g.num_tokens,), g.timestep) for g in groups])
-    return gid, ts, torch.arange(len(gid))
+    """Per token: group index, timestep, position; each int64 [N], on the CPU (also when a model is built
+    under another default device, e.g. ``torch.device("meta")``: the layout is data, not a model weight)."""
+    gid = torch.cat([torch.full((g.num_tokens,), i, device="cpu") for i, g in enumerate(groups)])
+    ts = torch.cat([torch.full((g.num_tokens,), g.timestep, device="cpu") for g in groups])
+    return gid, ts, torch.arange(len(gid), device="cpu")
 
 
 def generate_attention_mask(groups: Sequence[TokenGroup], key_is_pad: Tensor | None = None) -> Tensor:
@@ -87,7 +88,7 @@ def generate_attention_mask(groups: Sequence[TokenGroup], key_is_pad: Tensor | N
         raise ValueError("generate_attention_mask needs at least one TokenGroup")
     gid, ts, pos = _token_index(groups)
     n = len(gid)
-    mask = torch.zeros(n, n, dtype=torch.bool)
+    mask = torch.zeros(n, n, dtype=torch.bool, device="cpu")
     for qi, qg in enumerate(groups):
         rows = gid == qi
         for ki, kg in enumerate(groups):
@@ -98,7 +99,7 @@ def generate_attention_mask(groups: Sequence[TokenGroup], key_is_pad: Tensor | N
             q_ts, k_ts = ts[rows][:, None], ts[cols][None, :]
             q_pos, k_pos = pos[rows][:, None], pos[cols][None, :]
             if rule is AttentionRule.ALL:
-                block = torch.ones(len(q_ts), k_ts.shape[1], dtype=torch.bool)
+                block = torch.ones(len(q_ts), k_ts.shape[1], dtype=torch.bool, device="cpu")
             elif rule is AttentionRule.CAUSAL:
                 block = k_ts <= q_ts
             elif rule is AttentionRule.STRICT_PAST:

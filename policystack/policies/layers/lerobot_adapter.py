@@ -16,14 +16,16 @@ taken in sorted key order (LeRobot stacks them in ``input_features`` order, whic
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from policystack.perception.preprocess import ImagePreprocessor
 from policystack.policies.base import Policy, PolicyConfig
-from policystack.policies.normalize import MODES, Normalizer
+from policystack.policies.normalize import MODES
 from policystack.types import ACTION, OBS_ENV_STATE, OBS_STATE, FeatureSpec, Stats, is_image_key
 
 
@@ -67,12 +69,15 @@ def lerobot_features(features: FeatureSpec) -> tuple[dict[str, Any], dict[str, A
 
 
 class LeRobotAdapter(Policy):
-    """Base of the adapters: features, normaliser, input conversion and observation history.
+    """Base of the adapters: features, normalisation, input conversion and the wrapped model.
 
-    Subclasses build ``self.lerobot`` (the wrapped ``PreTrainedPolicy``) and implement
-    ``compute_loss`` / ``predict_action_chunk`` with ``lerobot_inputs``."""
+    A subclass names LeRobot's policy class in ``lerobot_policy`` ("module:Class", imported on build)
+    and its config implements ``to_lerobot(features)``; ``self.lerobot`` is that class built from
+    that config. The subclass implements ``compute_loss`` / ``predict_action_chunk`` with
+    ``lerobot_inputs``."""
 
     config: LeRobotAdapterConfig
+    lerobot_policy: ClassVar[str]  # "lerobot.policies.<x>.modeling_<x>:<X>Policy"
 
     def __init__(self, config: LeRobotAdapterConfig, features: FeatureSpec, stats: Stats | None):
         super().__init__(config, features, stats)
@@ -85,13 +90,23 @@ class LeRobotAdapter(Policy):
             raise KeyError(f"{self.name} needs at least one camera ('observation.images.<cam>') or "
                            f"{OBS_ENV_STATE!r} among the features; got {sorted(features)}")
         self.vectors = [k for k in (OBS_STATE, OBS_ENV_STATE) if k in features]  # non-image inputs
-        shapes: dict[str, tuple[int, ...]] = {k: tuple(features[k].shape) for k in self.vectors + [ACTION]}
-        shapes.update({k: (3, 1, 1) for k in self.cameras})  # per-channel image statistics
-        modes = {k: m for k, m in config.normalization.items() if k in shapes}
-        modes.update({k: config.image_normalization for k in self.cameras if k not in modes})
-        self.normalizer = Normalizer(shapes, modes, stats)
+        self.to_unit = ImagePreprocessor(normalization="unit")  # pixels to [0, 1], as LeRobot's processor
         self.action_dim = features[ACTION].shape[0]
-        self._history: list[dict[str, Tensor]] = []
+        module, _, cls_name = self.lerobot_policy.partition(":")
+        self.lerobot = getattr(importlib.import_module(module), cls_name)(self.lerobot_config())
+
+    def normalization_modes(self) -> dict[str, str]:
+        """State, environment state and action as ``config.normalization`` says; every camera (per
+        channel, after scaling pixels to [0, 1]) as ``image_normalization`` unless listed there."""
+        keys = [k for k in (OBS_STATE, OBS_ENV_STATE, ACTION) if k in self.features]
+        cameras = [k for k, f in self.features.items() if is_image_key(k) and f.is_visual]
+        modes = {k: m for k, m in self.config.normalization.items() if k in keys + cameras}
+        modes.update({k: self.config.image_normalization for k in cameras if k not in modes})
+        return modes
+
+    def lerobot_config(self):
+        """LeRobot's config for the wrapped policy (a subclass may check it against the features here)."""
+        return self.config.to_lerobot(self.features)
 
     # --- inputs --------------------------------------------------------------------------------
     def _norm(self, key: str, x: Tensor) -> Tensor:
@@ -110,10 +125,7 @@ class LeRobotAdapter(Policy):
         for key in self.cameras:
             if key not in obs:
                 raise KeyError(f"{self.name}: observation has no camera {key!r} (got {sorted(obs)})")
-            img = obs[key]
-            if img.dtype != torch.uint8:
-                raise ValueError(f"{self.name}: {key!r} must be uint8 pixels [..., 3, H, W], got {img.dtype}")
-            out[key] = self._norm(key, img.float() / 255.0)
+            out[key] = self._norm(key, self.to_unit(obs[key], key))
         if ACTION in obs:
             out[ACTION] = self._norm(ACTION, obs[ACTION].float())
             pad = obs.get(f"{ACTION}_is_pad")
@@ -122,27 +134,8 @@ class LeRobotAdapter(Policy):
                                                         device=out[ACTION].device))
         return out
 
-    # --- observation history (for n_obs_steps > 1) ---------------------------------------------
-    def _obs_keys(self) -> list[str]:
-        return self.cameras + self.vectors
-
-    def stacked_history(self, obs: dict[str, Any]) -> dict[str, Tensor]:
-        """One step of obs ([B, ...]) -> [B, T_obs, ...] of the steps seen by ``observe`` plus this
-        one; at an episode start the first step is repeated, as the loader pads."""
-        n = self.config.n_obs_steps
-        step = {k: obs[k] for k in self._obs_keys() if k in obs}
-        past = self._history[-(n - 1):] if n > 1 else []
-        frames = [past[0] if past else step] * (n - 1 - len(past)) + past + [step]
-        return {k: torch.stack([f[k] for f in frames], 1) for k in step}
-
-    def observe(self, obs: dict[str, Any]) -> None:
-        n = self.config.n_obs_steps
-        if n > 1:
-            self._history = (self._history + [{k: obs[k] for k in self._obs_keys() if k in obs}])[-(n - 1):]
-
-    def reset(self) -> None:
-        super().reset()
-        self._history = []
+    def history_step(self, obs: dict[str, Any]) -> dict[str, Tensor]:
+        return {k: obs[k] for k in self.cameras + self.vectors if k in obs}
 
     def unnormalize_actions(self, actions: Tensor) -> Tensor:
         return self.normalizer.unnormalize(ACTION, actions) if ACTION in self.normalizer.modes else actions
