@@ -14,9 +14,12 @@ stride 16; after all 7 it is 320 x 3 x 3, stride 32).
 
 Frozen (the default), the encoder is a fixed function of the image, so its features can be computed once
 per dataset frame and cached (``policystack.datasets.loader.WindowedDataset(frame_transforms=...)``
-with ``frame_transform()``): a frozen-encoder policy then trains on the cached maps, many times faster
-on a CPU. Its weights are never part of a checkpoint while frozen (they come from the package, like the
-sentence encoders of ``perception/text.py``).
+with ``frame_transform()``; ``Policy.frame_transforms()`` hands them to the training loop): a
+frozen-encoder policy then trains on the cached maps, many times faster on a CPU, and
+``features(x)`` accepts either the uint8 frames (at inference) or such cached maps. The trunk's weights
+are part of a policy's checkpoint like any other (a few MB), so a checkpoint loads without the package:
+build with ``pretrained=False`` and call ``load_pretrained()`` for a fresh model
+(``Policy.load_external_weights``).
 
 Shapes: uint8 [N, 3, H, W] -> float32 [N, C, g, g] (``out_channels``, ``grid``).
 """
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -68,12 +70,6 @@ def load_lite0_state_dict(model: nn.Module, path: str | Path) -> None:
     model.load_state_dict(dict(zip(dst, src.values())), strict=True)
 
 
-@cache
-def _file_digest(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.blake2b(f.read(), digest_size=6).hexdigest()
-
-
 class PretrainedImageEncoder(nn.Module):
     """An ImageNet trunk cut after ``stages`` stages; see the module docstring.
 
@@ -97,19 +93,21 @@ class PretrainedImageEncoder(nn.Module):
             raise ValueError(f"{name}: image_size must be >= 16, got {image_size}")
         import timm
 
-        net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-        self.weights = None
-        if pretrained:
-            path = lite0_weights_path()
-            load_lite0_state_dict(net, path)
-            self.weights = f"{path.name}:{_file_digest(str(path))}"
+        self._net = [timm.create_model("tf_efficientnet_lite0", pretrained=False)]  # a list: not a submodule
+        net = self._net[0]
         self.trunk = nn.Sequential(net.conv_stem, net.bn1, *net.blocks[:stages])
+        if pretrained:
+            self.load_pretrained()
         self.name, self.stages, self.image_size, self.frozen = name, stages, image_size, frozen
         self.out_channels = LITE0_CHANNELS[stages - 1]
         self.grid = _conv_out(image_size, LITE0_STRIDES[stages - 1])
         if frozen:
             self.trunk.requires_grad_(False)
             self.trunk.eval()
+
+    def load_pretrained(self) -> None:
+        """Load the ImageNet weights from the package into the trunk."""
+        load_lite0_state_dict(self._net[0], lite0_weights_path())
 
     def train(self, mode: bool = True) -> PretrainedImageEncoder:
         super().train(mode)
@@ -119,8 +117,26 @@ class PretrainedImageEncoder(nn.Module):
 
     @property
     def cache_id(self) -> str:
-        """Identifies the function this encoder computes (for feature caches)."""
-        return f"{self.name}-s{self.stages}-{self.image_size}px-{self.weights or 'random'}"
+        """Identifies the function this encoder computes (for feature caches): its settings and a digest
+        of its current weights."""
+        h = hashlib.blake2b(digest_size=6)
+        for t in self.trunk.state_dict().values():
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return f"{self.name}-s{self.stages}-{self.image_size}px-{h.hexdigest()}"
+
+    def features(self, x: Tensor) -> Tensor:
+        """float32 [N, out_channels, grid, grid] from uint8 frames [N, 3, H, W] (the trunk runs; with a
+        frozen trunk the result is rounded as the feature cache stores it) or from such maps already
+        computed (``frame_transform`` output, any float dtype), which pass through after a shape check."""
+        if x.dtype == torch.uint8:
+            out = self(x)
+            return round_like_cache(out) if self.frozen else out
+        want = (self.out_channels, self.grid, self.grid)
+        if x.dim() != 4 or tuple(x.shape[1:]) != want:
+            raise ValueError(f"{self.name}: expected uint8 frames [N, 3, H, W] or cached features [N, {want[0]}, "
+                             f"{want[1]}, {want[2]}], got {x.dtype} {tuple(x.shape)}; were the cached features made "
+                             "with other encoder settings?")
+        return x.float()
 
     def preprocess(self, images: Tensor) -> Tensor:
         """uint8 [N, 3, H, W] -> float [N, 3, S, S] in [-1, 1]."""

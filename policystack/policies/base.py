@@ -199,6 +199,14 @@ class Policy(nn.Module):
         has features for). A family may keep something derived instead (RT-1: image tokens)."""
         return {k: obs[k] for k in self.features if k.startswith("observation.") and k in obs}
 
+    def frame_transforms(self) -> dict[str, Any]:
+        """Camera key -> a loader-side function of uint8 frames whose output this policy takes in place
+        of that camera's frames in ``compute_loss`` (a frozen pretrained encoder's feature maps,
+        ``perception.image.PretrainedImageEncoder.frame_transform()``): the training loop has the loader
+        compute it once per dataset frame and cache it (``dataset.cache_features``). At inference the
+        policy still receives uint8 frames. Default: none."""
+        return {}
+
     def load_external_weights(self) -> None:
         """Load weights that live outside policystack checkpoints (e.g. a pretrained backbone the config
         names by path). ``policystack train`` calls it once for a policy that starts from scratch; a

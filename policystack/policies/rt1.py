@@ -27,6 +27,19 @@ RT-1's code reads the logits of action dimension k at the position before action
 shift inherited from next-token training); since action tokens see no action token, reading each
 dimension at its own token carries the same information and keeps one output per action token.
 
+``backbone`` (not in RT-1's code, which fine-tunes an ImageNet EfficientNet-B3 with FiLM inside every
+block): ``"efficientnet"`` is that FiLM-EfficientNet (trained from scratch at the tiny size unless
+``backbone_weights`` names a local timm state dict); ``"lite0"`` (the tiny preset) is a frozen ImageNet
+EfficientNet-Lite0 trunk cut after ``backbone_stages`` stages (``perception/image.py``; its features are
+computed once per dataset frame and cached by the training loop) with the FiLM layers moved on top of it,
+into a trainable conv head (``layers/vision.py`` ``FilmConvHead``, 1x1 to d, then 3x3s, each FiLM'd):
+
+    images uint8 [T, C, 3, h, w] -> Lite0 trunk (frozen) -> [ch, g, g] -> FilmConvHead(cond) -> [d, g, g]
+        -> TokenLearner -> [K, d] (+ camera embedding)
+
+On two CPU cores this is what lets RT-1 see small objects and read the colour words (docs/results.md);
+RT-1's own recipe (every block FiLM'd and fine-tuned) stays available as ``backbone: efficientnet``.
+
 Multi-camera (not in RT-1, which has one camera): every camera goes through the same FiLM-EfficientNet
 and TokenLearner and contributes its own K tokens per frame, told apart by a learned camera embedding.
 
@@ -46,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from policystack.perception.image import LITE0_CHANNELS, LITE0_STRIDES, PretrainedImageEncoder
 from policystack.perception.preprocess import ImagePreprocessor
 from policystack.perception.text import TEXT_ENCODERS, encode_instructions, text_encoder_dim
 from policystack.policies.base import Policy, PolicyConfig
@@ -61,6 +75,7 @@ from policystack.policies.layers.history import ObservationHistory
 from policystack.policies.layers.position import sincos_2d
 from policystack.policies.layers.token_learner import TokenLearner
 from policystack.policies.layers.transformer import DecoderStack
+from policystack.policies.layers.vision import FilmConvHead
 from policystack.policies.tokenizers import UniformActionTokenizer
 from policystack.types import ACTION, OBS_STATE, PAD_SUFFIX, TASK, FeatureSpec, Stats, image_keys
 
@@ -87,15 +102,21 @@ class RT1Config(PolicyConfig):
     text_encoder: str = "hashed"  # "minilm" (all-MiniLM-L6-v2, offline) or "hashed" (cheap, for tiny tests)
 
     # --- image tokenizer ---
-    image_size: int = 64  # frames are resized to image_size x image_size (paper: 288 -> 9x9 = 81 tokens)
+    # "lite0": frozen ImageNet EfficientNet-Lite0 trunk + FiLM'd conv head (features cached per dataset
+    # frame); "efficientnet": RT-1's FiLM-EfficientNet (every block FiLM'd, trained)
+    backbone: str = "lite0"
+    image_size: int = 96  # frames are resized to image_size x image_size (paper: 288 -> 9x9 = 81 tokens)
     # training augmentation, RT-1's `pad_then_crop`: pad each side by this fraction of image_size (edge
     # pixels repeated), then crop an image_size window at a random offset, one offset per sample and
     # camera shared by its frames; evaluation sees the frame as is. 0 = off (paper: 40/512 rows, 100/640 cols)
     random_shift: float = 0.0
-    backbone_width: float = 0.25  # EfficientNet channel multiplier (B3: 1.2)
-    backbone_depth: float = 0.25  # EfficientNet depth multiplier (B3: 1.4)
-    backbone_stages: int = 4  # EfficientNet stages kept, 1..7 (7: stride 32; 4..6: stride 16)
-    backbone_weights: str | None = None  # local timm EfficientNet state dict (load_external_weights)
+    backbone_width: float = 0.25  # efficientnet: channel multiplier (B3: 1.2)
+    backbone_depth: float = 0.25  # efficientnet: depth multiplier (B3: 1.4)
+    # stages of the backbone kept, 1..7. efficientnet: 7 = stride 32, 4..6 stride 16; lite0: 3 = 40
+    # channels at stride 8 (12x12 at 96 px), 5 = 112 channels at stride 16
+    backbone_stages: int = 3
+    backbone_weights: str | None = None  # efficientnet: local timm state dict (load_external_weights)
+    head_layers: int = 2  # lite0: conv layers of the FiLM head on the frozen trunk
     tokens_per_image: int = 8  # TokenLearner output tokens per camera per frame (RT-1: 8)
     token_learner_bottleneck: int = 64  # TokenLearner MLP width (RT-1: 64)
     # add a fixed 2-D sin-cos code of each feature-map cell before TokenLearner, so that a pooled token
@@ -128,6 +149,14 @@ class RT1Config(PolicyConfig):
                   "head_dim", "mlp_hidden"):
             if getattr(self, f) < 1:
                 raise ValueError(f"{name}.{f} must be >= 1, got {getattr(self, f)}")
+        if self.backbone not in ("lite0", "efficientnet"):
+            raise ValueError(f"{name}.backbone is {self.backbone!r}; choose 'lite0' (frozen ImageNet Lite0 + FiLM head) "
+                             "or 'efficientnet' (RT-1's FiLM-EfficientNet)")
+        if self.backbone == "lite0" and self.random_shift:
+            raise ValueError(f"{name}.random_shift applies to backbone 'efficientnet' (lite0 trains on frozen features "
+                             "cached per frame, which cannot be shifted); set random_shift: 0")
+        if self.head_layers < 1:
+            raise ValueError(f"{name}.head_layers must be >= 1, got {self.head_layers}")
         if not 1 <= self.backbone_stages <= 7:
             raise ValueError(f"{name}.backbone_stages must be in 1..7 (EfficientNet has 7 stages), "
                              f"got {self.backbone_stages}")
@@ -150,7 +179,9 @@ class RT1Config(PolicyConfig):
     def feature_grid(self) -> int:
         """Side of the backbone's feature map (each stride-2 conv maps n -> ceil(n / 2))."""
         n = self.image_size
-        for _ in range(int(math.log2(efficientnet_stride(self.backbone_stages)))):
+        stride = (LITE0_STRIDES[self.backbone_stages - 1] if self.backbone == "lite0"
+                  else efficientnet_stride(self.backbone_stages))
+        for _ in range(int(math.log2(stride))):
             n = math.ceil(n / 2)
         return n
 
@@ -179,10 +210,15 @@ class RT1Policy(Policy):
         self.action_tokenizer = UniformActionTokenizer(c.n_bins, -1.0, 1.0)
         cond_dim = text_encoder_dim(c.text_encoder)  # the sentence encoder is frozen, outside the checkpoint
 
-        # image tokenizer: FiLM-EfficientNet -> TokenLearner (+ camera embedding)
-        self.preprocess = ImagePreprocessor(c.image_size, "imagenet")
-        self.image_encoder = FilmEfficientNet(cond_dim, c.d_model, c.backbone_width, c.backbone_depth,
-                                              c.backbone_stages)
+        # image tokenizer: (frozen Lite0 + FiLM head | FiLM-EfficientNet) -> TokenLearner (+ camera embedding)
+        self.pretrained = None
+        if c.backbone == "lite0":
+            self.pretrained = PretrainedImageEncoder("lite0", c.backbone_stages, c.image_size, pretrained=False)
+            self.image_head = FilmConvHead(LITE0_CHANNELS[c.backbone_stages - 1], c.d_model, cond_dim, c.head_layers)
+        else:
+            self.preprocess = ImagePreprocessor(c.image_size, "imagenet")
+            self.image_encoder = FilmEfficientNet(cond_dim, c.d_model, c.backbone_width, c.backbone_depth,
+                                                  c.backbone_stages)
         self.token_learner = TokenLearner(c.d_model, c.tokens_per_image, c.token_learner_bottleneck)
         grid = c.feature_grid
         self.register_buffer("feature_pos", sincos_2d(c.d_model, grid, grid) if c.position_embedding else None,
@@ -213,9 +249,16 @@ class RT1Policy(Policy):
         return {k: m for k, m in self.config.normalization.items() if k in used and k in self.features}
 
     def load_external_weights(self) -> None:
-        """The ImageNet EfficientNet named by ``backbone_weights`` (a local timm state dict), if any."""
-        if self.config.backbone_weights:
+        """lite0: the package's ImageNet weights; efficientnet: the local timm state dict named by
+        ``backbone_weights``, if any."""
+        if self.pretrained is not None:
+            self.pretrained.load_pretrained()
+        elif self.config.backbone_weights:
             self.image_encoder.load_backbone_weights(self.config.backbone_weights)
+
+    def frame_transforms(self) -> dict:
+        """lite0: the frozen trunk, for the loader to cache its features per dataset frame."""
+        return {k: self.pretrained.frame_transform() for k in self.camera_keys} if self.pretrained is not None else {}
 
     # --- language ----------------------------------------------------------------------------
     def embed_tasks(self, tasks: list[str] | str, batch_size: int) -> Tensor:
@@ -227,7 +270,8 @@ class RT1Policy(Policy):
         """Observation tokens of T frames.
 
         Args:
-            images: camera key -> uint8 [B, T, 3, h, w]; state: float [B, T, D] or None; cond: [B, E].
+            images: camera key -> uint8 [B, T, 3, h, w] (lite0 also takes its cached feature maps
+                [B, T, ch, g, g]); state: float [B, T, D] or None; cond: [B, E].
         Returns:
             [B, T, n_obs_tokens, d]: per frame C*K image tokens (camera order ``camera_keys``), then the
             state token.
@@ -235,12 +279,16 @@ class RT1Policy(Policy):
         first = images[self.camera_keys[0]]
         B, T = first.shape[:2]
         K, d, C = self.config.tokens_per_image, self.config.d_model, len(self.camera_keys)
-        x = torch.stack([self.preprocess(images[k].flatten(0, 1), k) for k in self.camera_keys], dim=1)
-        if self.training and self.config.random_shift > 0:
-            x = shift_frames(x.view(B, T, C, *x.shape[2:]), self.config.random_shift)
-        x = x.reshape(B * T * C, *x.shape[-3:])  # [(B T C), 3, S, S]; order b, t, c
         cond_rep = cond[:, None, None].expand(B, T, C, cond.shape[-1]).reshape(B * T * C, -1)
-        feat = self.image_encoder(x, cond_rep)  # [(B T C), d, g, g]
+        if self.pretrained is not None:
+            x = torch.stack([self.pretrained.features(images[k].flatten(0, 1)) for k in self.camera_keys], dim=1)
+            feat = self.image_head(x.flatten(0, 1), cond_rep)  # [(B T C), d, g, g]; order b, t, c
+        else:
+            x = torch.stack([self.preprocess(images[k].flatten(0, 1), k) for k in self.camera_keys], dim=1)
+            if self.training and self.config.random_shift > 0:
+                x = shift_frames(x.view(B, T, C, *x.shape[2:]), self.config.random_shift)
+            x = x.reshape(B * T * C, *x.shape[-3:])  # [(B T C), 3, S, S]; order b, t, c
+            feat = self.image_encoder(x, cond_rep)  # [(B T C), d, g, g]
         if self.feature_pos is not None:
             feat = feat + self.feature_pos
         tokens = self.token_learner(feat).view(B, T, C, K, d) + self.camera_embed  # [B, T, C, K, d]

@@ -44,6 +44,9 @@ class DatasetConfig:
     cache_dir: Any = None  # loader cache (None: ~/.cache/policystack/loader; false: in memory only)
     num_workers: int = 1  # DataLoader worker processes (each runs one torch thread)
     frame_cache_bytes: int = 8 * 2**30  # bound on decoded video frames kept by the loader
+    # a policy with a frozen pretrained image encoder (Policy.frame_transforms) trains on its features
+    # computed once per dataset frame and kept in the loader cache; false: the encoder runs every step
+    cache_features: bool = True
 
 
 @dataclass

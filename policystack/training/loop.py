@@ -252,19 +252,28 @@ def train(cfg: TrainConfig) -> Path:
     klass, pcfg = policy_config(cfg)
     meta, features = dataset_features(cfg, pcfg)
     deltas = pcfg.delta_indices(features)
-    dataset = WindowedDataset(meta.root, delta_indices=deltas, keys=list(features),
-                              cache_dir=cfg.dataset.cache_dir, frame_cache_bytes=cfg.dataset.frame_cache_bytes)
     policy = build_policy(klass, pcfg, features, meta)
-    eval_kwargs = check_env(cfg.env, features) if cfg.env.task is not None else None
-    if cfg.eval.every and master:
-        from policystack.eval.runner import EvalRunner  # noqa: F401 -- fail now if evaluation is unavailable
-    if cfg.init_from and resume_from is None:
+    if resume_from is not None:  # its weights now (the optimiser state follows below): frozen parts the cache uses
+        policy.load_state_dict(load_file(resolve_checkpoint(resume_from) / WEIGHTS_NAME))
+    elif cfg.init_from:
         src = resolve_checkpoint(cfg.init_from)  # a policy dir, a training checkpoint or a run dir
         checkpoint.check_compatible(src, policy)
         policy.load_state_dict(load_file(src / WEIGHTS_NAME))
-    elif resume_from is None:  # a policy from scratch: the pretrained parts its config names, if any
+    else:  # a policy from scratch: the pretrained parts its config names, if any
         policy.load_external_weights()
+    transforms = policy.frame_transforms() if cfg.dataset.cache_features else {}
+    dataset = WindowedDataset(meta.root, delta_indices=deltas, keys=list(features),
+                              cache_dir=cfg.dataset.cache_dir, frame_cache_bytes=cfg.dataset.frame_cache_bytes,
+                              frame_transforms=transforms)
+    eval_kwargs = check_env(cfg.env, features) if cfg.env.task is not None else None
+    if cfg.eval.every and master:
+        from policystack.eval.runner import EvalRunner  # noqa: F401 -- fail now if evaluation is unavailable
     policy.to(device).train()
+    if transforms and master:  # every frame's features once, before the clock of the first step starts
+        print(f"policystack train: computing {klass.name}'s frozen image features for {sorted(transforms)} once "
+              f"(cached in {dataset.cache_dir or 'memory'}; dataset.cache_features=false runs the encoder every step)",
+              file=sys.stderr, flush=True)
+        dataset.warm_cache(progress=cfg.log.progress)
 
     # -- optimiser, schedule, EMA; the module the loop calls
     o = cfg.optim

@@ -33,8 +33,15 @@ def make_batch(b=8, t=2, h=4, seed=0):
 
 
 def small_config(**kw):
+    """The from-scratch conv path (vision_backbone='conv'), small."""
     return BCConfig(**{"n_obs_steps": 2, "horizon": 4, "n_action_steps": 2, "conv_channels": (8, 16),
-                       "keypoints": 8, "hidden_dim": 64, **kw})
+                       "keypoints": 8, "hidden_dim": 64, "vision_backbone": "conv", **kw})
+
+
+def lite0_config(**kw):
+    """The pretrained path: frozen Lite0 (2 stages, tiny) + FiLM head."""
+    return BCConfig(**{"n_obs_steps": 2, "horizon": 4, "n_action_steps": 2, "backbone_stages": 2,
+                       "backbone_image_size": 32, "head_width": 16, "keypoints": 8, "hidden_dim": 64, **kw})
 
 
 def test_loss_ignores_padded_steps():
@@ -127,3 +134,42 @@ def test_missing_features_are_reported():
         BCPolicy(small_config(), {"action": Feature("float32", (3,))}, STATS)
     with pytest.raises(ValueError, match="conv_channels"):
         BCConfig(conv_channels=())
+
+
+def test_lite0_words_select_the_object_through_film():
+    """With the frozen pretrained trunk the instruction reaches the image head (FiLM): same images and
+    state, two instructions, two targets; the trunk stays untouched by training."""
+    torch.manual_seed(0)
+    batch = make_batch(b=8)
+    for k in ("observation.state", "observation.images.front"):
+        batch[k] = batch[k][:1].expand_as(batch[k]).clone()
+    batch["task"] = ["reach the red ball", "reach the blue ball"] * 4
+    batch["action"] = torch.tensor([[2.0, 1.0, -1.0], [-2.0, -1.0, 0.0]]).repeat(4, 1)[:, None].expand(8, 4, 3).clone()
+    policy = BCPolicy(lite0_config(), FEATURES, STATS)
+    policy.load_external_weights()
+    trunk = {k: v.clone() for k, v in policy.pretrained.state_dict().items()}
+    assert overfit(policy, batch)[1] < 0.1
+    assert all(torch.equal(v, policy.pretrained.state_dict()[k]) for k, v in trunk.items())
+    with pytest.raises(ValueError, match="conditions its camera heads on the instruction"):
+        BCPolicy(lite0_config(text_encoder="none"), FEATURES, STATS)
+    with pytest.raises(ValueError, match="vision_backbone"):
+        BCConfig(vision_backbone="resnet")
+
+
+def test_lite0_trains_on_cached_features_as_on_frames():
+    """frame_transforms() gives the loader the frozen trunk; compute_loss on its (float16) output equals
+    compute_loss on the uint8 frames, so training on the cache is training on the images."""
+    policy = BCPolicy(lite0_config(), FEATURES, STATS).eval()
+    policy.load_external_weights()
+    transforms = policy.frame_transforms()
+    assert set(transforms) == {"observation.images.front"}
+    batch = make_batch(b=3)
+    frames = batch["observation.images.front"]
+    cached = torch.from_numpy(transforms["observation.images.front"](frames.flatten(0, 1).numpy()))
+    with torch.no_grad():
+        want = policy.compute_loss(batch)[0]
+        got = policy.compute_loss({**batch, "observation.images.front": cached.view(*frames.shape[:2], *cached.shape[1:])})[0]
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="cached features"):
+        policy.compute_loss({**batch, "observation.images.front": torch.zeros(3, 2, 7, 2, 2)})
+    assert BCPolicy(small_config(), FEATURES, STATS).frame_transforms() == {}

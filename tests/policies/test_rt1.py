@@ -18,7 +18,7 @@ A, D = 4, 5
 CAMS = ("observation.images.front", "observation.images.wrist")
 TASKS = ["pick up the red block", "put the cube in the bowl", "open the drawer", "push the button"]
 # a small model for the behavioural tests (the presets are tested separately)
-SMALL = dict(n_obs_steps=3, image_size=16, backbone_stages=2, d_model=32, n_layer=1, n_head=2, head_dim=16,
+SMALL = dict(backbone="efficientnet", n_obs_steps=3, image_size=16, backbone_stages=2, d_model=32, n_layer=1, n_head=2, head_dim=16,
              mlp_hidden=64, tokens_per_image=4, token_learner_bottleneck=16, dropout=0.0)
 
 
@@ -69,13 +69,18 @@ def test_config_validation_messages():
     with pytest.raises(ValueError, match="text_encoder is 'use'; choose one of \\['hashed', 'minilm'\\]"):
         RT1Config(text_encoder="use")
     with pytest.raises(ValueError, match="tokens_per_image=20 exceeds the 4x4 feature map"):
-        RT1Config(image_size=64, backbone_stages=4, tokens_per_image=20)
+        RT1Config(backbone="efficientnet", image_size=64, backbone_stages=4, tokens_per_image=20)
     with pytest.raises(ValueError, match="backbone_stages must be in 1..7"):
         RT1Config(backbone_stages=8)
     with pytest.raises(ValueError, match="n_action_steps"):
         RT1Config(horizon=1, n_action_steps=2)
-    assert RT1Config(image_size=288, backbone_stages=7).feature_grid == 9  # the paper's 81 tokens
-    assert RT1Config(image_size=300, backbone_stages=7).feature_grid == 10
+    assert RT1Config(backbone="efficientnet", image_size=288, backbone_stages=7).feature_grid == 9  # the paper's 81
+    assert RT1Config(backbone="efficientnet", image_size=300, backbone_stages=7).feature_grid == 10
+    assert RT1Config().feature_grid == 12  # lite0, 3 stages, 96 px: stride 8
+    with pytest.raises(ValueError, match="backbone is 'resnet'"):
+        RT1Config(backbone="resnet")
+    with pytest.raises(ValueError, match="random_shift applies to backbone 'efficientnet'"):
+        RT1Config(random_shift=0.1)
 
 
 def test_policy_needs_a_camera_and_state_when_configured():
@@ -174,7 +179,7 @@ def test_random_shift_moves_each_sample_and_camera_by_one_offset_across_its_fram
     assert len(offsets) > 1  # offsets are drawn per sample and camera
     assert shift_frames(x, 0.01) is x  # under half a pixel: nothing to do
     with pytest.raises(ValueError, match="random_shift must be in \\[0, 0.5\\)"):
-        RT1Config(random_shift=0.5)
+        RT1Config(backbone="efficientnet", random_shift=0.5)
 
 
 def test_random_shift_is_training_only():
@@ -270,3 +275,33 @@ def test_bad_inputs_name_the_key():
         policy.compute_loss(make_batch(2, 2))
     with pytest.raises(KeyError, match="the observation has no 'task'"):
         policy.select_action({k: v for k, v in step_obs(make_batch(2, 1), 0).items() if k != "task"})
+
+
+LITE0 = dict(SMALL, backbone="lite0", image_size=32, backbone_stages=2, n_obs_steps=2)
+
+
+def test_lite0_backbone_trains_on_cached_features_as_on_frames():
+    """The frozen Lite0 trunk: frame_transforms() gives the loader its features; the loss on those equals
+    the loss on the uint8 frames, and training leaves the trunk as loaded."""
+    policy = RT1Policy(RT1Config(**LITE0), features(), STATS).eval()
+    policy.load_external_weights()
+    transforms = policy.frame_transforms()
+    assert set(transforms) == set(policy.camera_keys)
+    batch = make_batch(2, 2)
+    cached = dict(batch)
+    for k in policy.camera_keys:
+        x = batch[k]
+        f = torch.from_numpy(transforms[k](x.flatten(0, 1).numpy()))
+        cached[k] = f.view(*x.shape[:2], *f.shape[1:])
+    with torch.no_grad():
+        torch.testing.assert_close(policy.compute_loss(cached)[0], policy.compute_loss(batch)[0], rtol=1e-3, atol=1e-4)
+    trunk = {k: v.clone() for k, v in policy.pretrained.state_dict().items()}
+    policy.train()
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-3)
+    for _ in range(2):
+        loss = policy.compute_loss(cached)[0]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert all(torch.equal(v, policy.pretrained.state_dict()[k]) for k, v in trunk.items())
+    assert RT1Policy(RT1Config(**SMALL), features(), STATS).frame_transforms() == {}
