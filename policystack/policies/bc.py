@@ -39,12 +39,12 @@ from policystack.types import ACTION, OBS_ENV_STATE, OBS_STATE, TASK, FeatureSpe
 @dataclass
 class BCConfig(PolicyConfig):
     n_obs_steps: int = 1
-    horizon: int = 8  # actions regressed per chunk
-    n_action_steps: int = 4  # executed before predicting again
+    horizon: int = 4  # actions regressed per chunk
+    n_action_steps: int = 1  # executed before predicting again
     # vision: "lite0" (frozen ImageNet EfficientNet-Lite0 trunk + instruction-FiLM'd conv head) or "conv"
     # (a small conv net trained from scratch)
     vision_backbone: str = "lite0"
-    backbone_stages: int = 5  # lite0: trunk stages kept (5: 112 channels at stride 16)
+    backbone_stages: int = 3  # lite0: trunk stages kept (3: 40 channels at stride 8; 5: 112 at stride 16)
     backbone_image_size: int = 96  # lite0: frames resized to this before the trunk
     head_width: int = 64  # lite0: channels of the FiLM conv head
     head_layers: int = 2  # lite0: conv layers of the head (1x1, then 3x3s), each FiLM'd by the instruction
@@ -55,8 +55,8 @@ class BCConfig(PolicyConfig):
     text_encoder: str = "hashed"
     task_dim: int = 64  # size of the instruction's projection fed to the head
     # head
-    hidden_dim: int = 256
-    n_layers: int = 3
+    hidden_dim: int = 512
+    n_layers: int = 2
     dropout: float = 0.0
 
     def __post_init__(self):

@@ -117,6 +117,7 @@ class RT1Config(PolicyConfig):
     backbone_stages: int = 3
     backbone_weights: str | None = None  # efficientnet: local timm state dict (load_external_weights)
     head_layers: int = 2  # lite0: conv layers of the FiLM head on the frozen trunk
+    head_width: int = 64  # lite0: channels of the head's convolutions (then a 1x1 projection to d_model)
     tokens_per_image: int = 8  # TokenLearner output tokens per camera per frame (RT-1: 8)
     token_learner_bottleneck: int = 64  # TokenLearner MLP width (RT-1: 64)
     # add a fixed 2-D sin-cos code of each feature-map cell before TokenLearner, so that a pooled token
@@ -155,8 +156,8 @@ class RT1Config(PolicyConfig):
         if self.backbone == "lite0" and self.random_shift:
             raise ValueError(f"{name}.random_shift applies to backbone 'efficientnet' (lite0 trains on frozen features "
                              "cached per frame, which cannot be shifted); set random_shift: 0")
-        if self.head_layers < 1:
-            raise ValueError(f"{name}.head_layers must be >= 1, got {self.head_layers}")
+        if self.head_layers < 1 or self.head_width < 1:
+            raise ValueError(f"{name}.head_layers and head_width must be >= 1, got {self.head_layers}, {self.head_width}")
         if not 1 <= self.backbone_stages <= 7:
             raise ValueError(f"{name}.backbone_stages must be in 1..7 (EfficientNet has 7 stages), "
                              f"got {self.backbone_stages}")
@@ -214,7 +215,8 @@ class RT1Policy(Policy):
         self.pretrained = None
         if c.backbone == "lite0":
             self.pretrained = PretrainedImageEncoder("lite0", c.backbone_stages, c.image_size, pretrained=False)
-            self.image_head = FilmConvHead(LITE0_CHANNELS[c.backbone_stages - 1], c.d_model, cond_dim, c.head_layers)
+            self.image_head = FilmConvHead(LITE0_CHANNELS[c.backbone_stages - 1], c.head_width, cond_dim, c.head_layers,
+                                           out_channels=c.d_model)
         else:
             self.preprocess = ImagePreprocessor(c.image_size, "imagenet")
             self.image_encoder = FilmEfficientNet(cond_dim, c.d_model, c.backbone_width, c.backbone_depth,
