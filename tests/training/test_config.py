@@ -57,6 +57,28 @@ def test_unknown_env_lists_tasks():
         load_config(["env.task=Fly"])
 
 
+def test_env_takes_metaworld_tasks_as_eval_does():
+    cfg = load_config(["env=metaworld/drawer-open-v3", "env.variations=30-32"])
+    assert cfg.env.task == "metaworld/drawer-open-v3" and cfg.env.variations == [30, 31, 32]
+    assert load_config(["env=MetaWorld-reach-v3"]).env.task == "MetaWorld-reach-v3"
+    with pytest.raises(ValueError, match="env='metaworld/Fly'.*MetaWorld: env=metaworld/<task>"):
+        compose_config(["env=metaworld/Fly"])
+    with pytest.raises(ValueError, match="env.variations: MetaWorld tasks only"):
+        load_config(["env=reach", "env.variations=1"])
+
+
+def test_dataset_episode_and_task_selection_parse():
+    assert load_config(["dataset.episodes=[0,2,5]"]).dataset.episodes == [0, 2, 5]
+    assert load_config(["dataset.episodes=0-2"]).dataset.episodes == [0, 1, 2]
+    assert load_config(["dataset.episodes='0-2,7'"]).dataset.episodes == [0, 1, 2, 7]  # Hydra: quote a comma
+    assert load_config(["dataset.episodes=4"]).dataset.episodes == [4]
+    assert load_config(["dataset.tasks=[open the drawer,1]"]).dataset.tasks == ["open the drawer", "1"]
+    with pytest.raises(ValueError, match="dataset.episodes='a-b'"):
+        load_config(["dataset.episodes=a-b"])
+    with pytest.raises(ValueError, match=r"dataset.episodes=\[-1\]: expected episode indices"):
+        load_config(["dataset.episodes=[-1]"])
+
+
 def test_unknown_keys_and_bad_values_name_the_key():
     with pytest.raises(ValueError, match="Could not override 'stepz'"):
         compose_config(["stepz=3"])
