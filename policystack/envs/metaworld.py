@@ -369,8 +369,8 @@ def with_camera_records(features: FeatureSpec, convention: str | None = None) ->
                 raise ValueError(f"{key}: the checkpoint records camera convention {have!r}; camera_convention="
                                  f"{convention} contradicts it (the images it was trained on were made as {record})")
             continue
-        cam = key.removeprefix(OBS_IMAGES + ".") if key.removeprefix(OBS_IMAGES + ".") in CAMERAS else \
-            UNRECORDED_KEYS.get(key)
+        name = key.removeprefix(OBS_IMAGES + ".")
+        cam = name if name in CAMERAS else UNRECORDED_KEYS.get(key)
         if cam is None:
             raise ValueError(f"{key}: records no MetaWorld camera and its name is not one (cameras: "
                              f"{', '.join(CAMERAS)}; or {', '.join(UNRECORDED_KEYS)})")

@@ -431,6 +431,7 @@ def test_policystack_collect_accepts_metaworld_tasks(tmp_path, writer_module):
     assert meta.total_episodes == 2 and meta.info["robot_type"] == "sawyer"
     assert list(meta.camera_keys) == [CORNER2]  # the camera's own name, as LeRobot's tools would write it
     assert camera_record(meta.features[CORNER2])["camera.convention"] == "upright"
+    assert "metaworld/corner2, upright convention" in meta.summary()  # policystack dataset info shows it
     # seeds 0 and 1 ran variations 7 and 8: their goals are in the first frames' state
     goals = {tuple(np.round(g, 6)) for g in _first_states(meta)[:, -3:]}
     env = mwa.make_metaworld_env("reach-v3", cameras=(), variations=(7, 8))
