@@ -3,7 +3,7 @@
 
 Field annotations pick the conversion: ``int``, ``float``, ``bool`` (true/false/yes/no/on/off/1/0), ``Path``,
 ``tuple[...]`` (a comma-separated list; ``none`` means empty), anything else stays a string.
-Errors name the argument and what was expected.
+Errors name the argument and what was expected. ``parse_int_ranges`` reads lists like ``0-29,40``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,22 @@ def parse_key_values(argv: list[str], cls: type, required: tuple[str, ...] = ())
     if missing:
         raise ValueError(f"missing required argument(s): {', '.join(k + '=' for k in missing)}")
     return kwargs
+
+
+def parse_int_ranges(text: str, where: str) -> list[int]:
+    """``"30-49"`` -> [30, ..., 49]; ``"0,2,5-7"`` -> [0, 2, 5, 6, 7] (inclusive ranges, in the order
+    written, each number once). ``where`` (e.g. "variations") names the argument in errors."""
+    out: list[int] = []
+    for part in (p.strip() for p in str(text).split(",")):
+        lo, dash, hi = part.partition("-")
+        try:
+            numbers = range(int(lo), int(hi) + 1) if dash else [int(lo)]
+        except ValueError:
+            raise ValueError(f"{where}={text!r}: expected numbers and ranges like 30-49 or 0,2,5-9") from None
+        if dash and not numbers:
+            raise ValueError(f"{where}={text!r}: range {part!r} is empty (write low-high)")
+        out += [n for n in numbers if n not in out]
+    return out
 
 
 def _annotation(t: Any) -> str:

@@ -24,6 +24,7 @@ import numpy as np
 OBS_STATE = "observation.state"
 OBS_ENV_STATE = "observation.environment_state"  # privileged object poses (LeRobot's name)
 OBS_IMAGES = "observation.images"  # a camera key is f"{OBS_IMAGES}.{camera}"
+OBS_IMAGE = "observation.image"  # LeRobot's key for a single camera (its MetaWorld / PushT envs and datasets)
 ACTION = "action"
 TASK = "task"
 PAD_SUFFIX = "_is_pad"  # f"{key}{PAD_SUFFIX}" marks frames repeated at episode edges
@@ -55,7 +56,8 @@ def camera_key(camera: str) -> str:
 
 
 def is_image_key(key: str) -> bool:
-    return key.startswith(OBS_IMAGES + ".")
+    """A camera's key: ``observation.images.<camera>``, or LeRobot's single-camera ``observation.image``."""
+    return key == OBS_IMAGE or key.startswith(OBS_IMAGES + ".")
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,51 @@ Stats = dict[str, dict[str, np.ndarray]]  # feature -> stat name -> array
 
 def image_keys(features: FeatureSpec) -> list[str]:
     return [k for k, f in features.items() if f.is_visual]
+
+
+# --- how a camera's images were made ------------------------------------------------------------
+# A visual feature's ``info`` may hold ``camera.*`` entries beside LeRobot's ``video.*`` ones, written
+# by envs that can render one camera in more than one way (MetaWorld: which camera, its orientation
+# convention, shadows and reflections; docs/envs.md). They travel with the features from the dataset
+# into every checkpoint, so whatever feeds a policy images can be checked against how its training
+# images were made.
+CAMERA_INFO_PREFIX = "camera."
+
+
+def camera_record(feature: Feature) -> dict[str, Any]:
+    """The ``camera.*`` entries of a feature's ``info`` ({} when nothing is recorded)."""
+    return {k: v for k, v in (feature.info or {}).items() if k.startswith(CAMERA_INFO_PREFIX)}
+
+
+def check_camera_records(policy: FeatureSpec, source: FeatureSpec, source_name: str, hint: str = "") -> None:
+    """Raise a ValueError naming every camera the policy reads whose images ``source`` (the features
+    of an env or a robot, called ``source_name`` in the message) makes differently from how the
+    policy's training images were made: a ``camera.*`` record on one side that differs from the other
+    side's or is missing there. A camera recorded on neither side passes (nothing says they differ).
+    ``hint`` ends the message (how to fix it). Eval calls this before any rollout; the daemon can call
+    it with its scene's features before it starts an episode.
+    """
+    problems = []
+    for key, f in policy.items():
+        if not f.is_visual or key not in source:
+            continue
+        want, have = camera_record(f), camera_record(source[key])
+        if want == have:
+            continue
+        if not want:
+            problems.append(f"{key}: the checkpoint does not record how its images were made; {source_name} "
+                            f"makes them as {have}")
+        elif not have:
+            problems.append(f"{key}: the checkpoint's images were made as {want}; {source_name} does not say "
+                            f"how it makes its images")
+        else:
+            diff = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+            problems.append(f"{key}: the checkpoint's images were made with "
+                            + ", ".join(f"{k}={want.get(k)!r}" for k in diff) + f"; {source_name} makes them with "
+                            + ", ".join(f"{k}={have.get(k)!r}" for k in diff))
+    if problems:
+        raise ValueError("camera images differ from the training data's: " + "; ".join(problems)
+                         + (f". {hint}" if hint else ""))
 
 
 def stats_to_json(stats: Stats) -> dict:

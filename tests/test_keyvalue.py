@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from policystack.keyvalue import parse_key_values
+from policystack.keyvalue import parse_int_ranges, parse_key_values
 
 
 @dataclass
@@ -33,3 +33,13 @@ def test_errors_name_the_argument(argv, msg):
     with pytest.raises(ValueError) as e:
         parse_key_values(argv, Args, required=("env", "out"))
     assert msg in str(e.value)
+
+
+def test_int_ranges():
+    assert parse_int_ranges("30-34", "variations") == [30, 31, 32, 33, 34]
+    assert parse_int_ranges("0,2,5-7,2", "x") == [0, 2, 5, 6, 7]
+    assert parse_int_ranges(4, "x") == [4]
+    for bad, msg in (("3-1", "range '3-1' is empty"), ("a-b", "expected numbers and ranges"), ("", "expected")):
+        with pytest.raises(ValueError, match=msg) as e:
+            parse_int_ranges(bad, "variations")
+        assert "variations=" in str(e.value)

@@ -196,6 +196,8 @@ class WindowedDataset(torch.utils.data.Dataset):
             ``perception.image.PretrainedImageEncoder.frame_transform()``), with a ``cache_id`` str naming
             it. That camera is then returned transformed ([T, ...] per sample instead of uint8 images),
             computed once per episode and kept in the frame cache beside the decoded frames.
+        episodes: keep only these episodes (LeRobot's ``episodes=``): index ``i`` is then the i-th frame
+            of the selected episodes, in dataset order; windows never cross an episode anyway.
 
     Sample (one index): every returned feature as LeRobot returns it; a key with offsets comes as
     [T, ...] plus ``<key>_is_pad`` bool [T]; cameras as uint8 [3, H, W] / [T, 3, H, W]; ``task`` str.
@@ -204,7 +206,8 @@ class WindowedDataset(torch.utils.data.Dataset):
     def __init__(self, root: str | Path, delta_timestamps: dict[str, Sequence[float]] | None = None,
                  delta_indices: dict[str, Sequence[int]] | None = None, keys: Sequence[str] | None = None,
                  tolerance_s: float = DEFAULT_TOLERANCE_S, cache_dir: str | Path | bool | None = None,
-                 frame_cache_bytes: int = DEFAULT_FRAME_CACHE_BYTES, frame_transforms: dict | None = None):
+                 frame_cache_bytes: int = DEFAULT_FRAME_CACHE_BYTES, episodes: Sequence[int] | None = None,
+                 frame_transforms: dict | None = None):
         self.meta = DatasetMeta.load(root)
         self.root = self.meta.root
         self.tolerance_s = tolerance_s
@@ -245,6 +248,7 @@ class WindowedDataset(torch.utils.data.Dataset):
         self._image_file: tuple[Path, str, list] | None = None  # last (file, key, rows) of PNG bytes read
         self._threads_set = False
         self._build_columns()
+        self._rows = None if episodes is None else self._episode_rows(episodes)  # selected global indices
 
     # -- set-up ----------------------------------------------------------------------------------
     def _resolve_deltas(self, delta_timestamps, delta_indices) -> dict[str, np.ndarray]:
@@ -359,6 +363,18 @@ class WindowedDataset(torch.utils.data.Dataset):
                             f"episode spans dataset indices [{int(ep_from[i])}, {int(ep_to[i])})")
         return ep_from, ep_to
 
+    def _episode_rows(self, episodes: Sequence[int]) -> np.ndarray:
+        eps = self.meta.episodes
+        wanted = set(int(e) for e in episodes)
+        missing = sorted(wanted - set(eps["episode_index"].tolist()))
+        if missing:
+            raise DataError(f"{self.root / 'meta/episodes'}: episodes {missing[:10]} are not in the dataset "
+                            f"(it has {self.meta.total_episodes}: {eps['episode_index'].min()}.."
+                            f"{eps['episode_index'].max()})")
+        rows = [np.arange(a, b) for e, a, b in zip(eps["episode_index"].tolist(), eps["dataset_from_index"].tolist(),
+                                                   eps["dataset_to_index"].tolist()) if e in wanted]
+        return np.concatenate(rows).astype(np.int64)
+
     def _open_columns(self) -> None:
         names = list(self._specs) + ["_ep_from", "_ep_to"]
         cols = {}
@@ -402,7 +418,7 @@ class WindowedDataset(torch.utils.data.Dataset):
         if fn is None:
             return self._frames_of(key, ep_from)
         cache = self._frame_cache()
-        name = f"{_segment_name(key, int(self._ensure_open()[EPISODE_INDEX][ep_from]))}.{fn.cache_id}"
+        name = self._cache_name(key, int(self._ensure_open()[EPISODE_INDEX][ep_from]))
         seg = cache.get(name)
         if seg is None:
             seg = cache.put(name, np.ascontiguousarray(fn(self._frames_of(key, ep_from))))
@@ -468,7 +484,7 @@ class WindowedDataset(torch.utils.data.Dataset):
 
     # -- access ------------------------------------------------------------------------------------
     def __len__(self) -> int:
-        return self.meta.total_frames
+        return self.meta.total_frames if self._rows is None else len(self._rows)
 
     def get_batch(self, indices: Sequence[int] | np.ndarray) -> dict:
         """The samples at ``indices`` stacked: each key [B, ...] as one tensor, ``task`` a list[str]."""
@@ -478,6 +494,8 @@ class WindowedDataset(torch.utils.data.Dataset):
         if len(idx) and (idx.min() < -n or idx.max() >= n):
             raise IndexError(f"index out of range for {n} frames: {idx[(idx < -n) | (idx >= n)][:5].tolist()}")
         idx = np.where(idx < 0, idx + n, idx)
+        if self._rows is not None:
+            idx = self._rows[idx]
         ep_from, ep_to = cols["_ep_from"][idx], cols["_ep_to"][idx]
         out: dict = {}
         for key in self.keys:
@@ -515,25 +533,39 @@ class WindowedDataset(torch.utils.data.Dataset):
                                            collate_fn=collate_windows, **kwargs)
 
     # -- cache control -----------------------------------------------------------------------------
+    def _cache_name(self, key: str, episode: int) -> str:
+        """The frame-cache name of camera ``key``'s segment of ``episode`` (transformed, if it is)."""
+        name = _segment_name(key, episode)
+        fn = self.frame_transforms.get(key)
+        return name if fn is None else f"{name}.{fn.cache_id}"
+
+    def _uncached_segments(self) -> list[tuple[str, int]]:
+        """(camera key, episode start) of every segment of the (selected) episodes not in the frame cache."""
+        cols = self._ensure_open()
+        starts = np.unique(cols["_ep_from"] if self._rows is None else cols["_ep_from"][self._rows])
+        cache = self._frame_cache()
+        return [(key, s) for key in self.camera_keys for s in starts.tolist()
+                if cache.get(self._cache_name(key, int(cols[EPISODE_INDEX][s]))) is None]
+
+    def uncached_frames(self) -> tuple[int, int, int]:
+        """(segments, frames, bytes) of video still to decode into the frame cache: the first epoch's
+        extra work (decoding runs at a fraction of the speed of reading the cache)."""
+        cols = self._ensure_open()
+        todo = self._uncached_segments()
+        frames = [int(cols["_ep_to"][s]) - s for _, s in todo]
+        nbytes = sum(n * math.prod(self.meta.features[k].chw) for n, (k, _) in zip(frames, todo))
+        return len(todo), sum(frames), nbytes
+
     def warm_cache(self, progress: bool = False) -> int:
         """Decode (and transform) every camera segment into the frame cache now. Returns the number
         built; ``progress`` shows a bar."""
         from tqdm import tqdm
 
-        cols = self._ensure_open()
-        starts = np.unique(cols["_ep_from"]).tolist()
-        cache = self._frame_cache()
-        built = 0
-        todo = [(key, s) for key in self.camera_keys for s in starts]
+        todo = self._uncached_segments()
         what = "computing image features" if self.frame_transforms else "decoding video"
-        for key, s in tqdm(todo, desc=what, unit="segment", disable=not progress, leave=False):
-            name = _segment_name(key, int(cols[EPISODE_INDEX][s]))
-            if key in self.frame_transforms:
-                name = f"{name}.{self.frame_transforms[key].cache_id}"
-            if cache.get(name) is None:
-                self._segment(key, s)
-                built += 1
-        return built
+        for key, start in tqdm(todo, desc=what, unit="segment", disable=not progress, leave=False):
+            self._segment(key, start)
+        return len(todo)
 
 
 # --- batches ----------------------------------------------------------------------------------

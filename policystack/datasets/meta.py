@@ -32,7 +32,7 @@ from policystack.io import (  # noqa: F401 -- re-exported for policystack/robot 
     atomic_writer,
     fsync_dir,
 )
-from policystack.types import DataError, Feature, FeatureSpec, Stats, stats_from_json
+from policystack.types import DataError, Feature, FeatureSpec, Stats, camera_record, stats_from_json
 
 CODEBASE_VERSION = "v3.0"
 INFO_PATH = "meta/info.json"
@@ -192,7 +192,9 @@ class DatasetMeta:
         lines.append("features")
         for k, f in self.features.items():
             codec = f" ({f.info.get('video.codec')})" if f.info and f.dtype == "video" else ""
-            lines.append(f"  {k:<32} {f.dtype:<8} {list(f.shape)}{codec}")
+            made = camera_record(f)  # how the camera's images were made, when recorded (docs/envs.md)
+            made_as = f" {made.get('camera.name')}, {made.get('camera.convention')} convention" if made else ""
+            lines.append(f"  {k:<32} {f.dtype:<8} {list(f.shape)}{codec}{made_as}")
         lines.append(f"stats       {'present' if self.stats else 'missing (run `policystack dataset stats`)'}")
         if self.uncommitted_episodes:
             lines.append(f"note        {self.uncommitted_episodes} uncommitted episode(s) of an interrupted save "

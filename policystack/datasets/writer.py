@@ -603,7 +603,8 @@ def _with_video_info(spec: FeatureSpec, fps: int, vcodec: str) -> FeatureSpec:
             info = {"video.height": h, "video.width": w, "video.codec": VIDEO_CODECS[vcodec][1],
                     "video.pix_fmt": PIX_FMT, "video.is_depth_map": False, "video.fps": fps,
                     "video.channels": 3, "has_audio": False}
-            f = Feature(f.dtype, f.shape, names=f.names, info=info)
+            # the caller's own entries (e.g. camera.* records, types.camera_record) stay beside them
+            f = Feature(f.dtype, f.shape, names=f.names, info={**(f.info or {}), **info})
         out[k] = f
     return out
 

@@ -5,7 +5,8 @@
         [action_mode=ee_delta] [env_state=false] [max_attempts=N] [vcodec=libsvtav1]
         [noise=0.1] [start_pose=random|home]
     policystack collect env=Reach,PressButton,OpenDrawer episodes=100 out=data/multi [...]
-    policystack collect env=metaworld/reach-v3 episodes=50 out=data/mw-reach [cameras=corner]
+    policystack collect env=metaworld/reach-v3 episodes=50 out=data/mw-reach [cameras=corner2]
+        [variations=0-29] [max_steps=150] [camera_convention=lerobot]
 
 Episode attempt i of a task runs with seed ``seed + i`` (env and expert), so a dataset is
 reproducible whatever the number of workers. Rollouts run in ``workers`` processes that send
@@ -27,8 +28,10 @@ tasks whose layouts differ).
 
 ``env=metaworld/<task>`` collects MetaWorld demos with MetaWorld's own scripted policies
 (``policystack.envs.metaworld.collect_metaworld``; one task, one process, default camera
-``corner`` -> ``observation.images.front``; ``workers``/``action_mode``/``vcodec`` do not apply
-there).
+``corner2`` -> ``observation.images.corner2``, in LeRobot's camera convention, recorded in each
+camera's info; ``variations`` pins MT1 task variations (seed s uses ``variations[s % n]``),
+``max_steps`` caps episodes (MetaWorld's own limit: 500); ``workers``/``action_mode``/``vcodec``
+do not apply there).
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ class CollectConfig:
     episodes: int  # per task
     out: Path
     workers: int = 1
-    cameras: tuple[str, ...] | None = None  # None: ("front", "wrist"); MetaWorld: ("corner",)
+    cameras: tuple[str, ...] | None = None  # None: ("front", "wrist"); MetaWorld: ("corner2",)
     image_size: int = 96
     seed: int = 0  # every task's first seed
     only_success: bool = True
@@ -70,6 +73,9 @@ class CollectConfig:
     vcodec: str = "libsvtav1"
     noise: float = 0.1  # DART: std of the noise on executed (not recorded) actions; 0 = plain expert
     start_pose: str = "random"  # the env's start_pose: "random" or "home"
+    variations: str = ""  # MetaWorld: pinned MT1 variations, e.g. 0-29; "": a new placement per seed
+    max_steps: int = 0  # MetaWorld: episode limit; 0: MetaWorld's 500
+    camera_convention: str = "lerobot"  # MetaWorld: lerobot | upright | vflip (docs/envs.md)
 
     @property
     def tasks(self) -> list[str]:
@@ -83,6 +89,17 @@ class CollectConfig:
     def keeps(self, ep: Episode) -> bool:
         """Whether episode ``ep`` goes into the dataset."""
         return ep.success or not self.only_success
+
+    def metaworld_config(self) -> dict:
+        """MetaWorldConfig fields of a MetaWorld collection."""
+        from policystack.keyvalue import parse_int_ranges
+
+        cfg = {"cameras": self.cameras, "image_size": self.image_size, "camera_convention": self.camera_convention}
+        if self.variations:
+            cfg["variations"] = tuple(parse_int_ranges(self.variations, "variations"))
+        if self.max_steps:
+            cfg["max_episode_steps"] = self.max_steps
+        return cfg
 
     def __post_init__(self):
         from policystack.envs import task_names
@@ -101,8 +118,13 @@ class CollectConfig:
             task = tasks[0].removeprefix(METAWORLD_PREFIX)
             if task not in metaworld_tasks():
                 raise KeyError(f"env={self.env!r}: unknown MetaWorld task; valid: {', '.join(metaworld_tasks())}")
-            self.cameras = ("corner",) if self.cameras is None else self.cameras
+            from policystack.envs.metaworld import DEFAULT_CAMERA, MetaWorldConfig
+
+            self.cameras = (DEFAULT_CAMERA,) if self.cameras is None else self.cameras
+            MetaWorldConfig(**self.metaworld_config())  # bad cameras / variations / convention fail here
             return
+        if self.variations or self.max_steps or self.camera_convention != "lerobot":
+            raise ValueError("variations=, max_steps= and camera_convention= apply to env=metaworld/<task> only")
         self.cameras = ("front", "wrist") if self.cameras is None else self.cameras
         names = [t.removeprefix("policystack/").removesuffix("-v0") for t in tasks]
         unknown = [t for t in names if t not in task_names()]
@@ -318,7 +340,7 @@ def collect_metaworld_cfg(cfg: CollectConfig) -> dict:
     task = cfg.tasks[0].removeprefix(METAWORLD_PREFIX)
     r = collect_metaworld(task, cfg.episodes, cfg.out, seed=cfg.seed,
                           only_successful=cfg.only_success, max_attempts=cfg.max_attempts or None,
-                          cameras=cfg.cameras, image_size=cfg.image_size)
+                          **cfg.metaworld_config())
     counts = {"episodes": r.episodes, "frames": r.frames, "attempts": r.attempts}
     return {**counts, "tasks": {cfg.tasks[0]: counts}, "out": r.root}
 

@@ -2,20 +2,34 @@
 
 MetaWorld (Farama's ``metaworld`` 3.1.1) is a benchmark of 50 single-arm Sawyer tasks. This adapter
 wraps one task as a gymnasium env whose observations and info use the policystack data contract,
-so our policies, eval harness and dataset writer work on it unchanged.
+so our policies, eval harness and dataset writer work on it unchanged; its images are LeRobot's.
 
 Observation (a dict)
-    ``observation.state``           float32 [39]: MetaWorld's own state vector, in its order:
-                                    hand xyz, gripper opening, two object slots (xyz + quaternion
-                                    xyzw each, zero-padded), the previous frame's 18 values, goal xyz
-                                    (zeroed when ``goal_observable=False``, MetaWorld's "goal hidden").
-    ``observation.images.<key>``    uint8 [3, H, W] per configured camera (``cameras``: MetaWorld
-                                    camera names, keyed by CAMERA_KEYS, e.g. ``corner`` ->
-                                    ``observation.images.front``, or a mapping key -> camera;
-                                    default ``("corner",)``; ``image_size``, default 96). Cameras whose
-                                    image "up" axis points down in the world (``corner``,
-                                    ``corner2..4``) render upside down in MetaWorld; they are rotated
-                                    by 180 degrees here, so every image is upright.
+    ``observation.state``           float32 [39] (``state="full"``, default): MetaWorld's own state
+                                    vector, in its order: hand xyz, gripper opening, two object slots
+                                    (xyz + quaternion xyzw each, zero-padded), the previous frame's 18
+                                    values, goal xyz (zeroed when ``goal_observable=False``, MetaWorld's
+                                    "goal hidden"); or float32 [4] (``state="agent_pos"``): hand xyz and
+                                    gripper opening, LeRobot's MetaworldEnv ``agent_pos``.
+    ``observation.environment_state`` float32 [39], with ``env_state=True``: the full vector, as
+                                    LeRobot's ``lerobot/metaworld_mt50`` dataset stores it beside a
+                                    4-value state.
+    ``observation.images.<camera>`` uint8 [3, H, W] per configured camera (``cameras``: MetaWorld
+                                    camera names, the image key is the name, e.g. ``corner2`` ->
+                                    ``observation.images.corner2``; or a mapping key -> camera, where
+                                    the key may also be LeRobot's single-camera ``observation.image``;
+                                    default ``("corner2",)``, LeRobot's camera; ``image_size``, default 96).
+
+Camera conventions (``camera_convention``; docs/envs.md)
+    ``lerobot`` (default) renders each camera as LeRobot 0.4.4's ``MetaworldEnv`` does: ``corner2``
+    moved to (0.75, 0.075, 0.7) and rotated by 180 degrees, every other camera as MetaWorld renders it
+    (``corner``, ``corner3`` and ``corner4`` upside down). ``upright`` is what this adapter did before:
+    every camera whose image "up" axis points down rotated by 180 degrees, ``corner2`` where MetaWorld
+    puts it. ``vflip`` is MetaWorld's render flipped top to bottom (rows reversed), every camera.
+    Every camera feature records how it was made (``camera.*`` entries of its info: camera, convention,
+    shadows, reflections; ``types.camera_record``), so datasets written from this env and the
+    checkpoints trained on them say which images they expect, and eval renders those
+    (:func:`with_camera_records`, :func:`env_kwargs_for_features`).
 
 Action Space
     float32 [4] in [-1, 1]: end-effector [dx, dy, dz] (times 1 cm per step) and gripper effort
@@ -29,12 +43,21 @@ Episode End
     ``terminated`` when the task succeeds (if ``terminate_on_success``, the default); ``truncated``
     after ``max_episode_steps`` steps (MetaWorld's horizon, 500, by default).
 
+Task variations
+    By default every ``reset(seed=s)`` draws a new object/goal placement from the env's seeded
+    generator. ``variations=(30, ..., 49)`` pins MetaWorld's MT1 variations instead (the 50 placements
+    of ``metaworld.MT1(task, seed=variation_seed)``, seed 42 as LeRobot): the episode reset with seed
+    ``s`` uses ``variations[s % len(variations)]``, so consecutive seeds cycle through them all, and a
+    policy can be evaluated on variations held out of its demos, as MetaWorld's protocol does.
+
 Info
-    ``is_success`` (bool), ``task`` (the language instruction), ``task_name`` (e.g. "reach-v3") and
-    MetaWorld's reward terms as floats.
+    ``is_success`` (bool), ``task`` (the language instruction), ``task_name`` (e.g. "reach-v3"),
+    ``variation`` (with ``variations``) and MetaWorld's reward terms as floats.
 
 Version History
-    v0: first version, on metaworld 3.1.1 v3 tasks.
+    v0: first version, on metaworld 3.1.1 v3 tasks. Image keys, the default camera and the camera
+    orientation changed to LeRobot's in place (issue 14); data made before says so by recording no
+    camera convention (docs/envs.md, "Telling old data apart").
 
 MuJoCo 4 compatibility: metaworld 3.1.1 declares ``mujoco==3.3.0``; installed with ``--no-deps``
 beside mujoco 4.0.0 it fails at construction only because ``mjNEQDATA`` (the width of
@@ -61,7 +84,20 @@ from typing import TYPE_CHECKING, Any
 import gymnasium as gym
 import numpy as np
 
-from policystack.types import ACTION, OBS_STATE, TASK, Feature, FeatureSpec, camera_key
+from policystack.types import (
+    ACTION,
+    CAMERA_INFO_PREFIX,
+    OBS_ENV_STATE,
+    OBS_IMAGE,
+    OBS_IMAGES,
+    OBS_STATE,
+    TASK,
+    Feature,
+    FeatureSpec,
+    camera_key,
+    camera_record,
+    is_image_key,
+)
 
 if TYPE_CHECKING:
     import mujoco
@@ -120,16 +156,35 @@ TASK_INSTRUCTIONS: dict[str, str] = {
     "shelf-place-v3": "place the puck on the shelf",
 }
 
-# Image key of each MetaWorld camera when cameras are given by name: corner -> observation.images.front.
-CAMERA_KEYS: dict[str, str] = {
-    "corner": "front",
-    "corner2": "corner2",
-    "corner3": "corner3",
-    "corner4": "corner4",
-    "topview": "top",
-    "behindGripper": "behind_gripper",
-    "gripperPOV": "gripper_pov",
+# MetaWorld 3.1.1's cameras (every task's model has them; metaworld/assets/objects/assets/xyz_base.xml).
+CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
+DEFAULT_CAMERA = "corner2"  # LeRobot 0.4.4's MetaworldEnv camera (its camera_name default)
+LEROBOT_CORNER2_POS = (0.75, 0.075, 0.7)  # where LeRobot moves corner2 (model.cam_pos[2]); corner4 sits there too
+
+# How each camera's picture is oriented (and posed) in each convention; see the module docstring.
+CAMERA_CONVENTIONS: dict[str, str] = {
+    "lerobot": "LeRobot 0.4.4's MetaworldEnv: corner2 moved to (0.75, 0.075, 0.7) and rotated by 180 degrees, "
+               "every other camera as MetaWorld renders it (corner, corner3, corner4 upside down)",
+    "upright": "policystack's adapter before issue 14: every camera whose image up axis points down rotated by "
+               "180 degrees, corner2 where MetaWorld puts it",
+    "vflip": "MetaWorld's render flipped top to bottom (rows reversed), every camera; the corner cameras then "
+             "show a left-right mirror of the upright view",
 }
+DEFAULT_CONVENTION = "lerobot"
+# The look (shadows, reflections) of data made in a convention that does not record it: LeRobot's
+# MetaworldEnv renders MetaWorld's own look (MuJoCo's defaults: both on); this adapter rendered with
+# both off before it recorded anything.
+CONVENTION_LOOK: dict[str, tuple[bool, bool]] = {"lerobot": (True, True), "upright": (False, False),
+                                                  "vflip": (True, True)}
+# Image keys of data that records no camera: policystack collect before issue 14 named these cameras
+# differently (front, top, behind_gripper, gripper_pov); LeRobot's MetaworldEnv and its
+# lerobot/metaworld_* datasets call their one camera (corner2) observation.image.
+UNRECORDED_KEYS: dict[str, str] = {OBS_IMAGE: DEFAULT_CAMERA, camera_key("front"): "corner",
+                                   camera_key("top"): "topview", camera_key("behind_gripper"): "behindGripper",
+                                   camera_key("gripper_pov"): "gripperPOV"}
+STATE_LAYOUTS = {"full": 39, "agent_pos": 4}  # observation.state: MetaWorld's vector / LeRobot's agent_pos
+MT1_VARIATIONS = 50  # placements per task in metaworld.MT1 (metaworld._N_GOALS)
+DEFAULT_VARIATION_SEED = 42  # LeRobot's MT1 seed
 
 _OBJ_SLOT = ("x", "y", "z", "qx", "qy", "qz", "qw")
 _FRAME_NAMES = ["hand_x", "hand_y", "hand_z", "gripper_opening"] + [
@@ -197,14 +252,20 @@ class MetaWorldConfig:
     """How one MetaWorld task is presented. ``make_metaworld_env(task, **fields)`` builds it."""
 
     task: str = "reach-v3"  # a MetaWorld v3 task name
-    # Cameras: names (MetaWorld's, e.g. "corner", or our keys, e.g. "front"; see CAMERA_KEYS) or a
-    # mapping our key -> MetaWorld camera. () renders nothing (state-only, fast).
-    cameras: Sequence[str] | Mapping[str, str] = ("corner",)
-    image_size: int | tuple[int, int] = 96  # rendered image size: side, or (height, width)
+    # Cameras: MetaWorld names (CAMERAS; image key observation.images.<name>) or a mapping image key ->
+    # camera (a key is a name after observation.images., or a whole key, e.g. LeRobot's observation.image).
+    # () renders nothing (state only, fast). After __post_init__: {whole image key: camera}.
+    cameras: Sequence[str] | Mapping[str, str] = (DEFAULT_CAMERA,)
+    image_size: int | tuple[int, int] = 96  # rendered image size: side, or (height, width); LeRobot's: 480
+    camera_convention: str = DEFAULT_CONVENTION  # orientation / pose of the cameras: CAMERA_CONVENTIONS
     max_episode_steps: int = MAX_PATH_LENGTH  # truncate after this many steps
     terminate_on_success: bool = True  # terminated=True on the first successful step
     goal_observable: bool = True  # False: goal xyz in the state is zeroed (MetaWorld "goal hidden")
-    shadows: bool = False  # off: ~5x faster software rendering (MetaWorld's default look: on)
+    state: str = "full"  # observation.state: "full" (39 values) or "agent_pos" (4, LeRobot's MetaworldEnv)
+    env_state: bool = False  # also observation.environment_state: the 39 values (lerobot/metaworld_mt50)
+    variations: Sequence[int] | None = None  # pinned MT1 variations (0..49); None: a new placement per seed
+    variation_seed: int = DEFAULT_VARIATION_SEED  # the seed of metaworld.MT1 that makes the 50 variations
+    shadows: bool = False  # off: ~5x faster software rendering (MetaWorld's and LeRobot's look: on)
     reflections: bool = False
 
     def __post_init__(self):
@@ -215,23 +276,36 @@ class MetaWorldConfig:
                 f"MetaWorldConfig.cameras: expected a tuple of camera names or a mapping key -> camera, "
                 f"got {self.cameras!r}"
             )
-        if not isinstance(self.cameras, Mapping):
-            by_key = {v: k for k, v in CAMERA_KEYS.items()}
-            self.cameras = {CAMERA_KEYS.get(c, c): by_key.get(c, c) for c in self.cameras}
-        self.cameras = dict(self.cameras)
-        for key, cam in self.cameras.items():
-            if not (isinstance(key, str) and re.fullmatch(r"[A-Za-z0-9_]+", key)) or not isinstance(cam, str):
-                raise ValueError(
-                    f"MetaWorldConfig.cameras: {key!r}: {cam!r} must map an identifier-like image key "
-                    "(e.g. 'front') to a MetaWorld camera name (e.g. 'corner')"
-                )
+        pairs = self.cameras.items() if isinstance(self.cameras, Mapping) else ((c, c) for c in self.cameras)
+        self.cameras = {}
+        for key, cam in pairs:
+            whole = key if isinstance(key, str) and is_image_key(key) else camera_key(str(key))
+            if not re.fullmatch(re.escape(OBS_IMAGE) + r"|" + re.escape(OBS_IMAGES) + r"\.[A-Za-z0-9_]+", whole):
+                raise ValueError(f"MetaWorldConfig.cameras: {key!r}: expected an identifier-like image key "
+                                 f"(e.g. 'corner2', 'observation.images.side' or {OBS_IMAGE!r})")
+            if cam not in CAMERAS:
+                raise ValueError(f"MetaWorldConfig.cameras: {cam!r} is not a MetaWorld camera; valid cameras: "
+                                 f"{', '.join(CAMERAS)}")
+            self.cameras[whole] = cam
         size = (self.image_size, self.image_size) if isinstance(self.image_size, int) else tuple(self.image_size)
         if len(size) != 2 or not all(_positive_int(v) for v in size):
             raise ValueError(f"MetaWorldConfig.image_size: expected a positive int or (height, width), "
                              f"got {self.image_size!r}")
         self.image_size = size
+        if self.camera_convention not in CAMERA_CONVENTIONS:
+            raise ValueError(f"MetaWorldConfig.camera_convention: {self.camera_convention!r}; expected one of "
+                             f"{', '.join(CAMERA_CONVENTIONS)} (docs/envs.md)")
         if not _positive_int(self.max_episode_steps):
             raise ValueError(f"MetaWorldConfig.max_episode_steps: expected a positive int, got {self.max_episode_steps!r}")
+        if self.state not in STATE_LAYOUTS:
+            raise ValueError(f"MetaWorldConfig.state: {self.state!r}; expected 'full' (MetaWorld's 39 values) or "
+                             "'agent_pos' (hand xyz + gripper, LeRobot's MetaworldEnv)")
+        if self.variations is not None:
+            v = tuple(self.variations) if isinstance(self.variations, Sequence) else None
+            if not v or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < MT1_VARIATIONS for i in v):
+                raise ValueError(f"MetaWorldConfig.variations: expected a non-empty list of MT1 variation numbers "
+                                 f"0..{MT1_VARIATIONS - 1} (e.g. 30-49 on the command line), got {self.variations!r}")
+            self.variations = v
 
     @property
     def height(self) -> int:
@@ -241,26 +315,102 @@ class MetaWorldConfig:
     def width(self) -> int:
         return self.image_size[1]
 
+    def camera_info(self, camera: str) -> dict[str, Any]:
+        """The ``camera.*`` record of a camera's images (types.camera_record): equal records, same picture."""
+        return {"camera.name": f"metaworld/{camera}", "camera.convention": self.camera_convention,
+                "camera.shadows": self.shadows, "camera.reflections": self.reflections}
+
 
 def _positive_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
 def metaworld_features(config: MetaWorldConfig | None = None, use_videos: bool = True) -> FeatureSpec:
-    """The FeatureSpec of a MetaWorld env's frames: state [39], one image [H, W, 3] per camera, action [4].
+    """The FeatureSpec of a MetaWorld env's frames: state [39] or [4] (+ environment_state [39]), one
+    image [H, W, 3] per camera with its ``camera.*`` record in ``info``, action [4].
 
     Matches what :func:`collect_metaworld` writes (images as LeRobot stores them: (H, W, 3)).
     """
     config = config or MetaWorldConfig()
-    spec: FeatureSpec = {OBS_STATE: Feature("float32", (STATE_DIM,), names=list(STATE_NAMES))}
-    for key in config.cameras:
-        spec[camera_key(key)] = Feature(
-            "video" if use_videos else "image",
-            (config.height, config.width, 3),
-            names=["height", "width", "channels"],
-        )
+    dim = STATE_LAYOUTS[config.state]
+    spec: FeatureSpec = {OBS_STATE: Feature("float32", (dim,), names=list(STATE_NAMES[:dim]))}
+    if config.env_state:
+        spec[OBS_ENV_STATE] = Feature("float32", (STATE_DIM,), names=list(STATE_NAMES))
+    for key, cam in config.cameras.items():
+        spec[key] = Feature("video" if use_videos else "image", (config.height, config.width, 3),
+                            names=["height", "width", "channels"], info=config.camera_info(cam))
     spec[ACTION] = Feature("float32", (ACTION_DIM,), names=list(ACTION_NAMES))
     return spec
+
+
+# --- features <-> env settings (what eval and training use) ----------------------------------
+def with_camera_records(features: FeatureSpec, convention: str | None = None) -> FeatureSpec:
+    """``features`` with a ``camera.*`` record on every camera, so a MetaWorld env can be set up to
+    make exactly those images (:func:`env_kwargs_for_features`).
+
+    A recorded camera stays as it is (``convention``, when given, must agree with its record). A
+    camera without a record (data written by LeRobot's tools, or by policystack before issue 14)
+    gets one from ``convention`` -- the user's word for how those images were made, with that
+    convention's look (CONVENTION_LOOK) -- and from its key (``observation.images.<camera>``, or
+    UNRECORDED_KEYS: LeRobot's ``observation.image`` is corner2, ``front`` was corner). Without a
+    ``convention`` such a camera is refused: guessing could mirror every image the policy sees.
+    """
+    if convention is not None and convention not in CAMERA_CONVENTIONS:
+        raise ValueError(f"camera_convention={convention!r}: expected one of {', '.join(CAMERA_CONVENTIONS)} "
+                         f"(docs/envs.md)")
+    out, unrecorded = dict(features), []
+    for key, f in features.items():
+        if not f.is_visual:
+            continue
+        record = camera_record(f)
+        if record:
+            have = record.get("camera.convention")
+            if convention is not None and have != convention:
+                raise ValueError(f"{key}: the checkpoint records camera convention {have!r}; camera_convention="
+                                 f"{convention} contradicts it (the images it was trained on were made as {record})")
+            continue
+        name = key.removeprefix(OBS_IMAGES + ".")
+        cam = name if name in CAMERAS else UNRECORDED_KEYS.get(key)
+        if cam is None:
+            raise ValueError(f"{key}: records no MetaWorld camera and its name is not one (cameras: "
+                             f"{', '.join(CAMERAS)}; or {', '.join(UNRECORDED_KEYS)})")
+        if convention is None:
+            unrecorded.append(key)
+            continue
+        shadows, reflections = CONVENTION_LOOK[convention]
+        cfg = MetaWorldConfig(cameras={key: cam}, camera_convention=convention, shadows=shadows,
+                              reflections=reflections)
+        out[key] = Feature(f.dtype, f.shape, names=f.names, info={**(f.info or {}), **cfg.camera_info(cam)})
+    if unrecorded:
+        raise ValueError(
+            f"{', '.join(unrecorded)}: the checkpoint does not record how its MetaWorld images were made (data "
+            "written by LeRobot's tools, or by policystack collect before issue 14). Say which with "
+            "camera_convention=: " + "; ".join(f"{k}: {v}" for k, v in CAMERA_CONVENTIONS.items())
+            + " (docs/envs.md, 'Camera conventions')")
+    return out
+
+
+def env_kwargs_for_features(features: FeatureSpec) -> dict[str, Any]:
+    """MetaWorldConfig fields that make the env produce ``features`` (cameras recorded, see
+    :func:`with_camera_records`): cameras, camera_convention, shadows, reflections, image_size, state,
+    env_state."""
+    kwargs: dict[str, Any] = {}
+    if OBS_STATE in features:
+        dim = features[OBS_STATE].shape
+        layout = [k for k, n in STATE_LAYOUTS.items() if (n,) == tuple(dim)]
+        if layout:
+            kwargs["state"] = layout[0]
+    kwargs["env_state"] = OBS_ENV_STATE in features
+    records = {k: camera_record(f) for k, f in features.items() if f.is_visual}
+    kwargs["cameras"] = {k: r["camera.name"].removeprefix("metaworld/") for k, r in records.items()}
+    looks = {tuple(r.get(CAMERA_INFO_PREFIX + s) for s in ("convention", "shadows", "reflections"))
+             for r in records.values()}
+    if len(looks) > 1:
+        raise ValueError(f"the cameras {sorted(records)} were made with different conventions or looks "
+                         f"({sorted(looks, key=str)}); one MetaWorld env renders all its cameras alike")
+    if looks:
+        kwargs["camera_convention"], kwargs["shadows"], kwargs["reflections"] = looks.pop()
+    return kwargs
 
 
 # --- the env ------------------------------------------------------------------------------------
@@ -268,8 +418,9 @@ class MetaWorldEnv(gym.Env):
     """One MetaWorld v3 task with policystack observations (see the module docstring).
 
     ``env.task`` is the language instruction, ``env.task_name`` the MetaWorld name, ``env.fps`` the
-    control rate (80 Hz), ``env.features`` the FeatureSpec, ``env.expert_action()`` MetaWorld's
-    scripted policy's action for the current state.
+    control rate (80 Hz), ``env.features`` the FeatureSpec (with each camera's record),
+    ``env.expert_action()`` MetaWorld's scripted policy's action for the current state and
+    ``env.camera_images()`` the configured cameras' images of the current state.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 80}
@@ -287,6 +438,11 @@ class MetaWorldEnv(gym.Env):
         self.task = task_instruction(task)
         self._mw = self._build_inner(classes[task])
         self._expert = mw.policies.ENV_POLICY_MAP[task]()
+        self._variations = None
+        if self.config.variations is not None:
+            train_tasks = mw.MT1(task, seed=self.config.variation_seed).train_tasks
+            self._variations = [train_tasks[i] for i in self.config.variations]
+        self._variation: int | None = None
         self.fps = round(1.0 / self._mw.dt)
         self.metadata = {**self.metadata, "render_fps": self.fps}
         self.features = metaworld_features(self.config)
@@ -294,10 +450,10 @@ class MetaWorldEnv(gym.Env):
         import mujoco
 
         model = self._mw.model
-        self._cameras: dict[str, tuple[int, bool]] = {}  # our key -> (camera id, rotate 180)
+        if self.config.camera_convention == "lerobot":
+            model.cam_pos[model.camera("corner2").id] = LEROBOT_CORNER2_POS
         mujoco.mj_forward(model, self._mw.data)
-        for key, cam in self.config.cameras.items():
-            self._cameras[key] = self._camera(cam)
+        self._cameras = {key: self._camera(cam) for key, cam in self.config.cameras.items()}
         self._renderer: mujoco.Renderer | None = None
         self._raw_obs: np.ndarray | None = None
         self._steps = 0
@@ -307,9 +463,12 @@ class MetaWorldEnv(gym.Env):
         low, high = bounds.low.astype(np.float32), bounds.high.astype(np.float32)
         if not self.config.goal_observable:
             low[-3:] = high[-3:] = 0.0
-        spaces: dict[str, gym.Space] = {OBS_STATE: gym.spaces.Box(low, high, (STATE_DIM,), np.float32)}
+        dim = STATE_LAYOUTS[self.config.state]
+        spaces: dict[str, gym.Space] = {OBS_STATE: gym.spaces.Box(low[:dim], high[:dim], (dim,), np.float32)}
+        if self.config.env_state:
+            spaces[OBS_ENV_STATE] = gym.spaces.Box(low, high, (STATE_DIM,), np.float32)
         for key in self.config.cameras:
-            spaces[camera_key(key)] = gym.spaces.Box(0, 255, (3, h, w), np.uint8)
+            spaces[key] = gym.spaces.Box(0, 255, (3, h, w), np.uint8)
         self.observation_space = gym.spaces.Dict(spaces)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
 
@@ -324,7 +483,8 @@ class MetaWorldEnv(gym.Env):
         env.max_path_length = self.config.max_episode_steps
         return env
 
-    def _camera(self, name: str) -> tuple[int, bool]:
+    def _camera(self, name: str) -> tuple[int, str]:
+        """(camera id, what turns MuJoCo's picture into this convention's: "" / "rot180" / "vflip")."""
         import mujoco
 
         model, data = self._mw.model, self._mw.data
@@ -332,13 +492,17 @@ class MetaWorldEnv(gym.Env):
         if cam_id < 0:
             valid = [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(model.ncam)]
             raise KeyError(f"MetaWorld task {self.task_name!r} has no camera {name!r}; valid cameras: {valid}")
-        # Column 1 of the camera frame is the image's up direction; pointing down -> upside-down image.
-        upside_down = bool(data.cam_xmat[cam_id].reshape(3, 3)[2, 1] < 0)
-        return cam_id, upside_down
+        convention = self.config.camera_convention
+        if convention == "vflip":
+            return cam_id, "vflip"
+        if convention == "lerobot":
+            return cam_id, "rot180" if name == "corner2" else ""
+        # upright: column 1 of the camera frame is the image's up direction; pointing down -> upside down
+        return cam_id, "rot180" if data.cam_xmat[cam_id].reshape(3, 3)[2, 1] < 0 else ""
 
     # --- rendering ---
-    def _render_camera(self, cam_id: int, upside_down: bool) -> np.ndarray:
-        """uint8 [H, W, 3], upright."""
+    def _render_camera(self, cam_id: int, turn: str) -> np.ndarray:
+        """uint8 [H, W, 3] in the configured convention."""
         import mujoco
 
         if self._renderer is None:
@@ -350,13 +514,18 @@ class MetaWorldEnv(gym.Env):
             self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = int(self.config.reflections)
         self._renderer.update_scene(self._mw.data, camera=cam_id)
         img = self._renderer.render()
-        return img[::-1, ::-1] if upside_down else img
+        return img[::-1, ::-1] if turn == "rot180" else img[::-1] if turn == "vflip" else img
+
+    def camera_images(self) -> dict[str, np.ndarray]:
+        """uint8 [3, H, W] per configured camera (its image key), of the simulator's current state."""
+        return {key: np.ascontiguousarray(self._render_camera(*cam).transpose(2, 0, 1))
+                for key, cam in self._cameras.items()}
 
     def render(self) -> np.ndarray | None:
-        """uint8 [H, W, 3] from the first configured camera (``corner`` if none), upright."""
+        """uint8 [H, W, 3] from the first configured camera (corner2 if none), in the configured convention."""
         if self.render_mode is None:
             return None
-        cam = next(iter(self._cameras.values()), None) or self._camera("corner")
+        cam = next(iter(self._cameras.values()), None) or self._camera(DEFAULT_CAMERA)
         return np.ascontiguousarray(self._render_camera(*cam))
 
     # --- observations ---
@@ -364,9 +533,10 @@ class MetaWorldEnv(gym.Env):
         state = np.asarray(raw, dtype=np.float32).copy()
         if not self.config.goal_observable:
             state[-3:] = 0.0
-        obs = {OBS_STATE: state}
-        for key, cam in self._cameras.items():
-            obs[camera_key(key)] = np.ascontiguousarray(self._render_camera(*cam).transpose(2, 0, 1))
+        obs = {OBS_STATE: state[:STATE_LAYOUTS[self.config.state]].copy()}
+        if self.config.env_state:
+            obs[OBS_ENV_STATE] = state
+        obs.update(self.camera_images())
         return obs
 
     def _info(self, mw_info: Mapping[str, Any], success: bool) -> dict[str, Any]:
@@ -374,6 +544,8 @@ class MetaWorldEnv(gym.Env):
             k: float(v) for k, v in mw_info.items() if k != "success" and np.isscalar(v)
         }
         info.update(is_success=success, task=self.task, task_name=self.task_name)
+        if self._variation is not None:
+            info["variation"] = self._variation
         return info
 
     # --- gymnasium API ---
@@ -381,6 +553,11 @@ class MetaWorldEnv(gym.Env):
         super().reset(seed=seed)
         # MetaWorld draws the object/goal placement from its own np_random: share ours.
         self._mw.np_random = self.np_random
+        if self._variations is not None:
+            n = len(self._variations)
+            i = seed % n if seed is not None else int(self.np_random.integers(n))
+            self._mw.set_task(self._variations[i])  # freezes MetaWorld's placement to that variation's
+            self._variation = self.config.variations[i]
         raw, _ = self._mw.reset()
         self._raw_obs = raw
         self._steps = 0

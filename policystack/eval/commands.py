@@ -3,12 +3,17 @@
     policystack eval checkpoint=DIR|expert env=TASK[,TASK...] [episodes=20] [n_envs=1] [seed=1000]
         [out=DIR] [videos=2] [max_steps=N] [device=cpu] [policy=NAME] [overwrite=false]
         [cameras=front,wrist] [image_size=96] [action_mode=ee_delta] [start_pose=random|home]
-        [swap_instruction=false]
+        [swap_instruction=false] [variations=30-49] [camera_convention=lerobot|upright|vflip]
 
 checkpoint: a policy directory, a training checkpoint or a run directory (its latest checkpoint),
 or ``expert`` for the task's scripted expert. policy=NAME checks the checkpoint is of that family.
 cameras / image_size / action_mode override the env settings, which otherwise follow the
-checkpoint's features. Writes OUT/eval_info.json, OUT/eval.png and OUT/videos/<task>/*.mp4 (OUT
+checkpoint's features. MetaWorld only: ``variations`` pins MT1 task variations (episode seed s
+runs variation ``variations[s % n]``, so evaluate on ones held out of the demos); the camera
+convention and look follow what the checkpoint records, and ``camera_convention`` says how the
+images of a checkpoint that records nothing (trained on data from LeRobot's tools, or collected
+before issue 14) were made (docs/envs.md). max_steps=150 matches demos capped at 150 steps.
+Writes OUT/eval_info.json, OUT/eval.png and OUT/videos/<task>/*.mp4 (OUT
 defaults to CHECKPOINT/eval/<tasks>, or outputs/eval/expert/<tasks>); prints each task's success
 rate with its Wilson 95% interval.
 
@@ -25,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from policystack.keyvalue import parse_key_values
+from policystack.keyvalue import parse_int_ranges, parse_key_values
 
 USAGE = __doc__.split("\n\n")[1]
 
@@ -48,6 +53,8 @@ class EvalArgs:
     action_mode: str = ""
     start_pose: str = ""
     swap_instruction: bool = False
+    variations: str = ""  # MetaWorld MT1 variations, e.g. 30-49
+    camera_convention: str = ""  # MetaWorld: lerobot | upright | vflip, for checkpoints that record none
 
     @property
     def tasks(self) -> list[str]:
@@ -63,6 +70,8 @@ class EvalArgs:
             kw["action_mode"] = self.action_mode
         if self.start_pose:
             kw["start_pose"] = self.start_pose
+        if self.variations:
+            kw["variations"] = tuple(parse_int_ranges(self.variations, "variations"))
         return kw or None
 
     def out_dir(self) -> Path:
@@ -79,6 +88,13 @@ def parse_args(argv: list[str]) -> EvalArgs:
     args = EvalArgs(**parse_key_values(argv, EvalArgs, required=("checkpoint", "env")))
     if not args.tasks:
         raise ValueError("env=: expected at least one task name")
+    if args.variations or args.camera_convention:
+        from policystack.eval.envs import resolve_task
+
+        tabletop = [t for t in args.tasks if resolve_task(t)[0] != "metaworld"]
+        if tabletop:
+            raise ValueError(f"variations= and camera_convention= apply to MetaWorld tasks only, not {tabletop}")
+        args.env_overrides()  # a bad variations= fails here
     return args
 
 
@@ -104,7 +120,9 @@ def evaluate(args: EvalArgs, progress: bool = True) -> dict[str, Any]:
     runners = [EvalRunner(task=t, episodes=args.episodes, n_envs=args.n_envs, seed=args.seed,
                           max_steps=args.max_steps or None, env_kwargs=args.env_overrides(),
                           video_dir=out / "videos" / t if args.videos else None, n_videos=args.videos,
-                          progress=progress, swap_instruction=args.swap_instruction) for t in args.tasks]  # validates all names before loading
+                          progress=progress, swap_instruction=args.swap_instruction,
+                          camera_convention=args.camera_convention or None)
+               for t in args.tasks]  # validates all names before loading
     policy = load_policy(args.checkpoint, args.policy, args.device)
     if (out / EVAL_INFO).exists() and not args.overwrite:
         raise FileExistsError(f"{out / EVAL_INFO} exists; pass another out= or overwrite=true")

@@ -12,7 +12,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from policystack.types import ACTION, OBS_ENV_STATE, OBS_IMAGES, FeatureSpec, image_keys
+from policystack.types import ACTION, OBS_ENV_STATE, OBS_IMAGES, FeatureSpec, check_camera_records, image_keys
 
 EXPERT_KEY = "expert.action"  # observation entry holding the scripted expert's action, float32 [A]
 
@@ -54,14 +54,31 @@ def make_eval_env(task: str, env_kwargs: dict[str, Any], expert: bool = False, r
     return ExpertActionObservation(env) if expert else env
 
 
-def env_kwargs_from_features(task: str, features: FeatureSpec) -> dict[str, Any]:
-    """Env kwargs (cameras, image_size, action_mode) that make ``task`` produce the observations a
-    checkpoint with ``features`` was trained on."""
+def policy_features_for(task: str, features: FeatureSpec, camera_convention: str | None = None) -> FeatureSpec:
+    """The features an env of ``task`` must produce for a checkpoint with ``features``: for a MetaWorld
+    task, every camera with its ``camera.*`` record (how its images were made), filled in from
+    ``camera_convention`` -- the user's word -- where the checkpoint records none and refused without
+    it (``envs.metaworld.with_camera_records``); tabletop features as they are."""
     kind, _ = resolve_task(task)
-    cams = [k.removeprefix(OBS_IMAGES + ".") for k in image_keys(features)]
+    if kind == "metaworld":
+        from policystack.envs.metaworld import with_camera_records
+
+        return with_camera_records(features, camera_convention)
+    if camera_convention is not None:
+        raise ValueError(f"camera_convention={camera_convention}: only MetaWorld envs render their cameras in "
+                         f"more than one convention; {task!r} is a tabletop task")
+    return features
+
+
+def env_kwargs_from_features(task: str, features: FeatureSpec) -> dict[str, Any]:
+    """Env kwargs (cameras, image_size, action_mode; for MetaWorld also the camera convention, look and
+    state layout) that make ``task`` produce the observations a checkpoint with ``features`` was
+    trained on (MetaWorld: ``features`` from :func:`policy_features_for`)."""
+    kind, _ = resolve_task(task)
+    cams = image_keys(features)
     kwargs: dict[str, Any] = {}
     if cams:
-        sizes = {features[k].chw[1:] for k in image_keys(features)}
+        sizes = {features[k].chw[1:] for k in cams}
         if len(sizes) > 1:
             raise ValueError(f"the checkpoint's cameras have different image sizes {sorted(sizes)}; pass "
                              "env kwargs explicitly (image_size=...)")
@@ -70,22 +87,24 @@ def env_kwargs_from_features(task: str, features: FeatureSpec) -> dict[str, Any]
     if kind == "tabletop":
         from policystack.envs.base import JOINT_ACTION_NAMES
 
-        kwargs["cameras"] = tuple(cams)
+        kwargs["cameras"] = tuple(k.removeprefix(OBS_IMAGES + ".") for k in cams)
         if OBS_ENV_STATE in features:
             kwargs["env_state"] = True
         if ACTION in features and features[ACTION].names == JOINT_ACTION_NAMES:
             kwargs["action_mode"] = "joint"
     else:
-        from policystack.envs.metaworld import CAMERA_KEYS
+        from policystack.envs.metaworld import env_kwargs_for_features
 
-        by_key = {key: cam for cam, key in CAMERA_KEYS.items()}
-        kwargs["cameras"] = {c: by_key.get(c, c) for c in cams}
+        kwargs.update(env_kwargs_for_features(features))
     return kwargs
 
 
-def check_features(features: FeatureSpec, obs_space: spaces.Dict, action_space: spaces.Space, task: str) -> None:
+def check_features(features: FeatureSpec, obs_space: spaces.Dict, action_space: spaces.Space, task: str,
+                   env_features: FeatureSpec | None = None) -> None:
     """Raise a ValueError naming every observation key the env lacks or shapes differently from
-    the checkpoint's ``features``, and an action-shape mismatch -- before any rollout."""
+    the checkpoint's ``features``, and an action-shape mismatch -- before any rollout. With the env's
+    own ``env_features``, also every camera whose images the env makes otherwise than the training
+    data's were made (``types.check_camera_records``)."""
     problems = []
     for key, f in features.items():
         if not key.startswith("observation."):
@@ -104,6 +123,9 @@ def check_features(features: FeatureSpec, obs_space: spaces.Dict, action_space: 
         raise ValueError(f"the checkpoint does not fit env {task!r}: " + "; ".join(problems)
                          + f". The env provides {env_keys} and action shape {list(action_space.shape)}; pass "
                          "env kwargs (cameras=, image_size=, action_mode=) that match the training data")
+    if env_features is not None:
+        check_camera_records(features, env_features, f"env {task!r}",
+                             hint="Leave the camera settings to the checkpoint (docs/envs.md, 'Camera conventions')")
 
 
 class ExpertActionObservation(gym.Wrapper):

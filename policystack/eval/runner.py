@@ -29,6 +29,7 @@ import copy
 import functools
 import itertools
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,11 +39,18 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from policystack.eval.envs import check_features, env_kwargs_from_features, make_eval_env, resolve_task
+from policystack.envs.metaworld import DEFAULT_CONVENTION
+from policystack.eval.envs import (
+    check_features,
+    env_kwargs_from_features,
+    make_eval_env,
+    policy_features_for,
+    resolve_task,
+)
 from policystack.eval.expert import ScriptedExpert
 from policystack.eval.metrics import summarize
 from policystack.io import write_video
-from policystack.types import OBS_IMAGES, TASK
+from policystack.types import TASK, FeatureSpec, is_image_key
 
 # --- results ---------------------------------------------------------------------------------
 
@@ -59,6 +67,7 @@ class EpisodeRecord:
     max_reward: float
     task: str  # the language instruction
     video: str | None = None  # path of its MP4, if recorded
+    variation: int | None = None  # MetaWorld's pinned MT1 variation, if the env pins them
 
 
 @dataclass
@@ -145,6 +154,7 @@ class _Slot:
     episode: int = -1  # -1: idle
     seed: int = 0
     task: str = ""
+    variation: int | None = None
     length: int = 0
     reward: float = 0.0
     max_reward: float = -math.inf
@@ -177,6 +187,7 @@ class EvalRunner:
     n_videos: int = 2
     progress: bool = True
     swap_instruction: bool = False
+    camera_convention: str | None = None  # MetaWorld: how the checkpoint's images were made, if it does not say
 
     def __post_init__(self):
         resolve_task(self.task)  # unknown names fail here, listing the valid ones
@@ -190,10 +201,18 @@ class EvalRunner:
             raise ValueError(f"n_videos={self.n_videos}: expected >= 0")
 
     # -- setup --
+    def policy_features(self, policy: Any) -> FeatureSpec:
+        """What the env must produce for ``policy``: its features, MetaWorld cameras with how their
+        images were made (recorded, or ``camera_convention``; see eval.envs.policy_features_for)."""
+        if not policy.features:
+            return {}
+        return policy_features_for(self.task, policy.features, self.camera_convention)
+
     def resolved_env_kwargs(self, policy: Any) -> dict[str, Any]:
         """Env kwargs used for ``policy``: ``env_kwargs`` over those derived from its features."""
-        derived = env_kwargs_from_features(self.task, policy.features) if policy.features else {}
-        if isinstance(policy, ScriptedExpert) and self.env_kwargs is None:
+        features = self.policy_features(policy)
+        derived = env_kwargs_from_features(self.task, features) if features else {}
+        if isinstance(policy, ScriptedExpert) and "cameras" not in (self.env_kwargs or {}):
             derived = {"cameras": ()}  # the expert needs no images: fastest
         kwargs = {**derived, **(self.env_kwargs or {})}
         if self.max_steps is not None:
@@ -215,6 +234,12 @@ class EvalRunner:
     def run(self, policy: Any) -> EvalResult:
         """Roll ``policy`` (a ``Policy`` or ``ScriptedExpert``) out; returns the EvalResult."""
         env_kwargs = self.resolved_env_kwargs(policy)
+        features = self.policy_features(policy)
+        convention = env_kwargs.get("camera_convention")
+        if self.progress and convention not in (None, DEFAULT_CONVENTION) and env_kwargs.get("cameras"):
+            print(f"eval {self.task}: rendering the cameras in the {convention!r} convention the checkpoint's "
+                  f"images were made in (not the adapter's default {DEFAULT_CONVENTION!r}; docs/envs.md)",
+                  file=sys.stderr)
         device = _policy_device(policy)
         was_training = getattr(policy, "training", False)
         if isinstance(policy, torch.nn.Module):
@@ -223,8 +248,10 @@ class EvalRunner:
         start = time.perf_counter()
         envs = self.make_envs(policy, env_kwargs)
         try:
-            if policy.features:
-                check_features(policy.features, envs.single_observation_space, envs.single_action_space, self.task)
+            if features:
+                # every eval env (tabletop, MetaWorld) says what it produces, camera records included
+                check_features(features, envs.single_observation_space, envs.single_action_space, self.task,
+                               envs.get_attr("features")[0])
             with torch.random.fork_rng(devices=devices), torch.no_grad():
                 records = self._rollouts(envs, policy, device)
         finally:
@@ -263,6 +290,7 @@ class EvalRunner:
             for i in np.flatnonzero(mask):
                 slot = slots[i]
                 slot.task = str(info[TASK][i]) if TASK in info else ""
+                slot.variation = int(info["variation"][i]) if "variation" in info else None
                 slot.length, slot.reward, slot.max_reward, slot.success = 0, 0.0, -math.inf, False
                 slot.policy.reset()
                 slot.rng = torch.Generator().manual_seed(slot.seed).get_state()
@@ -328,7 +356,7 @@ class EvalRunner:
         recording = [i for i, s in enumerate(slots) if s is not None and s.frames is not None and s.episode >= 0]
         if not recording:
             return
-        cams = sorted(k for k in obs if k.startswith(OBS_IMAGES + "."))
+        cams = sorted(k for k in obs if is_image_key(k))
         rendered = envs.call("render") if not cams else None
         for i in recording:
             if cams:
@@ -345,6 +373,7 @@ class EvalRunner:
             path = Path(self.video_dir) / f"episode_{slot.episode:03d}_seed{slot.seed}.mp4"
             video = str(write_video(path, slot.frames, fps=fps))
         record = EpisodeRecord(index=slot.episode, seed=slot.seed, success=slot.success, length=slot.length,
-                               reward=slot.reward, max_reward=slot.max_reward, task=slot.task, video=video)
+                               reward=slot.reward, max_reward=slot.max_reward, task=slot.task, video=video,
+                               variation=slot.variation)
         slot.episode, slot.frames = -1, None
         return record

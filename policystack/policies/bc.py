@@ -94,11 +94,8 @@ class BCPolicy(Policy):
         if not self.cameras:
             pass
         elif c.vision_backbone == "lite0":  # one frozen trunk for every camera, a FiLM head + keypoints per camera
-            if c.text_encoder == "none":
-                raise ValueError("BCConfig: vision_backbone 'lite0' conditions its camera heads on the instruction; set "
-                                 "text_encoder to 'hashed' or 'minilm' (or use vision_backbone 'conv')")
             self.pretrained = PretrainedImageEncoder("lite0", c.backbone_stages, c.backbone_image_size, pretrained=False)
-            cond = text_encoder_dim(c.text_encoder)
+            cond = text_encoder_dim(c.text_encoder) if c.text_encoder != "none" else 0  # none: a plain conv head
             self.heads = nn.ModuleDict({k.replace(".", "_"): FilmConvHead(self.pretrained.out_channels, c.head_width,
                                                                          cond, c.head_layers) for k in self.cameras})
             self.keypoint_layers = nn.ModuleDict({k.replace(".", "_"): SpatialSoftmax(c.head_width, c.keypoints)
@@ -143,7 +140,8 @@ class BCPolicy(Policy):
             b, t = x.shape[:2]
             key = cam.replace(".", "_")
             if self.pretrained is not None:
-                fmap = self.heads[key](self.pretrained.features(x.flatten(0, 1)), emb.repeat_interleave(t, 0))
+                cond = emb.repeat_interleave(t, 0) if emb is not None else None
+                fmap = self.heads[key](self.pretrained.features(x.flatten(0, 1)), cond)
                 parts.append(self.keypoint_layers[key](fmap).view(b, t, -1))
                 continue
             flat = self.preprocess(x.flatten(0, 1), cam)  # [B*T, 3, H, W] in [-1, 1]

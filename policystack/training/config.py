@@ -41,7 +41,10 @@ GROUPS = ("policy", "dataset", "env")
 class DatasetConfig:
     path: str | None = None  # LeRobot v3 dataset directory (required)
     cameras: list[str] | None = None  # cameras to train on (names after observation.images.); None = all
-    cache_dir: Any = None  # loader cache (None: ~/.cache/policystack/loader; false: in memory only)
+    cache_dir: Any = None  # loader cache (None: ~/.cache/policystack/loader; "run": <run dir>/cache; false: memory)
+    episodes: Any = None  # train on these episodes only: [0, 1, 5] or "0-29,40"; None = all (LeRobot's episodes=)
+    tasks: list[str] | None = None  # train on the episodes of these tasks (instruction text or task index); None = all
+    camera_convention: str | None = None  # MetaWorld data recording none (LeRobot's tools): lerobot | upright | vflip
     num_workers: int = 1  # DataLoader worker processes (each runs one torch thread)
     frame_cache_bytes: int = 8 * 2**30  # bound on decoded video frames kept by the loader
     # a policy with a frozen pretrained image encoder (Policy.frame_transforms) trains on its features
@@ -51,11 +54,12 @@ class DatasetConfig:
 
 @dataclass
 class EnvConfig:
-    task: str | None = None  # suite task (Reach, PressButton, OpenDrawer, Push, PickPlace, Stack); None = no env
+    task: str | None = None  # suite task (Reach, ..., Stack) or metaworld/<task>; None = no env
     cameras: list[str] | None = None  # None: the cameras the policy was trained on
     image_size: int | None = None  # None: the policy's image size
     action_mode: str | None = None  # ee_delta | joint; None: the env's default (ee_delta)
     max_episode_steps: int | None = None  # None: the task's registered limit
+    variations: Any = None  # MetaWorld: pinned MT1 variations for evaluation, e.g. "30-49"; None: random
 
 
 @dataclass
@@ -153,13 +157,22 @@ def presets(group: str) -> list[str]:
 
 
 def _normalise_overrides(overrides: list[str]) -> list[str]:
-    """``env=PickPlace`` -> ``env=pickplace`` (presets are lower-case task names); checks group
+    """``env=PickPlace`` -> ``env=pickplace`` (presets are lower-case task names); ``env=metaworld/<task>``
+    (any task eval's env= takes that has no preset) -> ``env.task=metaworld/<task>``; checks group
     choices so that an unknown one lists the valid ones instead of Hydra's search-path dump."""
+    from policystack.eval.envs import resolve_task
     from policystack.policies.base import available_policies
 
     out = []
     for o in overrides:
         key, sep, value = o.partition("=")
+        if sep and key == "env" and value.lower().removeprefix("policystack/").removesuffix("-v0") not in presets(key):
+            try:
+                if resolve_task(value)[0] == "metaworld":
+                    out.append(f"env.task={value}")
+                    continue
+            except KeyError:
+                pass  # refused below, listing the presets
         if sep and key in GROUPS:
             if key == "env":
                 value = value.lower().removeprefix("policystack/").removesuffix("-v0")
@@ -171,7 +184,8 @@ def _normalise_overrides(overrides: list[str]) -> list[str]:
                 if key == "env":
                     from policystack.envs import task_names
 
-                    hint = f" (suite tasks: {', '.join(task_names())}; `none` trains without an env)"
+                    hint = (f" (suite tasks: {', '.join(task_names())}; MetaWorld: env=metaworld/<task>; `none` "
+                            "trains without an env)")
                 raise ValueError(f"{key}={o.partition('=')[2]!r}: unknown {key} preset; "
                                  f"valid: {presets(key)}{hint}")
             o = f"{key}={value}"
@@ -358,6 +372,14 @@ def check_config(cfg: TrainConfig) -> None:
     need(cfg.checkpoint.keep_last >= 1, f"checkpoint.keep_last={cfg.checkpoint.keep_last}: expected >= 1")
     need(cfg.log.every >= 1, f"log.every={cfg.log.every}: expected >= 1")
     need(cfg.dataset.num_workers >= 0, f"dataset.num_workers={cfg.dataset.num_workers}: expected >= 0")
+    if cfg.dataset.episodes is not None:
+        from policystack.keyvalue import parse_int_ranges
+
+        eps = cfg.dataset.episodes
+        cfg.dataset.episodes = parse_int_ranges(eps, "dataset.episodes") if isinstance(eps, (str, int)) else eps
+        need(isinstance(cfg.dataset.episodes, list) and len(cfg.dataset.episodes) > 0
+             and all(isinstance(e, int) and e >= 0 for e in cfg.dataset.episodes),
+             f"dataset.episodes={eps!r}: expected episode indices, e.g. [0,1,5] or '0-29,40'")
     need(cfg.threads is None or cfg.threads >= 1, f"threads={cfg.threads}: expected >= 1 or null")
     need(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
          f"device={cfg.device!r}: expected auto, cpu, cuda or cuda:N")
@@ -372,6 +394,12 @@ def check_config(cfg: TrainConfig) -> None:
         except KeyError as e:
             raise ValueError(f"env.task={cfg.env.task!r}: {e.args[0]}") from None
         cfg.env.task = name if kind == "tabletop" else cfg.env.task
+        if cfg.env.variations is not None:
+            from policystack.keyvalue import parse_int_ranges
+
+            need(kind == "metaworld", f"env.variations: MetaWorld tasks only, not {cfg.env.task!r}")
+            v = cfg.env.variations
+            cfg.env.variations = parse_int_ranges(v, "env.variations") if isinstance(v, (str, int)) else list(v)
         need(cfg.env.action_mode in (None, "ee_delta", "joint"),
              f"env.action_mode={cfg.env.action_mode!r}: expected ee_delta or joint")
 

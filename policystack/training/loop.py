@@ -102,16 +102,51 @@ def dataset_features(cfg: TrainConfig, pcfg: PolicyConfig) -> tuple[DatasetMeta,
                         f"actions_optional trains on action-free data)")
     if cfg.dataset.cameras is not None:
         have = [k.removeprefix(OBS_IMAGES + ".") for k in features if is_image_key(k)]
-        missing = [c for c in cfg.dataset.cameras if camera_key(c) not in features]
+        missing = [c for c in cfg.dataset.cameras if c not in have]
         if missing:
             raise DataError(f"{meta.root}/meta/info.json: dataset.cameras names {missing}, which the dataset does "
                             f"not have; its cameras: {have}")
         features = {k: f for k, f in features.items() if not is_image_key(k) or
                     k.removeprefix(OBS_IMAGES + ".") in cfg.dataset.cameras}
+    if cfg.dataset.camera_convention is not None:  # the user's word for data that records none (MetaWorld)
+        from policystack.envs.metaworld import with_camera_records
+
+        try:
+            features = with_camera_records(features, cfg.dataset.camera_convention)
+        except ValueError as e:
+            raise DataError(f"{meta.root}/meta/info.json: dataset.camera_convention: {e}") from None
     if meta.stats is None:
         raise DataError(f"{meta.root}/meta/stats.json: missing; a policy needs normalisation statistics "
                         f"(run `policystack dataset stats --write {meta.root}`)")
     return meta, features
+
+
+def selected_episodes(meta: DatasetMeta, episodes: list[int] | None, tasks: list[str] | None) -> list[int] | None:
+    """The episodes ``dataset.episodes`` and ``dataset.tasks`` select (both given: those in both), in
+    dataset order; None when neither is given (all). A task is its instruction text or its task index;
+    an episode is selected when any of its tasks is."""
+    if episodes is None and tasks is None:
+        return None
+    have = meta.episodes["episode_index"].tolist()
+    chosen = have
+    if episodes is not None:
+        missing = sorted(set(episodes) - set(have))
+        if missing:
+            raise DataError(f"{meta.root}/meta/episodes: dataset.episodes names episodes {missing[:10]}, which the "
+                            f"dataset does not have (it has {len(have)}: {min(have)}..{max(have)})")
+        chosen = [e for e in chosen if e in set(episodes)]
+    if tasks is not None:
+        wanted = set()
+        for t in tasks:
+            if str(t) not in meta.tasks and not (str(t).isdigit() and int(t) < len(meta.tasks)):
+                raise DataError(f"{meta.root}/meta/tasks.parquet: dataset.tasks names {t!r}, which is neither a task "
+                                f"of the dataset nor a task index; its tasks: {list(enumerate(meta.tasks))}")
+            wanted.add(str(t) if str(t) in meta.tasks else meta.tasks[int(t)])
+        tasks_of = dict(zip(have, meta.episodes["tasks"]))
+        chosen = [e for e in chosen if wanted & set(tasks_of[e])]
+    if not chosen:
+        raise DataError(f"{meta.root}: dataset.episodes={episodes} and dataset.tasks={tasks} select no episode together")
+    return chosen
 
 
 def build_policy(klass: type[Policy], pcfg: PolicyConfig, features: FeatureSpec, meta: DatasetMeta) -> Policy:
@@ -134,21 +169,31 @@ def check_env(env: EnvConfig, features: FeatureSpec) -> dict[str, Any]:
     """Build the evaluation env once and check that it produces every observation the policy reads,
     with the same shapes, and takes its actions (before training, not at the first evaluation).
     Returns the env kwargs: those ``env`` sets over those derived from the policy's features."""
-    from policystack.eval.envs import check_features, env_kwargs_from_features, make_eval_env
+    from policystack.eval.envs import (
+        check_features,
+        env_kwargs_from_features,
+        make_eval_env,
+        policy_features_for,
+    )
 
     if ACTION not in features:
         raise ValueError(f"env={env.task}: evaluation rolls out the policy's actions, and this dataset has no "
                          f"{ACTION!r}; train without an env (env=none)")
+    hint = ("set env.cameras / env.image_size / env.action_mode, or another env; MetaWorld data that records no "
+            "camera convention: dataset.camera_convention=")
+    try:
+        features = policy_features_for(env.task, features)
+    except ValueError as err:
+        raise ValueError(f"env={env.task} cannot evaluate a policy trained on this dataset ({hint}): {err}") from None
     kwargs = env_kwargs_from_features(env.task, features)
     kwargs.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in
-                   (("cameras", env.cameras), ("image_size", env.image_size), ("action_mode", env.action_mode))
-                   if v is not None})
+                   (("cameras", env.cameras), ("image_size", env.image_size), ("action_mode", env.action_mode),
+                    ("variations", env.variations)) if v is not None})
     e = make_eval_env(env.task, kwargs)
     try:
-        check_features(features, e.observation_space, e.action_space, env.task)
+        check_features(features, e.observation_space, e.action_space, env.task, e.unwrapped.features)
     except ValueError as err:  # its wording speaks of a checkpoint: here it is the dataset's features
-        raise ValueError(f"env={env.task} cannot evaluate a policy trained on this dataset (set env.cameras / "
-                         f"env.image_size / env.action_mode, or another env): {err}") from None
+        raise ValueError(f"env={env.task} cannot evaluate a policy trained on this dataset ({hint}): {err}") from None
     finally:
         e.close()
     return kwargs
@@ -254,6 +299,7 @@ def train(cfg: TrainConfig) -> Path:
     deltas = pcfg.delta_indices(features)
     policy = build_policy(klass, pcfg, features, meta)
     if resume_from is not None:  # its weights now (the optimiser state follows below): frozen parts the cache uses
+        checkpoint.check_compatible(resolve_checkpoint(resume_from), policy)
         policy.load_state_dict(load_file(resolve_checkpoint(resume_from) / WEIGHTS_NAME))
     elif cfg.init_from:
         src = resolve_checkpoint(cfg.init_from)  # a policy dir, a training checkpoint or a run dir
@@ -262,17 +308,22 @@ def train(cfg: TrainConfig) -> Path:
     else:  # a policy from scratch: the pretrained parts its config names, if any
         policy.load_external_weights()
     transforms = policy.frame_transforms() if cfg.dataset.cache_features else {}
-    dataset = WindowedDataset(meta.root, delta_indices=deltas, keys=list(features),
-                              cache_dir=cfg.dataset.cache_dir, frame_cache_bytes=cfg.dataset.frame_cache_bytes,
+    cache_dir = run_dir / "cache" if cfg.dataset.cache_dir == "run" else cfg.dataset.cache_dir
+    dataset = WindowedDataset(meta.root, delta_indices=deltas, keys=list(features), cache_dir=cache_dir,
+                              frame_cache_bytes=cfg.dataset.frame_cache_bytes,
+                              episodes=selected_episodes(meta, cfg.dataset.episodes, cfg.dataset.tasks),
                               frame_transforms=transforms)
+    segments, frames, nbytes = dataset.uncached_frames()  # the first epoch's extra work, said below
     eval_kwargs = check_env(cfg.env, features) if cfg.env.task is not None else None
     if cfg.eval.every and master:
         from policystack.eval.runner import EvalRunner  # noqa: F401 -- fail now if evaluation is unavailable
     policy.to(device).train()
     if transforms and master:  # every frame's features once, before the clock of the first step starts
-        print(f"policystack train: computing {klass.name}'s frozen image features for {sorted(transforms)} once "
-              f"(cached in {dataset.cache_dir or 'memory'}; dataset.cache_features=false runs the encoder every step)",
-              file=sys.stderr, flush=True)
+        print(f"policystack train: {klass.name}'s frozen image features of {sorted(transforms)} are computed once now: "
+              f"decodes {frames} camera frames ({segments} camera segments, {nbytes / 1e6:.0f} MB) into the frame cache "
+              f"{dataset.cache_dir / 'frames' if dataset.cache_dir else '(in memory)'} and runs the encoder on them "
+              "(dataset.cache_features=false runs it at every step instead)", file=sys.stderr, flush=True)
+        segments = 0  # done here, not in the first epoch
         dataset.warm_cache(progress=cfg.log.progress)
 
     # -- optimiser, schedule, EMA; the module the loop calls
@@ -322,6 +373,12 @@ def train(cfg: TrainConfig) -> Path:
         print(f"policystack train: {klass.name} ({sum(p.numel() for p in policy.parameters()):,} parameters) on "
               f"{meta.root} ({len(dataset)} frames), {world} process(es) on {device}, steps {start}->{cfg.steps}, "
               f"run {run_dir}; check step loss {check_loss:.4f}" + recipe_note(cfg), file=sys.stderr, flush=True)
+        if segments:
+            print(f"policystack train: the first epoch also decodes {frames} camera frames ({segments} camera "
+                  f"segments, {nbytes / 1e6:.0f} MB) into the frame cache "
+                  f"{dataset.cache_dir / 'frames' if dataset.cache_dir else '(in memory)'}, so it runs slower than "
+                  "the next; dataset.cache_dir=run keeps the cache in the run directory, =<dir> elsewhere, "
+                  "=false in memory", file=sys.stderr, flush=True)
     evaluator = None
     if cfg.eval.every and master:
         from policystack.eval.runner import EvalRunner

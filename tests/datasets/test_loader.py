@@ -97,6 +97,25 @@ def test_batch_gather_equals_single_items(lerobot_root, tmp_path):
         ds.get_batch([len(ds)])
 
 
+def test_episode_selection_matches_lerobots(lerobot_root, tmp_path):
+    """episodes=[...] as LeRobotDataset(episodes=[...]): index i is the i-th frame of the selected
+    episodes; the first epoch's decoding is counted and, once done, nothing is left."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    theirs = LeRobotDataset("test/loader", root=lerobot_root, episodes=[1, 3], delta_timestamps=as_seconds(DELTAS))
+    ours = WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=tmp_path, episodes=[3, 1])
+    assert len(ours) == len(theirs) == EPISODE_LENGTHS[1] + EPISODE_LENGTHS[3]
+    for i in (0, 1, EPISODE_LENGTHS[1] - 1, EPISODE_LENGTHS[1], len(ours) - 1):
+        assert_same_sample(ours[i], theirs[i], f"index {i} of episodes 1, 3")
+    assert {int(ours[i]["episode_index"]) for i in range(len(ours))} == {1, 3}
+    segments, frames, nbytes = WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=tmp_path / "fresh",
+                                               episodes=[3, 1]).uncached_frames()
+    assert (segments, frames) == (4, 2 * len(ours)) and nbytes == frames * 3 * 32 * 32  # 2 cameras x 2 episodes
+    assert ours.warm_cache() <= 4 and ours.uncached_frames() == (0, 0, 0)
+    with pytest.raises(DataError, match=r"episodes \[7\] are not in the dataset"):
+        WindowedDataset(lerobot_root, cache_dir=tmp_path, episodes=[1, 7])
+
+
 def test_keys_subset_skips_cameras(lerobot_root, tmp_path):
     ds = WindowedDataset(lerobot_root, delta_indices={"action": ACT}, keys=["observation.state", "action"],
                          cache_dir=tmp_path)

@@ -20,7 +20,7 @@ from _writer_data import FEATURES, FPS, TASKS, action, image, length, state, tas
 from policystack.datasets.meta import DatasetMeta
 from policystack.datasets.stats import compute_dataset_stats
 from policystack.datasets.writer import STATS_STATE_PATH, DatasetWriter, find_leftovers, repair
-from policystack.types import DataError, Feature
+from policystack.types import DataError, Feature, camera_record
 
 HERE = Path(__file__).parent
 # mean abs pixel difference (0..255) allowed after an AV1 crf-30 yuv420p round trip of these 32x32
@@ -150,6 +150,28 @@ def test_h264_and_png_only_datasets_load_in_lerobot(tmp_path):
     assert DatasetMeta.load(tmp_path / "png").features["observation.images.front"].dtype == "image"
     ds = LeRobotDataset("local/png", root=tmp_path / "png")
     assert round(ds[0]["observation.images.front"].max().item() * 255) == 7
+
+
+def test_feature_info_of_the_caller_is_kept_beside_the_video_entries(tmp_path):
+    """camera.* records (how the images were made, types.camera_record) survive writing, resuming and
+    loading in LeRobot."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    record = {"camera.name": "metaworld/corner2", "camera.convention": "lerobot", "camera.shadows": False}
+    feats = {"observation.state": Feature("float32", (4,)),
+             "observation.images.front": Feature("video", (16, 24, 3), info=record)}
+    with DatasetWriter.create(tmp_path / "ds", fps=FPS, features=feats, vcodec="h264") as w:
+        w.add_frame({"observation.state": state(0, 0), "task": "t",
+                     "observation.images.front": np.full((16, 24, 3), 90, np.uint8)})
+        w.save_episode()
+    with DatasetWriter.resume(tmp_path / "ds") as w:
+        w.add_frame({"observation.state": state(1, 0), "task": "t",
+                     "observation.images.front": np.full((16, 24, 3), 90, np.uint8)})
+        w.save_episode()
+    info = DatasetMeta.load(tmp_path / "ds").features["observation.images.front"].info
+    assert camera_record(Feature("video", (16, 24, 3), info=info)) == record and info["video.codec"] == "h264"
+    ds = LeRobotDataset("local/recorded", root=tmp_path / "ds")
+    assert len(ds) == 2 and abs(ds[1]["observation.images.front"].mean().item() * 255 - 90) < VIDEO_TOLERANCE
 
 
 # --- validation -------------------------------------------------------------------------------

@@ -58,6 +58,28 @@ def test_unknown_env_lists_tasks():
         load_config(["env.task=Fly"])
 
 
+def test_env_takes_metaworld_tasks_as_eval_does():
+    cfg = load_config(["env=metaworld/drawer-open-v3", "env.variations=30-32"])
+    assert cfg.env.task == "metaworld/drawer-open-v3" and cfg.env.variations == [30, 31, 32]
+    assert load_config(["env=MetaWorld-reach-v3"]).env.task == "MetaWorld-reach-v3"
+    with pytest.raises(ValueError, match="env='metaworld/Fly'.*MetaWorld: env=metaworld/<task>"):
+        compose_config(["env=metaworld/Fly"])
+    with pytest.raises(ValueError, match="env.variations: MetaWorld tasks only"):
+        load_config(["env=reach", "env.variations=1"])
+
+
+def test_dataset_episode_and_task_selection_parse():
+    assert load_config(["dataset.episodes=[0,2,5]"]).dataset.episodes == [0, 2, 5]
+    assert load_config(["dataset.episodes=0-2"]).dataset.episodes == [0, 1, 2]
+    assert load_config(["dataset.episodes='0-2,7'"]).dataset.episodes == [0, 1, 2, 7]  # Hydra: quote a comma
+    assert load_config(["dataset.episodes=4"]).dataset.episodes == [4]
+    assert load_config(["dataset.tasks=[open the drawer,1]"]).dataset.tasks == ["open the drawer", "1"]
+    with pytest.raises(ValueError, match="dataset.episodes='a-b'"):
+        load_config(["dataset.episodes=a-b"])
+    with pytest.raises(ValueError, match=r"dataset.episodes=\[-1\]: expected episode indices"):
+        load_config(["dataset.episodes=[-1]"])
+
+
 def test_unknown_keys_and_bad_values_name_the_key():
     with pytest.raises(ValueError, match="Could not override 'stepz'"):
         compose_config(["stepz=3"])
@@ -92,11 +114,11 @@ def test_cli_prints_the_composed_config(capsys):
 def test_a_preset_recipe_applies_unless_the_command_line_sets_the_key(capsys):
     cfg = load_config(["policy=rt1"])  # RT-1 tiny's known-good recipe comes with its preset
     assert cfg.optim.lr == 1e-3 and cfg.policy["n_obs_steps"] == 2 and "recipe" not in cfg.policy
-    assert cfg.recipe["optim"]["lr"] == 1e-3 and cfg.recipe["batch_size"] == 64
+    assert cfg.recipe["optim"]["lr"] == 1e-3 and cfg.recipe["batch_size"] == 128
     cfg = load_config(["policy=rt1", "optim.lr=3e-4", "batch_size=8"])  # the command line wins
     assert cfg.optim.lr == 3e-4 and cfg.batch_size == 8
     assert "lr" not in cfg.recipe["optim"] and "batch_size" not in cfg.recipe
-    assert cfg.optim.warmup_steps == cfg.recipe["optim"]["warmup_steps"] == 500
+    assert cfg.optim.warmup_steps == cfg.recipe["optim"]["warmup_steps"] == 200
     assert load_config(["policy=rt1", "policy.recipe.optim.lr=5e-4"]).optim.lr == 5e-4  # a changed recipe
     assert load_config(["policy=act_paper"]).optim.lr == 1e-5  # LeRobot's ACT preset
     paper = load_config(["policy=diffusion_paper"])
@@ -109,7 +131,7 @@ def test_a_preset_recipe_applies_unless_the_command_line_sets_the_key(capsys):
         load_config(["policy=rt1", "policy.recipe.steps=many"])
     assert train_main(["--cfg", "policy=rt1", "optim.warmup_steps=7"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("# preset recipe: optim.lr=0.001, optim.weight_decay=0.0001, steps=2000, batch_size=64")
+    assert out.startswith("# preset recipe: optim.lr=0.001, optim.weight_decay=0.0001, steps=3000, batch_size=128")
     assert "warmup_steps: 7" in out and "recipe:\n  optim:\n    lr: 0.001" in out
 
 

@@ -267,3 +267,64 @@ def test_periodic_evaluation_in_the_env(reach_ds, tmp_path):
     evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
              if "eval/success_rate" in line]
     assert [r["step"] for r in evals] == [2, 4]
+
+
+# --- selecting data, the frame cache, LeRobot-written MetaWorld data ----------------------------
+def test_episodes_and_tasks_select_what_trains(state_ds, tmp_path, capsys):
+    train(load_config(tiny_overrides(state_ds, tmp_path / "a", "steps=1", "dataset.episodes=[1,3]")))
+    assert "(32 frames)" in capsys.readouterr().err  # 2 of the 4 episodes of 16 frames
+    train(load_config(tiny_overrides(state_ds, tmp_path / "b", "steps=1", "dataset.tasks=[reach the red ball]",
+                                     "dataset.episodes=0-2")))
+    assert "(16 frames)" in capsys.readouterr().err  # red: episodes 1 and 3; of 0-2 only 1
+    with pytest.raises(DataError, match=r"dataset.tasks names 'reach the green ball'.*its tasks: \[\(0, 'reach the"):
+        train(load_config(tiny_overrides(state_ds, tmp_path / "c", "dataset.tasks=[reach the green ball]")))
+    with pytest.raises(DataError, match=r"dataset.episodes names episodes \[9\]"):
+        train(load_config(tiny_overrides(state_ds, tmp_path / "d", "dataset.episodes=[1,9]")))
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+
+
+def test_first_epoch_decoding_is_announced_and_the_cache_can_live_in_the_run(camera_ds, tmp_path, capsys):
+    overrides = [o for o in tiny_overrides(camera_ds, tmp_path / "run", "steps=1") if "cache_dir" not in o]
+    run = train(load_config([*overrides, "dataset.cache_dir=run"]))
+    err = capsys.readouterr().err
+    assert f"decodes 64 camera frames (4 camera segments, 0 MB) into the frame cache {run / 'cache'}" in err
+    assert list((run / "cache").glob("*/frames/*.npy"))
+    state_only = train(load_config(tiny_overrides(camera_ds, tmp_path / "state", "steps=1", "dataset.cameras=[]")))
+    assert "frame cache" not in capsys.readouterr().err
+    assert not any(f.is_visual for f in Policy.from_pretrained(state_only).features.values())
+
+
+@pytest.fixture(scope="module")
+def lerobot_metaworld_ds(tmp_path_factory):
+    """A tiny dataset shaped like LeRobot's MetaWorld data: observation.image (32x32), a 4-value
+    state, 4-value actions, and no camera record (LeRobot's writer writes none)."""
+    from policystack.datasets.writer import DatasetWriter
+    from policystack.types import Feature
+
+    root = tmp_path_factory.mktemp("lerobot_mw") / "ds"
+    features = {"observation.state": Feature("float32", (4,)), "action": Feature("float32", (4,)),
+                "observation.image": Feature("video", (32, 32, 3))}
+    rng = np.random.default_rng(0)
+    with DatasetWriter.create(root, fps=80, features=features, robot_type="metaworld", vcodec="h264") as w:
+        for _ in range(2):
+            for _ in range(8):
+                w.add_frame({"observation.state": rng.normal(size=4).astype(np.float32),
+                             "action": rng.uniform(-1, 1, 4).astype(np.float32), "task": "open the drawer",
+                             "observation.image": rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)})
+            w.save_episode()
+    return root
+
+
+def test_metaworld_data_that_records_no_camera_convention(lerobot_metaworld_ds, tmp_path):
+    pytest.importorskip("metaworld")
+    from policystack.types import camera_record
+
+    env = ["env=metaworld/drawer-open-v3"]
+    with pytest.raises(ValueError, match=r"env=metaworld/drawer-open-v3 cannot evaluate.*dataset.camera_convention="
+                                         r".*observation.image: the checkpoint does not record"):
+        train(load_config(tiny_overrides(lerobot_metaworld_ds, tmp_path / "a", *env)))
+    run = train(load_config(tiny_overrides(lerobot_metaworld_ds, tmp_path / "b", "steps=1",
+                                           "dataset.camera_convention=lerobot", *env)))
+    record = camera_record(Policy.from_pretrained(run).features["observation.image"])
+    assert record == {"camera.name": "metaworld/corner2", "camera.convention": "lerobot", "camera.shadows": True,
+                      "camera.reflections": True}  # the checkpoint now says which images it expects

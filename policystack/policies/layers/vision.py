@@ -33,11 +33,13 @@ class FilmConvHead(nn.Module):
             raise ValueError(f"FilmConvHead needs n_layers >= 1 and width >= 1, got {n_layers}, {width}")
         self.convs = nn.ModuleList([nn.Conv2d(in_channels, width, 1)] +
                                    [nn.Conv2d(width, width, 3, padding=1) for _ in range(n_layers - 1)])
-        self.films = nn.ModuleList(FiLM(cond_dim, width) for _ in range(n_layers))
+        # cond_dim 0: no words to condition on, a plain conv head
+        self.films = nn.ModuleList(FiLM(cond_dim, width) for _ in range(n_layers)) if cond_dim > 0 else None
         # a wider output (e.g. a token width) by one 1x1 projection: the 3x3s stay narrow and cheap
         self.project = nn.Conv2d(width, out_channels, 1) if out_channels not in (None, width) else None
 
-    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
-        for conv, film in zip(self.convs, self.films):
-            x = film(conv(x), cond).relu()
+    def forward(self, x: Tensor, cond: Tensor | None) -> Tensor:
+        for i, conv in enumerate(self.convs):
+            x = conv(x)
+            x = (x if self.films is None else self.films[i](x, cond)).relu()
         return x if self.project is None else self.project(x)
