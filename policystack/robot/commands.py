@@ -33,32 +33,20 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
 
 import yaml
 
+from policystack.keyvalue import split_key_values
 from policystack.robot.config import TOKEN_ENV, load_robot_config, token_from_env
 
 RUN_KEYS = {"robot", "checkpoint", "task", "instruction", "episodes", "max_steps", "seed", "rate", "record",
             "port", "host", "cameras", "image_size", "env_state", "replan_every", "import", "no_rt", "threads"}
 
 
-def parse_kv(argv: list[str], valid: set[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for a in argv:
-        key, sep, value = a.partition("=")
-        if not sep:
-            raise ValueError(f"argument {a!r}: expected key=value")
-        if key not in valid and not key.startswith("robot."):
-            raise KeyError(f"unknown key {key!r}; valid keys: {sorted(valid)} or robot.<config key>")
-        out[key] = value
-    return out
-
-
 def _run(argv: list[str]) -> int:
     from policystack.robot.supervisor import DaemonConfig, DaemonError, Supervisor
 
-    kv = parse_kv(argv, RUN_KEYS)
+    kv = split_key_values(argv, sorted(RUN_KEYS), prefixes=("robot.",))
     overrides = {k[len("robot."):]: yaml.safe_load(v) for k, v in kv.items() if k.startswith("robot.")}
     if "rate" in kv:
         overrides["rate_hz"] = float(kv["rate"])
@@ -110,7 +98,7 @@ def _client(argv: list[str], kind: int, addr_key: str, default_addr: str):
 
     from policystack.robot.curve import ClientCurve
 
-    kv = parse_kv(argv, {addr_key, "timeout", "server_key", "client_key"})
+    kv = split_key_values(argv, (addr_key, "timeout", "server_key", "client_key"))
     token = token_from_env(required=True)
     curve = ClientCurve.resolve(kv.get("server_key"), kv.get("client_key"))
     ctx = zmq.Context()
@@ -178,7 +166,7 @@ def _keys(argv: list[str]) -> int:
 
     if not argv or "=" in argv[0]:
         raise ValueError("usage: policystack daemon keys DIR [name=server]")
-    kv = parse_kv(argv[1:], {"name"})
+    kv = split_key_values(argv[1:], ("name",))
     public, secret = write_key_pair(argv[0], kv.get("name", "server"))
     print(json.dumps({"public": str(public), "secret": str(secret)}))
     return 0

@@ -89,8 +89,8 @@ class ControlLoop:
         self.q = np.zeros(A)
         self.extra = np.zeros(max(driver.extra_dim, 1))
         self.target = np.zeros(A)
-        self.cmd_buf = {k: np.zeros(s) for k, s in command_fields(A, MAX_CHUNK).items()}
-        self.ctl_buf = {k: np.zeros(s) for k, s in control_fields(driver.extra_dim).items()}
+        self.cmd_buf = command.buffers()
+        self.ctl_buf = control.buffers()
         self.late = np.zeros(stats_len)  # per-tick wake-up lateness (s), for the benchmark
         self.body = np.zeros(stats_len)  # per-tick body time (s)
         self.prev_cmd = np.zeros(A)

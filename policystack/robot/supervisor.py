@@ -351,7 +351,7 @@ class Supervisor:
         r = self.cfg.robot
         dt = 1.0 / r.policy_hz
         target = np.asarray(target, dtype=np.float64).reshape(1, -1)
-        snap = {"q_meas": np.zeros(r.limits.dim), "q_cmd": np.zeros(r.limits.dim)}
+        snap = self.state_blk.buffers("q_meas", "q_cmd")
         self.state = State.HOMING
         t0 = time.monotonic()
         deadline = t0 + timeout_s
@@ -493,8 +493,7 @@ class Supervisor:
         replan = cfg.replan_every or int(self.worker_info.get("n_action_steps", 1))
         self.episode, self.state = index, State.RUNNING
         self.log(f"episode {index}: {instruction!r} (seed {cfg.seed + index})")
-        snap = {"q_meas": np.zeros(r.limits.dim), "q_cmd": np.zeros(r.limits.dim),
-                "extra": np.zeros(self.state_blk.f["extra"].shape)}
+        snap = self.state_blk.buffers("q_meas", "q_cmd", "extra")
         stall_s = cfg.stall_timeout_s if cfg.stall_timeout_s is not None else r.watchdog_s
         obs_seq, last_sent, answered, reason, success = 0, -np.inf, True, "timeout", False
         waiting_since = np.inf  # when the oldest unanswered observation was sent

@@ -12,8 +12,9 @@ import pytest
 from policystack.envs import make
 from policystack.envs.experts import make_expert
 from policystack.robot.config import RobotConfig, load_robot_config
-from policystack.robot.drivers.sim import SimDriver, SimScene
+from policystack.robot.drivers.sim import SimDriver
 from policystack.robot.loop import MAX_CHUNK, ControlLoop
+from policystack.robot.scene import SimScene
 from policystack.robot.shm import Block, command_fields, control_fields, state_fields
 
 
@@ -34,7 +35,7 @@ class InProcessDaemon:
         self.loop.start()
         self.t = 0.0
         self.ticks_per_step = int(round(cfg.rate_hz / cfg.policy_hz))
-        self.snap = {"extra": np.zeros(self.state.f["extra"].shape), "q_meas": np.zeros(8)}
+        self.snap = self.state.buffers("extra", "q_meas")
 
     def reset(self, seed: int, send_seed: bool = True) -> None:
         qpos, _ = self.scene.reset(seed)
@@ -99,7 +100,7 @@ def daemon_rollout(task: str, seed: int, cfg: RobotConfig, tmp_path, send_seed: 
             d.observe()  # the expert reads the scene's state (set from the loop's qpos)
             d.act(expert.act()[None])
             success = d.observe()
-            path.append(d.snap["extra"][d.driver._arm_qadr].copy())
+            path.append(d.snap["q_meas"][:7].copy())
             if success:
                 break
         return success, np.array(path)
