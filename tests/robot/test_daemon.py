@@ -70,7 +70,7 @@ class Running:
         raise AssertionError(f"timed out waiting for {what}")
 
     def state(self):
-        return self.sup.state_blk.snapshot()
+        return self.sup.loop.state.snapshot()
 
     def join(self, timeout=120.0):
         self.thread.join(timeout)
@@ -81,7 +81,7 @@ class Running:
 
 def assert_held(run: Running, fault: int, within: float):
     """The loop reports `fault` and its command comes to rest."""
-    run.wait(lambda: hasattr(run.sup, "state_blk"), what="the control loop")
+    run.wait(lambda: run.sup.loop.state is not None, what="the control loop")
     run.wait(lambda: int(run.state()["faults"][0]) & (1 << fault), timeout=within, what=f"fault bit {fault}")
     run.wait(lambda: _at_rest(run), timeout=3.0, what="command at rest")
 
@@ -250,9 +250,9 @@ def test_cli_run_status_and_kill_9_keep_every_completed_episode(ckpt, tmp_path):
         if proc.poll() is None:
             proc.kill()
         proc.stdout.close()
-    from policystack.robot.supervisor import _remove_orphaned_blocks
+    from policystack.robot.processes import remove_orphaned_blocks
 
-    _remove_orphaned_blocks()  # the killed daemon's shared blocks (the next daemon would do it)
+    remove_orphaned_blocks()  # the killed daemon's shared blocks (the next daemon would do it)
     meta = DatasetMeta.load(rec)
     n = meta.total_episodes
     assert n >= 2

@@ -167,7 +167,7 @@ def test_bus_failure_holds_then_operator_end_episode_then_stop(rig, tmp_path, mo
     assert commands.main(["stop", f"commands={sup.addrs['chunks']}"]) == 0
     run.join(timeout=30)
     assert [r.reason for r in sup.results] == ["sensor_fault", "operator", "stopped"]
-    assert sup.state == State.STOPPED and sup.loop_proc is None
+    assert sup.state == State.STOPPED and sup.loop.proc is None
     assert "operator command: end_episode" in sup.events and "operator command: stop" in sup.events
     assert not sup.dec.rejected
     assert sup.final_loop_state["counts"][TRACKING] > 0

@@ -1,0 +1,131 @@
+"""The daemon's three bound sockets, and what it takes to open them safely.
+
+- ``obs`` (PUB): observations to the policy worker(s);
+- ``chunks`` (PULL): action chunks and hellos from workers, operator commands;
+- ``telemetry`` (PUB): signed status documents for ``policystack daemon status``.
+
+Every frame is signed and checked (``transport.py``: ``Encoder`` / ``Decoder``); with CurveZMQ on
+(``curve.py``) the three are CURVE servers and, with an allow-list, the ZAP handler runs before the
+first bind. A local worker gets a fresh client key pair per start (``worker_curve_env``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from policystack.robot.config import TransportConfig
+from policystack.robot.curve import (
+    CLIENT_SECRET_ENV,
+    SERVER_PUBLIC_ENV,
+    AllowList,
+    KeyPair,
+    ServerCurve,
+    curve_server,
+)
+from policystack.robot.processes import DaemonError
+from policystack.robot.transport import Decoder, Encoder, Message, configure_socket
+
+
+class Channels:
+    """The daemon's sockets on ``host`` (``port``: obs; chunks ``port + 1``, telemetry ``port + 2``;
+    0: any free ports). ``addrs`` names the bound addresses."""
+
+    def __init__(self, tc: TransportConfig, token: bytes, host: str, port: int,
+                 on_reject: Callable[[str], None]):
+        self.on_reject = on_reject  # called with the reason of every rejected frame
+        # keys first: a missing or malformed key file fails here, before any socket exists
+        self.curve = ServerCurve.load(tc.curve_server_secret, tc.curve_allowed_clients) \
+            if tc.curve_server_secret else None
+        self._worker_keys: KeyPair | None = None  # the local worker's ephemeral curve keys
+        self._ctx = zmq.Context()
+        # the ZAP handler runs before the first bind, so no client slips in ahead of it
+        self.allow_list = AllowList(self._ctx, self.curve.allowed) \
+            if self.curve is not None and self.curve.allowed is not None else None
+        self.enc = Encoder(token, sender="daemon-" + os.urandom(6).hex(), max_bytes=tc.max_message_bytes)
+        self.dec = Decoder(token, max_bytes=tc.max_message_bytes, window_s=tc.window_s,
+                           kinds=("chunk", "hello", "command"))
+        self.pub = self._ctx.socket(zmq.PUB)
+        self.pull = self._ctx.socket(zmq.PULL)
+        self.tele = self._ctx.socket(zmq.PUB)
+        for s in self._sockets:
+            configure_socket(s, tc.max_message_bytes)
+            if self.curve is not None:
+                curve_server(s, self.curve.keys)
+        self.pub.setsockopt(zmq.SNDHWM, 2)
+        try:
+            self.addrs = self._bind(host, port)
+        except zmq.ZMQError as e:  # close what was opened (sockets, the ZAP thread) before saying why
+            self.close()
+            ports = f"{port}-{port + 2}" if port else "random ports"
+            raise DaemonError(f"cannot bind the daemon's sockets on {host} ({ports}): {e}; another daemon "
+                              "may be running there -- stop it or pass another port=") from None
+
+    @property
+    def _sockets(self) -> tuple[zmq.Socket, ...]:
+        return self.pub, self.pull, self.tele
+
+    def _bind(self, host: str, port: int) -> dict[str, str]:
+        base = f"tcp://{host}"
+        if port:
+            self.pub.bind(f"{base}:{port}")
+            self.pull.bind(f"{base}:{port + 1}")
+            self.tele.bind(f"{base}:{port + 2}")
+            return {"obs": f"{base}:{port}", "chunks": f"{base}:{port + 1}", "telemetry": f"{base}:{port + 2}"}
+        out = {}
+        for name, s in (("obs", self.pub), ("chunks", self.pull), ("telemetry", self.tele)):
+            out[name] = f"{base}:{s.bind_to_random_port(base)}"
+        return out
+
+    # --- curve -----------------------------------------------------------------------------------------
+    def worker_curve_env(self) -> dict[str, str]:
+        """Environment entries for a local worker about to start: with curve on, a fresh client key pair
+        (admitted by the allow-list, the previous worker's key discarded) and the server's public key."""
+        if self.curve is None:
+            return {}
+        if self.allow_list is not None and self._worker_keys is not None:
+            self.allow_list.discard(self._worker_keys.public)
+        self._worker_keys = KeyPair.generate()
+        if self.allow_list is not None:
+            self.allow_list.add(self._worker_keys.public)
+        return {SERVER_PUBLIC_ENV: self.curve.keys.public.decode(), CLIENT_SECRET_ENV: self._worker_keys.secret.decode()}
+
+    def curve_status(self) -> dict[str, Any]:
+        return {"on": self.curve is not None, "allow_list": self.allow_list is not None,
+                "denied_handshakes": self.allow_list.denied if self.allow_list is not None else 0}
+
+    def curve_hint(self) -> str:
+        """Why a worker may not have said hello, when curve is on ("" otherwise)."""
+        if self.curve is None:
+            return ""
+        return (" (curve is on: the worker needs the server's public key, --server-key"
+                + (", and a client key listed in transport.curve_allowed_clients, --client-key; "
+                   f"{self.allow_list.denied} handshakes were refused" if self.allow_list is not None else "")
+                + ")")
+
+    # --- messages -------------------------------------------------------------------------------------
+    def recv(self, timeout_ms: int) -> Message | None:
+        """The next valid message on the chunk socket within ``timeout_ms``, or None (nothing, or a
+        rejected frame: counted by reason in ``dec.rejected``)."""
+        if not self.pull.poll(timeout_ms):
+            return None
+        msg, why = self.dec.decode(self.pull.recv())
+        if msg is None:
+            self.on_reject(why)
+        return msg
+
+    def publish_obs(self, **body: Any) -> None:
+        self.pub.send(self.enc.encode("obs", **body), zmq.NOBLOCK)
+
+    def publish_telemetry(self, status: str) -> None:
+        self.tele.send(self.enc.encode("telemetry", status=status))
+
+    def close(self) -> None:
+        for s in self._sockets:
+            s.close(0)
+        if self.allow_list is not None:
+            self.allow_list.stop()
+        self._ctx.term()
