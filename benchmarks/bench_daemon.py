@@ -154,7 +154,7 @@ def loop_row(rate: float, duration: float, ckpt: Path, tmp: Path) -> dict:
     d["driver_options"] = {"task": "Reach"}
     (tmp / "robot.json").write_text(json.dumps(d))
     prefix = str(tmp / f"blocks-{rate:g}")
-    nq = 64  # larger than any suite scene's qpos
+    nq = 128  # larger than any suite scene's sim-driver state (2 x qpos; Stack: 2 x 36)
     Block.create(prefix + ".state", state_fields(8, nq))
     cmd = Block.create(prefix + ".command", command_fields(8, MAX_CHUNK))
     Block.create(prefix + ".control", control_fields(nq))

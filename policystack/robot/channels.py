@@ -55,7 +55,7 @@ class Channels:
             configure_socket(s, tc.max_message_bytes)
             if self.curve is not None:
                 curve_server(s, self.curve.keys)
-        self.pub.setsockopt(zmq.SNDHWM, 2)
+        self.pub.setsockopt(zmq.SNDHWM, tc.obs_queue)  # every observation counts (history): queue, never conflate
         try:
             self.addrs = self._bind(host, port)
         except zmq.ZMQError as e:  # close what was opened (sockets, the ZAP thread) before saying why
@@ -119,6 +119,10 @@ class Channels:
 
     def publish_obs(self, **body: Any) -> None:
         self.pub.send(self.enc.encode("obs", **body), zmq.NOBLOCK)
+
+    def beat(self) -> None:
+        """Tell listening workers the daemon waits for their hello (``transport.SCHEMAS['beat']``)."""
+        self.pub.send(self.enc.encode("beat"), zmq.NOBLOCK)
 
     def publish_telemetry(self, status: str) -> None:
         self.tele.send(self.enc.encode("telemetry", status=status))

@@ -13,7 +13,9 @@ real robot, e.g. robot=so101: the instruction, free text), instruction
 (override the language instruction), episodes, max_steps, seed, rate (loop Hz), record (dataset
 dir), port (obs; chunks port+1, telemetry port+2), host, cameras (comma list), image_size,
 env_state (true: the sim also observes the named objects' poses, for state-based checkpoints),
-replan_every, import (module registering a Policy subclass), no_rt (true: no SCHED_FIFO),
+replan_every (policy steps between chunk requests; every step's observation is sent), import (module
+registering a Policy subclass), no_rt (true: no SCHED_FIFO), lockstep (sim only, true: simulated time,
+the loop steps once each chunk is in: deterministic, for checking a checkpoint against eval),
 and any robot config key as ``robot.<key>=value`` (e.g. ``robot.watchdog_s=0.5``).
 The shared token is ``$POLICYSTACK_DAEMON_TOKEN`` (a random one is made for a local worker).
 
@@ -40,7 +42,8 @@ from policystack.keyvalue import split_key_values
 from policystack.robot.config import TOKEN_ENV, load_robot_config, token_from_env
 
 RUN_KEYS = {"robot", "checkpoint", "task", "instruction", "episodes", "max_steps", "seed", "rate", "record",
-            "port", "host", "cameras", "image_size", "env_state", "replan_every", "import", "no_rt", "threads"}
+            "port", "host", "cameras", "image_size", "env_state", "replan_every", "import", "no_rt", "threads",
+            "lockstep"}
 
 
 def _run(argv: list[str]) -> int:
@@ -67,7 +70,8 @@ def _run(argv: list[str]) -> int:
         replan_every=int(kv["replan_every"]) if "replan_every" in kv else None,
         worker_imports=tuple(m for m in kv.get("import", "").split(",") if m),
         worker_threads=int(kv.get("threads", 1)),
-        no_rt=str(kv.get("no_rt", "false")).lower() in ("1", "true", "yes"))
+        no_rt=str(kv.get("no_rt", "false")).lower() in ("1", "true", "yes"),
+        lockstep=str(kv.get("lockstep", "false")).lower() in ("1", "true", "yes"))
     sup = Supervisor(cfg)
     print(json.dumps({"telemetry": sup.addrs["telemetry"], "obs": sup.addrs["obs"]}), flush=True)
     try:

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +74,9 @@ class LoopProcess:
         self.control: Block | None = None
 
     def start(self, driver_options: dict[str, Any], extra_dim: int, token: bytes, no_rt: bool,
-              timeout_s: float, wait: Callable[[], None]) -> None:
-        """Create the blocks, start the loop, return once it published its first state. ``wait`` is
-        called while waiting (the supervisor keeps its sockets served meanwhile)."""
+              timeout_s: float, lockstep: bool = False) -> None:
+        """Create the blocks, start the loop, return once it published its first state. ``lockstep``: the
+        loop runs on simulated time, as far as ``grant`` lets it (``ControlLoop.run_lockstep``)."""
         A = self.robot.limits.dim
         self.state = Block.create(self.prefix + ".state", state_fields(A, extra_dim))
         self.command = Block.create(self.prefix + ".command", command_fields(A, MAX_CHUNK))
@@ -89,6 +88,8 @@ class LoopProcess:
         cmd = [sys.executable, "-m", "policystack.robot.loop", "--config", str(cfg_path), "--blocks", self.prefix]
         if no_rt:
             cmd.append("--no-rt")
+        if lockstep:
+            cmd.append("--lockstep")
         self.proc = subprocess.Popen(cmd, env=child_env(token))
         deadline = time.monotonic() + timeout_s
         while self.state.f["ready"][0] != 1.0:
@@ -96,7 +97,7 @@ class LoopProcess:
                 raise DaemonError(f"control loop exited with code {self.proc.returncode} before ready")
             if time.monotonic() > deadline:
                 raise DaemonError(f"control loop not ready after {timeout_s} s")
-            wait()
+            time.sleep(0.01)
 
     @property
     def pid(self) -> int:
@@ -150,6 +151,22 @@ class LoopProcess:
         blk.f["actions"][:n] = actions
         blk.f["gen"][0] += 1
         blk.end()
+
+    def ticks_done(self) -> int:
+        """Lockstep: the ticks the loop has run (its state is published at that point)."""
+        return int(self.state.f["tick"][0])
+
+    def grant(self, ticks: int, timeout_s: float = 10.0) -> None:
+        """Lockstep: let the loop run ``ticks`` more ticks of simulated time; return once it has and has
+        published the state they lead to."""
+        target = self.ticks_done() + ticks
+        self.control_write(run_to=target)
+        deadline = time.monotonic() + timeout_s
+        while self.ticks_done() != target:
+            self.check()
+            if time.monotonic() > deadline:
+                raise DaemonError(f"the control loop did not run its {ticks} granted ticks within {timeout_s} s")
+            time.sleep(0.0002)
 
     def stop(self, timeout_s: float = 10.0) -> dict[str, np.ndarray]:
         """Stop the loop (it decelerates to rest first); returns its last published state."""

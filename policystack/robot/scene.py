@@ -145,7 +145,8 @@ class SimScene(Scene):
                  env_state: bool = False):
         self.task = task
         self.env = make_sim_env(task, rate_hz, policy_hz, cameras, image_size, env_state)
-        self.extra_dim = self.env.model.nq
+        self.nq = self.env.model.nq
+        self.extra_dim = 2 * self.nq  # the sim driver's: qpos, qpos before its last mj_step
 
     @property
     def max_steps(self) -> int:
@@ -160,24 +161,34 @@ class SimScene(Scene):
 
     def start_episode(self, index: int, seed: int, loop: LoopHandle) -> str:
         """Lay out episode ``seed`` here and in the loop's sim (teleported to the same qpos)."""
-        qpos, instruction = self.reset(seed)
-        loop.reset_loop(qpos, seed)
+        extra, instruction = self.reset(seed)
+        loop.reset_loop(extra, seed)
         return instruction
 
     def frame(self, state: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], bool]:
         return self.observe(state["extra"])
 
     def reset(self, seed: int) -> tuple[np.ndarray, str]:
-        """(qpos to teleport the loop's sim to, instruction) of episode ``seed``."""
+        """(the driver state to reset the loop's sim to [2 nq]: qpos and NaN, instruction) of episode ``seed``."""
         self.env.reset(seed=seed)
-        return self.env.data.qpos.copy(), self.env.task
+        return np.concatenate([self.env.data.qpos, np.full(self.nq, np.nan)]), self.env.task
 
-    def observe(self, qpos: np.ndarray) -> tuple[dict[str, np.ndarray], bool]:
-        """Observation dict (state [15], images uint8 [3, H, W]) and success at ``qpos``."""
-        env = self.env
-        env.data.qpos[:] = qpos[: env.model.nq]
-        env.data.qvel[:] = 0.0
-        mujoco.mj_forward(env.model, env.data)
+    def observe(self, extra: np.ndarray) -> tuple[dict[str, np.ndarray], bool]:
+        """Observation dict (state [15], images uint8 [3, H, W]) and success of the driver state ``extra``
+        (qpos [nq], qpos before the last physics step [nq]), exactly as the env observes after ``step``:
+        positions of bodies, sites and cameras computed at the earlier qpos, joint readings at the later
+        one. Right after a reset (no earlier qpos), the env's own reset state when it is at that qpos."""
+        env, nq = self.env, self.nq
+        qpos, before = extra[:nq], extra[nq: 2 * nq]
+        if np.isfinite(before).all():
+            env.data.qpos[:] = before
+            env.data.qvel[:] = 0.0
+            mujoco.mj_forward(env.model, env.data)
+            env.data.qpos[:] = qpos
+        elif not np.array_equal(env.data.qpos, qpos):
+            env.data.qpos[:] = qpos
+            env.data.qvel[:] = 0.0
+            mujoco.mj_forward(env.model, env.data)
         success, _ = env.evaluate()
         return env.observation(), bool(success)
 

@@ -109,6 +109,7 @@ def command_fields(dim: int, max_len: int) -> dict[str, tuple[int, ...]]:
 
 def control_fields(extra: int) -> dict[str, tuple[int, ...]]:
     """Written by the supervisor on state changes. ``reset_seed``: the episode's seed (the sim lays its
-    objects out as the supervisor's scene does before teleporting to ``reset_extra``); < 0: none."""
-    return {"estop": (1,), "stop": (1,), "hold_gen": (1,), "reset_gen": (1,), "reset_seed": (1,),
+    objects out as the supervisor's scene does before teleporting to ``reset_extra``); < 0: none.
+    ``run_to``: in lockstep (simulated time), the number of ticks the loop may have run."""
+    return {"estop": (1,), "stop": (1,), "hold_gen": (1,), "reset_gen": (1,), "reset_seed": (1,), "run_to": (1,),
             "reset_extra": (max(extra, 1),)}

@@ -14,10 +14,15 @@ States::
   ``home_timeout_s``: hold, the run ends with an error), after a ``reset_wait_s`` pause between episodes.
 - RUNNING: at the policy rate the supervisor reads the loop's state, builds the observation
   (sim: renders the cameras from the loop's qpos; real robot: measured joints + LeRobot camera
-  frames; a sensor fault ends the episode, ``sensor_fault``), records the frame, publishes the observation
-  to the worker every ``replan_every`` ticks, and forwards every valid chunk (signed, fresh,
-  right episode and shape) into the loop's command block. Rejected messages are counted by
-  reason and published; nothing on the socket can reach the loop unchecked.
+  frames; a sensor fault ends the episode, ``sensor_fault``), records the frame, publishes every
+  observation to the worker (which ``observe``s each one, as ``select_action`` does), marked
+  ``replan`` every ``replan_every`` ticks (the worker then predicts a chunk), and forwards every
+  valid chunk (signed, fresh, right episode and shape) into the loop's command block. Rejected
+  messages are counted by reason and published; nothing on the socket can reach the loop unchecked.
+- Lockstep (``lockstep=True``, sim only): the loop runs on simulated time and advances one policy
+  step of ticks only once the chunk for that step's observation is in its command block, so a run
+  is deterministic and, with limits that pass targets through, steps the physics exactly as an env
+  rollout does (``policystack eval``'s; tests/robot/test_daemon_eval_parity.py).
 - Worker died, or (local worker) answered no observation for ``stall_timeout_s``: HOLD, the
   episode ends (failure, recorded), a stalled worker is killed (SIGKILL), the worker is
   restarted (at most ``max_restarts`` times) and the next episode starts once it says hello.
@@ -85,7 +90,7 @@ class DaemonConfig:
     cameras: tuple[str, ...] = ("front",)
     image_size: int = 96
     env_state: bool = False  # sim: observations carry observation.environment_state (privileged)
-    replan_every: int | None = None  # policy ticks between observations sent; default n_action_steps
+    replan_every: int | None = None  # policy ticks between chunk requests; default n_action_steps
     worker_imports: tuple[str, ...] = ()
     worker_threads: int = 1
     max_restarts: int = 2
@@ -94,7 +99,16 @@ class DaemonConfig:
     stall_timeout_s: float | None = None
     hello_timeout_s: float = 120.0
     no_rt: bool = False
+    # sim only: simulated time, the loop steps one policy step once its chunk is in (deterministic runs)
+    lockstep: bool = False
     log: Any = field(default=None, repr=False)  # callable(str); default prints to stderr
+
+    def __post_init__(self):
+        if self.lockstep and self.robot.driver != "sim":
+            raise ValueError(f"lockstep=true: robot {self.robot.name!r} (driver {self.robot.driver!r}) runs in real "
+                             "time; only the sim driver can step on demand")
+        if self.replan_every is not None and self.replan_every < 1:
+            raise ValueError(f"replan_every={self.replan_every}: expected a number of policy steps >= 1")
 
 
 @dataclass
@@ -105,6 +119,8 @@ class EpisodeResult:
     # "success", "timeout", "worker_lost", "worker_stalled", "stopped", "operator", "sensor_fault"
     reason: str
     dataset_episode: int | None = None
+    obs_missed: int = 0  # observations that never reached the worker (its history had gaps)
+    replans_skipped: int = 0  # replan requests the worker answered with a newer one (it was behind)
 
 
 class Supervisor:
@@ -124,7 +140,6 @@ class Supervisor:
         self._stop = False
         self._end_episode = False  # an operator's end-episode command, for the running episode
         self.scene: Scene | None = None
-        self._early_hello = None  # a hello that arrived while the loop was starting
         self.channels = Channels(cfg.robot.transport, cfg.token, cfg.host, cfg.port, on_reject=self._rejected)
         self.addrs = self.channels.addrs
         self.dec = self.channels.dec
@@ -134,6 +149,8 @@ class Supervisor:
         self.telemetry = TelemetryPublisher(self._status, self.channels.publish_telemetry)
         self.step = 0
         self.episode = -1
+        self.obs_missed = 0  # the running episode's, as the worker reports them
+        self.replans_skipped = 0
         self.final_loop_state: dict[str, np.ndarray] = {}
 
     # --- processes ---------------------------------------------------------------------------------
@@ -143,14 +160,8 @@ class Supervisor:
             self.scene = make_scene(r, self.cfg.task, self.cfg.cameras, self.cfg.image_size, self.cfg.env_state)
         except SensorFault as e:
             raise DaemonError(str(e)) from None
-
-        def keep_hellos() -> None:  # keep the worker's hellos from going stale in the queue meanwhile
-            msg = self.channels.recv(10)
-            if msg is not None and msg.kind == "hello":
-                self._early_hello = msg
-
         self.loop.start(self.scene.driver_options(dict(r.driver_options)), self.scene.extra_dim, self.cfg.token,
-                        self.cfg.no_rt, timeout_s, wait=keep_hellos)
+                        self.cfg.no_rt, timeout_s, lockstep=self.cfg.lockstep)
         self.log(f"control loop started (pid {self.loop.pid}, {r.rate_hz:g} Hz)")
         self.scene.attach(read_loop_info(self.loop.info_path))
         self._hold("startup")
@@ -162,7 +173,8 @@ class Supervisor:
         cmd = [sys.executable, "-m", "policystack.robot.worker", "--checkpoint", str(self.cfg.checkpoint),
                "--obs", self.addrs["obs"], "--chunks", self.addrs["chunks"],
                "--threads", str(self.cfg.worker_threads), "--exit-with-parent",
-               "--max-bytes", str(self.cfg.robot.transport.max_message_bytes)]
+               "--max-bytes", str(self.cfg.robot.transport.max_message_bytes),
+               "--obs-queue", str(self.cfg.robot.transport.obs_queue)]
         for m in self.cfg.worker_imports:
             cmd += ["--import", m]
         self.worker_proc = WorkerProcess(cmd, child_env(self.cfg.token, self.channels.worker_curve_env()))
@@ -171,7 +183,8 @@ class Supervisor:
     def wait_hello(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not self._stop:
-            msg, self._early_hello = (self._early_hello or self.channels.recv(100)), None
+            self.channels.beat()  # a worker answers once this reaches it (its subscription works)
+            msg = self.channels.recv(100)
             if msg is not None and msg.kind == "hello":
                 if msg.body["error"]:
                     raise DaemonError(f"policy worker failed to load the checkpoint: {msg.body['error']}")
@@ -304,7 +317,10 @@ class Supervisor:
         self.events.append(f"operator command: {op}")
         self.log(f"operator command: {op}")
 
-    def _forward_chunk(self, msg, episode: int, dt: float) -> bool:
+    def _forward_chunk(self, msg, episode: int, dt: float, t_loop: float | None = None) -> bool:
+        """Hand a chunk that passed the transport checks to the loop if it is for this ``episode`` and
+        well-formed; ``t_loop``: its observation's time on the loop's clock (lockstep: simulated; None:
+        the message's ``t_obs``, the shared monotonic clock)."""
         b = msg.body
         a = b["actions"]
         if b["episode"] != episode or b["t_obs"] > time.monotonic():
@@ -314,8 +330,15 @@ class Supervisor:
             return False
         if not np.isfinite(a).all():
             self.events.append(f"chunk for obs {b['obs_seq']} has NaN/inf (forwarded: the loop holds)")
-        self.loop.write_chunk(a, b["t_obs"], dt)
+        self.loop.write_chunk(a, b["t_obs"] if t_loop is None else t_loop, dt)
         self.latencies.append(time.monotonic() - b["t_obs"])
+        if b["obs_missed"] > self.obs_missed:
+            if not self.obs_missed:
+                self.events.append(f"episode {episode}: the worker missed observations (its history has gaps)")
+                self.log(f"episode {episode}: the policy worker missed {b['obs_missed']} observations; its "
+                         "history has gaps (worker too slow for transport.obs_queue, or joined mid-episode)")
+            self.obs_missed = b["obs_missed"]
+        self.replans_skipped = max(self.replans_skipped, b["replans_skipped"])
         return True
 
     def _status(self) -> dict[str, Any]:
@@ -325,7 +348,8 @@ class Supervisor:
             "episodes_done": len(self.results),
             "successes": sum(r.success for r in self.results) if self.judges_success else None,
             "loop": loop_status(self.loop.state.snapshot(), self.loop.alive),
-            "worker": {"alive": self._worker_alive(), "restarts": self.restarts, **self.worker_info},
+            "worker": {"alive": self._worker_alive(), "restarts": self.restarts, "obs_missed": self.obs_missed,
+                       "replans_skipped": self.replans_skipped, **self.worker_info},
             "latency_ms": latency_status(self.latencies),
             "rejected": dict(self.dec.rejected), "recent_events": self.events[-10:],
             "curve": self.channels.curve_status(),
@@ -346,11 +370,14 @@ class Supervisor:
         max_steps = cfg.max_steps or self.scene.max_steps
         replan = cfg.replan_every or int(self.worker_info.get("n_action_steps", 1))
         self.episode, self.state = index, State.RUNNING
+        self.obs_missed = self.replans_skipped = 0
         self.log(f"episode {index}: {instruction!r} (seed {cfg.seed + index})")
-        snap = self.loop.state.buffers("q_meas", "q_cmd", "extra")
+        snap = self.loop.state.buffers("t", "q_meas", "q_cmd", "extra")
         stall_s = cfg.stall_timeout_s if cfg.stall_timeout_s is not None else r.watchdog_s
-        obs_seq, last_sent, answered, reason, success = 0, -np.inf, True, "timeout", False
-        waiting_since = np.inf  # when the oldest unanswered observation was sent
+        reason, success = "timeout", False
+        request, requested_at, answered = 0, -np.inf, True  # obs_seq of the newest chunk request; sent when
+        waiting_since = np.inf  # when the oldest unanswered request was sent
+        t_loop = None  # lockstep: the simulated time of the newest request's observation
         t_next = time.monotonic()
         step = 0
         for step in range(max_steps + 1):
@@ -371,18 +398,19 @@ class Supervisor:
                 break
             if step == max_steps:
                 break
-            due = step % replan == 0 or (not answered and t_obs - last_sent > 2 * dt)
-            if due:
-                obs_seq += 1
-                images = {k[len(OBS_IMAGES) + 1:]: v for k, v in obs.items() if k.startswith(OBS_IMAGES + ".")}
-                self.channels.publish_obs(episode=index, obs_seq=obs_seq, t_obs=t_obs, dt=dt, task=instruction,
-                                          state=obs[OBS_STATE], env_state=obs.get(OBS_ENV_STATE, NO_ENV_STATE),
-                                          images=images, reset=step == 0 or obs_seq == 1)
+            # a chunk every `replan` steps, or again when the last request went unanswered for 2 steps
+            replan_now = step % replan == 0 or (not answered and t_obs - requested_at > 2 * dt)
+            images = {k[len(OBS_IMAGES) + 1:]: v for k, v in obs.items() if k.startswith(OBS_IMAGES + ".")}
+            self.channels.publish_obs(episode=index, obs_seq=step + 1, t_obs=t_obs, dt=dt, task=instruction,
+                                      state=obs[OBS_STATE], env_state=obs.get(OBS_ENV_STATE, NO_ENV_STATE),
+                                      images=images, reset=step == 0, seed=cfg.seed + index, replan=replan_now)
+            if replan_now:
                 if answered:
                     waiting_since = t_obs
-                last_sent, answered = t_obs, False
+                request, requested_at, answered = step + 1, t_obs, False
+                t_loop = float(snap["t"][0]) if cfg.lockstep else None
             t_next += dt
-            while True:  # relay chunks until the next policy tick
+            while True:  # relay chunks until the next policy tick (lockstep: until the request is answered)
                 self.loop.check()
                 if not self._worker_alive():
                     reason = "worker_lost"
@@ -393,26 +421,31 @@ class Supervisor:
                         and time.monotonic() - waiting_since > stall_s):
                     reason = "worker_stalled"
                     break
-                wait = t_next - time.monotonic()
-                if wait <= 0:
+                wait = (0.0 if answered else 0.1) if cfg.lockstep else t_next - time.monotonic()
+                if wait <= 0:  # lockstep: the chunk is in (or none was asked for); else the next tick is due
                     break
                 msg = self.channels.recv(max(1, int(wait * 1000)))
                 if msg is not None and msg.kind == "command":
                     self._command(msg)
-                elif msg is not None and msg.kind == "chunk" and self._forward_chunk(msg, index, dt):
-                    answered = answered or msg.body["obs_seq"] == obs_seq
+                elif (msg is not None and msg.kind == "chunk"
+                      and (not cfg.lockstep or msg.body["obs_seq"] == request)
+                      and self._forward_chunk(msg, index, dt, t_loop)):
+                    answered = answered or msg.body["obs_seq"] == request
                     if answered:
                         waiting_since = np.inf
                 self.telemetry()
             if reason in ("worker_lost", "worker_stalled") or self._stop or self._end_episode:
                 reason = "stopped" if self._stop else ("operator" if self._end_episode else reason)
                 break
+            if cfg.lockstep:
+                self.loop.grant(int(round(r.rate_hz / r.policy_hz)))
         self._hold(f"episode {index} ended: {reason}")
         self.loop.state.read(snap)
         ds_ep = recorder.end_episode(snap["q_cmd"]) if recorder is not None else None
-        res = EpisodeResult(index, success, step, reason, ds_ep)
+        res = EpisodeResult(index, success, step, reason, ds_ep, self.obs_missed, self.replans_skipped)
         self.results.append(res)
-        self.log(f"episode {index}: {reason} after {step} steps")
+        gaps = f" (worker missed {self.obs_missed} observations)" if self.obs_missed else ""
+        self.log(f"episode {index}: {reason} after {step} steps{gaps}")
         return res
 
     def run(self) -> list[EpisodeResult]:

@@ -181,8 +181,8 @@ def test_hostile_network_messages_are_rejected_and_the_daemon_survives(ckpt):
     push.setsockopt(zmq.LINGER, 0)
     push.connect(sup.addrs["chunks"])
     try:
-        body = dict(episode=0, obs_seq=1, t_obs=time.monotonic(), dt=0.1, infer_s=0.0,
-                    actions=np.full((8, 8), 100.0, np.float32))
+        body = dict(episode=0, obs_seq=1, t_obs=time.monotonic(), dt=0.1, infer_s=0.0, obs_missed=0,
+                    replans_skipped=0, actions=np.full((8, 8), 100.0, np.float32))
         push.send(b"\x93\x01\x02")  # garbage
         push.send(Encoder(b"wrong-token-wrong-token").encode("chunk", **body))  # unauthenticated
         enc = Encoder(TOKEN)

@@ -20,7 +20,7 @@ from policystack.robot.shm import Block, command_fields, control_fields, state_f
 
 class InProcessDaemon:
     """The loop's tick and the supervisor's scene on one simulated clock (no processes, no sockets):
-    what ``Supervisor.run_episode`` does per policy step, deterministically."""
+    what ``Supervisor.run_episode`` does per policy step in lockstep (``ControlLoop.run_lockstep``)."""
 
     def __init__(self, task: str, cfg: RobotConfig, blocks_dir):
         self.cfg = cfg
@@ -38,12 +38,12 @@ class InProcessDaemon:
         self.snap = self.state.buffers("extra", "q_meas")
 
     def reset(self, seed: int, send_seed: bool = True) -> None:
-        qpos, _ = self.scene.reset(seed)
+        extra, _ = self.scene.reset(seed)
         c = self.control
         c.begin()
         c.f["reset_gen"][0] += 1
         c.f["reset_seed"][0] = seed if send_seed else -1
-        c.f["reset_extra"][:] = qpos
+        c.f["reset_extra"][:] = extra
         c.end()
         self.loop.tick(self.t)  # the loop takes the reset (the supervisor waits for its ack)
         self.t += self.cfg.period
@@ -65,6 +65,7 @@ class InProcessDaemon:
         for _ in range(self.ticks_per_step):
             self.loop.tick(self.t)
             self.t += self.cfg.period
+        self.loop.publish_measured(self.t)  # as the lockstep loop does: the state after the step
 
     def close(self) -> None:
         self.driver.close()
@@ -127,6 +128,6 @@ def test_loop_sim_lays_out_the_episode_like_the_scene(tmp_path):
             d.reset(seed)
             np.testing.assert_array_equal(d.driver.model.body_pos, d.scene.env.model.body_pos)
             d.state.read(d.snap)
-            np.testing.assert_allclose(d.snap["extra"], d.scene.env.data.qpos, atol=0.02)
+            np.testing.assert_allclose(d.snap["extra"][: d.scene.nq], d.scene.env.data.qpos, atol=0.02)
     finally:
         d.close()
