@@ -7,11 +7,28 @@
 Every frame is signed and checked (``transport.py``: ``Encoder`` / ``Decoder``); with CurveZMQ on
 (``curve.py``) the three are CURVE servers and, with an allow-list, the ZAP handler runs before the
 first bind. A local worker gets a fresh client key pair per start (``worker_curve_env``).
+
+Junk is dropped as early and as cheaply as it can be (docs/daemon.md, "Under a flood"):
+- every socket has a ZAP domain, so libzmq refuses at the greeting a peer that does not speak ZMTP 3
+  (random bytes on the port) instead of taking it as a ZMTP 1.0 peer; with curve on, a peer without
+  the server's key (or, with an allow-list, a listed key) never completes the handshake;
+- size caps before anything is read: the chunk socket takes frames up to ``inbound_max_bytes`` (a
+  full chunk plus 16 KiB), the PUB sockets, which only ever receive subscriptions (and curve's
+  handshake commands), 2 KiB; libzmq drops a larger frame with its connection;
+- bounded queues: 32 frames per peer on the chunk socket, 16 subscription messages per peer on the PUB
+  sockets (without it a subscription flood grows libzmq's queues by megabytes);
+  ``transport.obs_queue`` observations and 10 telemetry documents per subscriber (a subscriber that
+  never reads pins at most those);
+- a read budget: at most ``transport.max_frames_per_s`` frames a second are read from the chunk
+  socket (``recv``); the rest wait in those queues, fair-queued per peer, and the flooder blocks;
+- a rejected frame costs one length check and one HMAC (``Decoder``); it is counted by reason, never
+  logged or kept one by one (the supervisor's ``RejectionLog``).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +38,7 @@ from policystack.robot.config import TransportConfig
 from policystack.robot.curve import (
     CLIENT_SECRET_ENV,
     SERVER_PUBLIC_ENV,
+    ZAP_DOMAIN,
     AllowList,
     KeyPair,
     ServerCurve,
@@ -29,14 +47,19 @@ from policystack.robot.curve import (
 from policystack.robot.processes import DaemonError
 from policystack.robot.transport import Decoder, Encoder, Message, configure_socket
 
+# what a PUB socket receives: subscriptions (ours are empty) and, with curve, handshake commands (~300 B)
+SUBSCRIPTION_MAX_BYTES = 2048
+
 
 class Channels:
     """The daemon's sockets on ``host`` (``port``: obs; chunks ``port + 1``, telemetry ``port + 2``;
     0: any free ports). ``addrs`` names the bound addresses."""
 
-    def __init__(self, tc: TransportConfig, token: bytes, host: str, port: int,
+    def __init__(self, tc: TransportConfig, token: bytes, host: str, port: int, inbound_max_bytes: int,
                  on_reject: Callable[[str], None]):
         self.on_reject = on_reject  # called with the reason of every rejected frame
+        self.rate = float(tc.max_frames_per_s)
+        self._tokens, self._refilled = self.rate / 10, time.monotonic()  # read budget: burst of 0.1 s
         # keys first: a missing or malformed key file fails here, before any socket exists
         self.curve = ServerCurve.load(tc.curve_server_secret, tc.curve_allowed_clients) \
             if tc.curve_server_secret else None
@@ -46,16 +69,21 @@ class Channels:
         self.allow_list = AllowList(self._ctx, self.curve.allowed) \
             if self.curve is not None and self.curve.allowed is not None else None
         self.enc = Encoder(token, sender="daemon-" + os.urandom(6).hex(), max_bytes=tc.max_message_bytes)
-        self.dec = Decoder(token, max_bytes=tc.max_message_bytes, window_s=tc.window_s,
-                           kinds=("chunk", "hello", "command"))
+        self.dec = Decoder(token, max_bytes=inbound_max_bytes, window_s=tc.window_s, kinds=("chunk", "hello", "command"))
         self.pub = self._ctx.socket(zmq.PUB)
         self.pull = self._ctx.socket(zmq.PULL)
         self.tele = self._ctx.socket(zmq.PUB)
-        for s in self._sockets:
-            configure_socket(s, tc.max_message_bytes)
+        for s, max_in in ((self.pub, SUBSCRIPTION_MAX_BYTES), (self.pull, inbound_max_bytes),
+                          (self.tele, SUBSCRIPTION_MAX_BYTES)):
+            configure_socket(s, max_in)
+            s.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
             if self.curve is not None:
                 curve_server(s, self.curve.keys)
         self.pub.setsockopt(zmq.SNDHWM, tc.obs_queue)  # every observation counts (history): queue, never conflate
+        self.tele.setsockopt(zmq.SNDHWM, 10)
+        self.pull.setsockopt(zmq.RCVHWM, 32)
+        for s in (self.pub, self.tele):  # subscriptions queued per peer: a flood of them waits in TCP
+            s.setsockopt(zmq.RCVHWM, 16)
         try:
             self.addrs = self._bind(host, port)
         except zmq.ZMQError as e:  # close what was opened (sockets, the ZAP thread) before saying why
@@ -108,10 +136,18 @@ class Channels:
 
     # --- messages -------------------------------------------------------------------------------------
     def recv(self, timeout_ms: int) -> Message | None:
-        """The next valid message on the chunk socket within ``timeout_ms``, or None (nothing, or a
-        rejected frame: counted by reason in ``dec.rejected``)."""
+        """The next valid message on the chunk socket within ``timeout_ms``, or None (nothing, a rejected
+        frame -- counted by reason in ``dec.rejected`` -- or the read budget spent: then it waits for
+        the budget instead, at most ``timeout_ms``)."""
+        now = time.monotonic()
+        self._tokens = min(self.rate / 10, self._tokens + (now - self._refilled) * self.rate)
+        self._refilled = now
+        if self._tokens < 1.0:
+            time.sleep(min(timeout_ms / 1000, (1.0 - self._tokens) / self.rate))
+            return None
         if not self.pull.poll(timeout_ms):
             return None
+        self._tokens -= 1.0
         msg, why = self.dec.decode(self.pull.recv())
         if msg is None:
             self.on_reject(why)

@@ -73,7 +73,8 @@ def _run(argv: list[str]) -> int:
         no_rt=str(kv.get("no_rt", "false")).lower() in ("1", "true", "yes"),
         lockstep=str(kv.get("lockstep", "false")).lower() in ("1", "true", "yes"))
     sup = Supervisor(cfg)
-    print(json.dumps({"telemetry": sup.addrs["telemetry"], "obs": sup.addrs["obs"]}), flush=True)
+    print(json.dumps({"telemetry": sup.addrs["telemetry"], "obs": sup.addrs["obs"], "commands": sup.addrs["chunks"]}),
+          flush=True)
     try:
         results = sup.run()
     except DaemonError as e:

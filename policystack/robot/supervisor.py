@@ -48,6 +48,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,11 +60,14 @@ from policystack.robot.loop import MAX_CHUNK
 from policystack.robot.processes import DaemonError, LoopProcess, WorkerProcess, child_env
 from policystack.robot.scene import Scene, SensorFault, make_scene, read_loop_info
 from policystack.robot.telemetry import TelemetryPublisher, latency_status, loop_status
+from policystack.robot.transport import RejectionLog, inbound_max_bytes
 from policystack.types import OBS_ENV_STATE, OBS_IMAGES, OBS_STATE
 
 __all__ = ["DaemonConfig", "DaemonError", "EpisodeResult", "State", "Supervisor"]
 
 NO_ENV_STATE = np.zeros(0, np.float32)  # what the obs message carries when the robot has no env state
+EVENTS_KEPT = 200  # the event history is a ring: a flood of anything can never grow it
+LATENCIES_KEPT = 100_000  # ~2.8 h of chunks at 10 Hz
 
 
 class State(enum.Enum):
@@ -133,20 +137,24 @@ class Supervisor:
         self.log = cfg.log or (lambda s: print(f"[daemon] {s}", file=sys.stderr, flush=True))
         self.state = State.IDLE
         self.results: list[EpisodeResult] = []
-        self.latencies: list[float] = []  # observation -> chunk in the loop's command block (s)
-        self.events: list[str] = []
+        # observation -> chunk in the loop's command block (s), the last LATENCIES_KEPT
+        self.latencies: deque[float] = deque(maxlen=LATENCIES_KEPT)
+        self.events: deque[str] = deque(maxlen=EVENTS_KEPT)  # what happened, newest last
+        # rejected frames: counted by reason (self.dec.rejected), one summary line per interval
+        self.rejections = RejectionLog(self._log_rejections, where=" on the chunk socket")
         self.restarts = 0
         self.worker_info: dict[str, Any] = {}
         self._stop = False
         self._end_episode = False  # an operator's end-episode command, for the running episode
         self.scene: Scene | None = None
-        self.channels = Channels(cfg.robot.transport, cfg.token, cfg.host, cfg.port, on_reject=self._rejected)
+        self.channels = Channels(cfg.robot.transport, cfg.token, cfg.host, cfg.port,
+                                 inbound_max_bytes(cfg.robot.limits.dim, MAX_CHUNK), on_reject=self.rejections.add)
         self.addrs = self.channels.addrs
         self.dec = self.channels.dec
         self.allow_list = self.channels.allow_list
         self.loop = LoopProcess(cfg.robot)
         self.worker_proc: WorkerProcess | None = None
-        self.telemetry = TelemetryPublisher(self._status, self.channels.publish_telemetry)
+        self._publish = TelemetryPublisher(self._status, self.channels.publish_telemetry)
         self.step = 0
         self.episode = -1
         self.obs_missed = 0  # the running episode's, as the worker reports them
@@ -193,6 +201,9 @@ class Supervisor:
                 self.worker_sender = msg.sender
                 self.log(f"worker ready: policy {msg.body['policy']}, horizon {msg.body['horizon']}, "
                          f"n_action_steps {msg.body['n_action_steps']}")
+                if msg.body["horizon"] > MAX_CHUNK:
+                    raise DaemonError(f"policy horizon {msg.body['horizon']} exceeds the {MAX_CHUNK} actions a chunk "
+                                      "may hold (loop.MAX_CHUNK)")
                 if msg.body["action_dim"] != self.cfg.robot.limits.dim:
                     raise DaemonError(f"policy acts in {msg.body['action_dim']} dimensions; robot "
                                       f"{self.cfg.robot.name!r} takes {self.cfg.robot.limits.dim}")
@@ -301,9 +312,14 @@ class Supervisor:
         return self.loop.state.snapshot()
 
     # --- messages -------------------------------------------------------------------------------------
-    def _rejected(self, why: str) -> None:
-        self.events.append(f"rejected message: {why}")
-        self.log(f"rejected a message: {why}")
+    def _log_rejections(self, line: str) -> None:
+        self.events.append(line)
+        self.log(line)
+
+    def telemetry(self, force: bool = False) -> None:
+        """Publish the status document (at most 5 Hz unless ``force``); write a due rejection summary."""
+        self.rejections.poll()
+        self._publish(force)
 
     def _command(self, msg) -> None:
         op = msg.body["op"]
@@ -351,7 +367,8 @@ class Supervisor:
             "worker": {"alive": self._worker_alive(), "restarts": self.restarts, "obs_missed": self.obs_missed,
                        "replans_skipped": self.replans_skipped, **self.worker_info},
             "latency_ms": latency_status(self.latencies),
-            "rejected": dict(self.dec.rejected), "recent_events": self.events[-10:],
+            "rejected": dict(self.dec.rejected), "rejected_total": self.rejections.total,
+            "recent_events": list(self.events)[-10:],
             "curve": self.channels.curve_status(),
         }
 

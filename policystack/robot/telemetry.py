@@ -3,10 +3,10 @@ signed ``telemetry`` message at most every ``period_s`` (5 Hz).
 
 Document keys: ``state``, ``episode``, ``step``, ``episodes_done``, ``successes`` (null on a robot
 without a success check), ``loop`` (alive, tick, misses, late_max_us, active faults, per-event tick
-counts, q_cmd), ``worker`` (alive, restarts and its hello: policy, horizon, shapes), ``latency_ms``
-(observation -> chunk in the loop's command block, p50 / p99 of the last 200), ``rejected``
-(rejected frames by reason), ``recent_events`` (the last 10), ``curve`` (on, allow_list,
-denied_handshakes).
+counts, q_cmd), ``worker`` (alive, restarts, the running episode's ``obs_missed`` and
+``replans_skipped``, and its hello: policy, horizon, shapes), ``latency_ms`` (observation -> chunk in
+the loop's command block, p50 / p99 of the last 200), ``rejected`` (rejected frames by reason) and
+``rejected_total``, ``recent_events`` (the last 10), ``curve`` (on, allow_list, denied_handshakes).
 """
 
 from __future__ import annotations

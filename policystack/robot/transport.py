@@ -237,16 +237,16 @@ class Decoder:
 
 
 class RejectionLog:
-    """Logs rejected frames at a bounded rate, never a line per frame: the first rejection at once,
-    then at most one summary line per ``interval_s`` with the count by reason since the last line and
-    one example (``poll`` writes a due summary when no frame arrives). ``total`` counts all."""
+    """Logs rejected frames at a bounded rate, never a line per frame: the first rejection at once, then
+    at most one summary line per ``interval_s`` -- the count by reason since the last line and one
+    example (``poll`` writes a due summary when no frame arrives). ``total`` counts them all."""
 
-    def __init__(self, log: Callable[[str], None], interval_s: float = 10.0, what: str = "messages"):
-        self.log, self.interval_s, self.what = log, interval_s, what
+    def __init__(self, log: Callable[[str], None], interval_s: float = 10.0, where: str = ""):
+        self.log, self.interval_s, self.where = log, interval_s, where  # where: " on the chunk socket"
         self.pending: dict[str, int] = {}
         self.example = ""
         self.total = 0
-        self._last = -float("inf")
+        self._last: float | None = None
 
     def add(self, reason: str) -> None:
         self.total += 1
@@ -257,12 +257,24 @@ class RejectionLog:
 
     def poll(self) -> None:
         now = time.monotonic()
-        if self.pending and now - self._last >= self.interval_s:
-            n = sum(self.pending.values())
+        if not self.pending or (self._last is not None and now - self._last < self.interval_s):
+            return
+        if self._last is None:
+            line = (f"rejected a frame{self.where}: {self.example[:160]} (further rejections: one summary "
+                    f"every {self.interval_s:g} s)")
+        else:
             by = ", ".join(f"{k} {v}" for k, v in sorted(self.pending.items(), key=lambda kv: -kv[1]))
-            since = f"in the last {now - self._last:.0f} s" if self._last > -float("inf") else "first"
-            self.log(f"rejected {n} {self.what} ({since}; {by}); e.g. {self.example[:160]}")
-            self.pending, self.example, self._last = {}, "", now
+            line = (f"rejected {sum(self.pending.values())} frames{self.where} in the last {now - self._last:.0f} s "
+                    f"({by}); e.g. {self.example[:160]}")
+        self.log(line)
+        self.pending, self.example, self._last = {}, "", now
+
+
+def inbound_max_bytes(action_dim: int, max_chunk: int) -> int:
+    """The largest frame the daemon's chunk socket takes: a chunk of ``max_chunk`` x ``action_dim`` float32
+    plus 16 KiB for the envelope, a hello (error text, image shapes) or an operator command. libzmq drops
+    anything larger before it is read (``MAXMSGSIZE``)."""
+    return max_chunk * action_dim * 4 + (16 << 10)
 
 
 def configure_socket(sock: Any, max_bytes: int) -> None:

@@ -146,7 +146,7 @@ def serve(checkpoint: str, obs_addr: str, chunk_addr: str, token: bytes, max_byt
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(obs_addr)
     dec = Decoder(token, max_bytes=max_bytes, window_s=window_s, kinds=("obs", "beat"))
-    rejected = RejectionLog(lambda line: print(f"worker: {line}", file=sys.stderr, flush=True))
+    rejected = RejectionLog(lambda line: print(f"worker: {line}", file=sys.stderr, flush=True), where=" from the daemon")
     state = policy.features.get(OBS_STATE)
     images = {key[len(OBS_IMAGES) + 1:]: np.array([3, f.shape[0], f.shape[1]], np.int64)
               for key, f in policy.features.items() if is_image_key(key)}  # (H, W, 3) -> [3, H, W]
