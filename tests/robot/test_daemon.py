@@ -40,7 +40,10 @@ def daemon(ckpt, **kw) -> Supervisor:
     robot = load_robot_config("sim", {"watchdog_s": 0.3})
     base = dict(robot=robot, token=TOKEN, checkpoint=str(ckpt), task="Reach", episodes=1, max_steps=20,
                 port=0, cameras=("front",), image_size=32, worker_imports=("daemon_test_policies",),
-                no_rt=True, hello_timeout_s=60.0, log=lambda s: None)
+                no_rt=True, hello_timeout_s=180.0, log=lambda s: None,
+                # on a busy shared machine one inference can take longer than the 0.3 s watchdog; the stall
+                # tests set their own
+                stall_timeout_s=5.0)
     base.update(kw)
     return Supervisor(DaemonConfig(**base))
 
@@ -59,7 +62,7 @@ class Running:
         except BaseException as e:  # surfaced by join()
             self.error = e
 
-    def wait(self, pred, timeout=60.0, what=""):
+    def wait(self, pred, timeout=180.0, what=""):  # generous: startup (torch, MuJoCo) on a loaded machine
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.error is not None:

@@ -22,9 +22,11 @@ def test_a_junk_flood_is_counted_not_logged_and_memory_stays_bounded(tmp_path):
     assert rejected >= 1000, flood["rejected"]  # the flood reached the decoder
     assert {"short", "auth", "stale", "schema", "kind", "replay"} <= set(flood["rejected"]), flood["rejected"]
     assert r["final"]["rejected_total"] >= rejected
-    # the log: the first rejection and at most one summary per 10 s (plus state changes, if any)
+    # the log: the first rejection, then at most one summary per 10 s of the window (on a loaded machine the
+    # flooders may take longer than asked), plus state changes if any -- never a line per frame
     log = (tmp_path / "daemon.log").read_text()
-    assert flood["log_lines"] <= 6 and log.count("rejected") <= 2, log
+    summaries = 2 + int(flood["seconds"] // 10)
+    assert log.count("rejected") <= summaries and flood["log_lines"] <= summaries + 8, log
     events = r["final"]["recent_events"]
-    assert sum("rejected" in e for e in events) <= 2, events
+    assert sum("rejected" in e for e in events) <= summaries, events
     assert flood["rss_growth"] < 5e6, flood

@@ -70,7 +70,7 @@ def robot_config(rig, **overrides):
 
 def daemon(ckpt, robot, logs: list[str] | None = None, **kw) -> Supervisor:
     base = dict(robot=robot, token=TOKEN, checkpoint=str(ckpt), task="pick up the cube", episodes=2, port=0,
-                worker_imports=("daemon_test_policies",), no_rt=True, hello_timeout_s=60.0,
+                worker_imports=("daemon_test_policies",), no_rt=True, hello_timeout_s=180.0, stall_timeout_s=5.0,
                 log=(logs.append if logs is not None else lambda s: None))
     base.update(kw)
     return Supervisor(DaemonConfig(**base))
