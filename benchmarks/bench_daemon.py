@@ -43,8 +43,9 @@ DOC = ROOT / "docs" / "benchmarks.md"
 TOKEN = "bench-daemon-token-0123456789"
 
 
-def make_checkpoint(directory: Path) -> Path:
-    """A BC checkpoint (random weights, actions around the Panda's home posture), one camera."""
+def make_checkpoint(directory: Path, image_size: int = 96, **bc: object) -> Path:
+    """A BC checkpoint (random weights, actions around the Panda's home posture), one ``front`` camera of
+    ``image_size``; ``bc``: BCConfig fields (default: BCConfig's)."""
     import torch
 
     from policystack.envs.base import JOINT_ACTION_NAMES, STATE_NAMES
@@ -54,11 +55,11 @@ def make_checkpoint(directory: Path) -> Path:
 
     torch.manual_seed(0)
     feats = {"observation.state": Feature("float32", (15,), names=list(STATE_NAMES)),
-             "observation.images.front": Feature("video", (96, 96, 3)),
+             "observation.images.front": Feature("video", (image_size, image_size, 3)),
              "action": Feature("float32", (8,), names=list(JOINT_ACTION_NAMES))}
     stats = {"observation.state": {"mean": np.zeros(15), "std": np.ones(15)},
              "action": {"mean": np.append(HOME_QPOS, -1.0), "std": np.full(8, 0.05)}}
-    return BCPolicy(BCConfig(), feats, stats).save_pretrained(directory)
+    return BCPolicy(BCConfig(**bc), feats, stats).save_pretrained(directory)
 
 
 # --- child processes ---------------------------------------------------------------------------------
@@ -154,7 +155,7 @@ def loop_row(rate: float, duration: float, ckpt: Path, tmp: Path) -> dict:
     d["driver_options"] = {"task": "Reach"}
     (tmp / "robot.json").write_text(json.dumps(d))
     prefix = str(tmp / f"blocks-{rate:g}")
-    nq = 64  # larger than any suite scene's qpos
+    nq = 128  # larger than any suite scene's sim-driver state (2 x qpos; Stack: 2 x 36)
     Block.create(prefix + ".state", state_fields(8, nq))
     cmd = Block.create(prefix + ".command", command_fields(8, MAX_CHUNK))
     Block.create(prefix + ".control", control_fields(nq))

@@ -8,6 +8,7 @@ Errors name the argument and what was expected. ``parse_int_ranges`` reads lists
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -15,17 +16,26 @@ from typing import Any
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
-def parse_key_values(argv: list[str], cls: type, required: tuple[str, ...] = ()) -> dict[str, Any]:
-    """``["episodes=5", "out=d"]`` -> ``{"episodes": 5, "out": Path("d")}`` for dataclass ``cls``."""
-    types = {f.name: _annotation(f.type) for f in fields(cls)}
-    kwargs: dict[str, Any] = {}
+def split_key_values(argv: list[str], valid: Iterable[str], prefixes: tuple[str, ...] = ()) -> dict[str, str]:
+    """``["episodes=5", "robot.rate_hz=1000"]`` -> ``{"episodes": "5", "robot.rate_hz": "1000"}``: every key
+    must be in ``valid`` or start with one of ``prefixes`` (values stay strings)."""
+    valid = list(valid)
+    out: dict[str, str] = {}
     for arg in argv:
         key, sep, value = arg.partition("=")
         if not sep:
             raise ValueError(f"argument {arg!r}: expected key=value")
-        if key not in types:
-            raise ValueError(f"unknown argument {key!r}; valid: {', '.join(types)}")
-        kwargs[key] = _convert(key, value, types[key])
+        if key not in valid and not key.startswith(prefixes):
+            extra = "".join(f" or {p}<key>" for p in prefixes)
+            raise ValueError(f"unknown argument {key!r}; valid: {', '.join(valid)}{extra}")
+        out[key] = value
+    return out
+
+
+def parse_key_values(argv: list[str], cls: type, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``["episodes=5", "out=d"]`` -> ``{"episodes": 5, "out": Path("d")}`` for dataclass ``cls``."""
+    types = {f.name: _annotation(f.type) for f in fields(cls)}
+    kwargs = {k: _convert(k, v, types[k]) for k, v in split_key_values(argv, types).items()}
     missing = [k for k in required if k not in kwargs]
     if missing:
         raise ValueError(f"missing required argument(s): {', '.join(k + '=' for k in missing)}")

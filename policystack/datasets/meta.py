@@ -25,13 +25,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from policystack.io import (  # noqa: F401 -- re-exported for policystack/robot until the merge
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_parquet,
-    atomic_writer,
-    fsync_dir,
-)
 from policystack.types import DataError, Feature, FeatureSpec, Stats, camera_record, stats_from_json
 
 CODEBASE_VERSION = "v3.0"

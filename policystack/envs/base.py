@@ -55,6 +55,14 @@ travelled so far points at the target). ``start_pose="home"``: every episode sta
 
 Timing: the policy acts at ``fps`` (10 Hz default); physics runs at ``physics_hz`` (500 Hz default),
 so one step is ``physics_hz // fps`` ``mj_step`` calls.
+
+## Robot handle
+What drives the arm outside ``step`` (the control daemon's simulated robot, ``policystack.robot``,
+steps physics one ``mj_step`` at a time itself, and renders observations at states it sets):
+``joint_positions(out)`` reads the arm in joint-mode units ([8]: 7 joints in rad, gripper in [-1, 1]),
+``set_joint_targets(command)`` sets the servo targets of a joint-mode command exactly as ``step``
+does (without stepping), ``observation()`` is the observation of the current state (what ``reset``
+and ``step`` return). ``model`` and ``data`` are MuJoCo's, public as well.
 """
 
 from __future__ import annotations
@@ -259,6 +267,25 @@ class TabletopEnv(gym.Env):
         if self._ik is None:
             self._ik = rb.DiffIK(dt=1.0 / self.fps)
         return self._ik.solve(self.arm_qpos, np.clip(pos, WORKSPACE[0], WORKSPACE[1]), quat)
+
+    # --- robot handle (module docstring, "Robot handle") -----------------------------------------
+    def joint_positions(self, out: np.ndarray | None = None) -> np.ndarray:
+        """[8]: the arm's 7 joint positions (rad) and the gripper in [-1, 1] (-1 open, +1 closed), the
+        units of a joint-mode action; written into ``out`` when given."""
+        out = np.empty(8) if out is None else out
+        out[:7] = self.data.qpos[self._arm_qadr]
+        out[7] = 2.0 * self.gripper_closure - 1.0
+        return out
+
+    def set_joint_targets(self, command: np.ndarray) -> None:
+        """Servo targets of a joint-mode command [8] (q1..q7 in rad, gripper in [-1, 1]), set exactly as
+        ``step`` sets them in ``action_mode="joint"``; nothing is stepped and nothing clipped."""
+        self.data.ctrl[self._arm_act] = command[:7]
+        self.data.ctrl[self._grip_act] = (command[7] + 1.0) / 2.0 * rb.GRIPPER_CTRL_MAX
+
+    def observation(self) -> dict[str, np.ndarray]:
+        """The observation of the current state (the dict ``reset`` and ``step`` return)."""
+        return self._observation()
 
     # --- gymnasium API ------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):

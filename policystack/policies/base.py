@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,13 +44,17 @@ from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 from policystack.io import atomic_write_bytes, atomic_write_json
+from policystack.policies.files import (  # noqa: F401 -- CONFIG_NAME, WEIGHTS_NAME and resolve_checkpoint are part of base's API
+    CONFIG_NAME,
+    FORMAT_VERSION,
+    WEIGHTS_NAME,
+    read_checkpoint_meta,
+    resolve_checkpoint,
+)
 from policystack.policies.layers.history import ObservationHistory
 from policystack.policies.normalize import Normalizer
-from policystack.types import ACTION, Feature, FeatureSpec, Stats
+from policystack.types import ACTION, FeatureSpec, Stats
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-FORMAT_VERSION = 1  # of config.json + model.safetensors; from_pretrained refuses any other
 # The families policystack ships, each ``policystack.policies.<name>`` (a module or a package).
 FAMILIES = ("bc", "rt1", "act", "diffusion")
 
@@ -108,25 +111,6 @@ class PolicyConfig:
         if unknown:
             raise ValueError(f"{where}: unknown {cls.__name__} fields {unknown}; valid fields: {sorted(known)}")
         return cls(**d)
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """The policy directory (config.json + model.safetensors) that ``path`` names. Accepted, in
-    order: that directory itself; a training checkpoint holding it as ``pretrained/``; a run
-    directory whose ``checkpoints/latest`` (a symlink or a file naming the step directory) leads
-    to one. Anything else is a FileNotFoundError saying what was looked for."""
-    path = Path(path).expanduser()
-    if (path / CONFIG_NAME).is_file():
-        return path
-    if (path / "pretrained" / CONFIG_NAME).is_file():
-        return path / "pretrained"
-    latest = path / "checkpoints" / "latest"
-    if latest.is_symlink() or latest.is_dir():
-        return resolve_checkpoint(latest.resolve())
-    if latest.is_file():
-        return resolve_checkpoint(path / "checkpoints" / latest.read_text().strip())
-    raise FileNotFoundError(f"{path}: not a policy checkpoint (expected {CONFIG_NAME} and {WEIGHTS_NAME}, "
-                            f"a pretrained/ subdirectory, or a run directory with checkpoints/latest)")
 
 
 _REGISTRY: dict[str, type[Policy]] = {}
@@ -258,20 +242,12 @@ class Policy(nn.Module):
         A checkpoint of another ``format_version`` is refused."""
         directory = resolve_checkpoint(directory)
         cfg_path = directory / CONFIG_NAME
-        if not (directory / WEIGHTS_NAME).is_file():
-            raise FileNotFoundError(f"{directory}: not a policy checkpoint (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
-        meta = json.loads(cfg_path.read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{cfg_path}: format_version {meta.get('format_version')!r}; this policystack reads "
-                             f"policy checkpoints of format_version {FORMAT_VERSION} only")
-        name = meta.get("policy")
-        if not isinstance(name, str):
-            raise ValueError(f"{cfg_path}: no 'policy' name (expected one of {available_policies()})")
+        meta, features = read_checkpoint_meta(directory)
+        name = meta["policy"]
         klass = get_policy_class(name)
         if cls is not Policy and klass is not cls:
             raise ValueError(f"{cfg_path}: checkpoint of policy {name!r}, not {cls.name!r}")
         config = klass.config_class.from_dict(meta["config"], where=str(cfg_path))
-        features = {k: Feature.from_json(v, f"{cfg_path}: features[{k!r}]") for k, v in meta["features"].items()}
         policy = klass(config, features, stats=None)
         state = load_file(directory / WEIGHTS_NAME, device=str(map_location))
         missing, unexpected = policy.load_state_dict(state, strict=False)

@@ -12,8 +12,12 @@ telemetry.
 real robot, e.g. robot=so101: the instruction, free text), instruction
 (override the language instruction), episodes, max_steps, seed, rate (loop Hz), record (dataset
 dir), port (obs; chunks port+1, telemetry port+2), host, cameras (comma list), image_size,
-env_state (true: the sim also observes the named objects' poses, for state-based checkpoints),
-replan_every, import (module registering a Policy subclass), no_rt (true: no SCHED_FIFO),
+env_state (true: the sim also observes the named objects' poses, for state-based checkpoints) --
+with robot=sim these three default to what the checkpoint was trained on, and a camera that would
+render otherwise than the training data's (``types.check_camera_records``) is refused before the loop starts,
+replan_every (policy steps between chunk requests; every step's observation is sent), import (module
+registering a Policy subclass), no_rt (true: no SCHED_FIFO), lockstep (sim only, true: simulated time,
+the loop steps once each chunk is in: deterministic, for checking a checkpoint against eval),
 and any robot config key as ``robot.<key>=value`` (e.g. ``robot.watchdog_s=0.5``).
 The shared token is ``$POLICYSTACK_DAEMON_TOKEN`` (a random one is made for a local worker).
 
@@ -33,32 +37,21 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
 
 import yaml
 
+from policystack.keyvalue import split_key_values
 from policystack.robot.config import TOKEN_ENV, load_robot_config, token_from_env
 
 RUN_KEYS = {"robot", "checkpoint", "task", "instruction", "episodes", "max_steps", "seed", "rate", "record",
-            "port", "host", "cameras", "image_size", "env_state", "replan_every", "import", "no_rt", "threads"}
-
-
-def parse_kv(argv: list[str], valid: set[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for a in argv:
-        key, sep, value = a.partition("=")
-        if not sep:
-            raise ValueError(f"argument {a!r}: expected key=value")
-        if key not in valid and not key.startswith("robot."):
-            raise KeyError(f"unknown key {key!r}; valid keys: {sorted(valid)} or robot.<config key>")
-        out[key] = value
-    return out
+            "port", "host", "cameras", "image_size", "env_state", "replan_every", "import", "no_rt", "threads",
+            "lockstep"}
 
 
 def _run(argv: list[str]) -> int:
     from policystack.robot.supervisor import DaemonConfig, DaemonError, Supervisor
 
-    kv = parse_kv(argv, RUN_KEYS)
+    kv = split_key_values(argv, sorted(RUN_KEYS), prefixes=("robot.",))
     overrides = {k[len("robot."):]: yaml.safe_load(v) for k, v in kv.items() if k.startswith("robot.")}
     if "rate" in kv:
         overrides["rate_hz"] = float(kv["rate"])
@@ -68,20 +61,35 @@ def _run(argv: list[str]) -> int:
         if "checkpoint" not in kv:
             raise KeyError(f"a remote worker needs the shared token: set ${TOKEN_ENV} on both hosts")
         token = os.urandom(24).hex().encode()
+    # a local checkpoint decides what the sim's cameras make unless the command line says otherwise
+    policy_features, derived = None, {}
+    if "checkpoint" in kv:
+        from policystack.policies.files import read_checkpoint_meta
+
+        _, policy_features = read_checkpoint_meta(kv["checkpoint"])
+        if robot.driver == "sim":
+            from policystack.eval.envs import env_kwargs_from_features
+
+            derived = env_kwargs_from_features(kv.get("task", "Reach"), policy_features)
     cfg = DaemonConfig(
         robot=robot, token=token, checkpoint=kv.get("checkpoint"), task=kv.get("task", "Reach"),
         instruction=kv.get("instruction"), episodes=int(kv.get("episodes", 1)),
         max_steps=int(kv["max_steps"]) if "max_steps" in kv else None, seed=int(kv.get("seed", 0)),
         record=kv.get("record"), host=kv.get("host", "127.0.0.1"), port=int(kv.get("port", 5555)),
-        cameras=tuple(c for c in kv.get("cameras", "front").split(",") if c),
-        image_size=int(kv.get("image_size", 96)),
-        env_state=str(kv.get("env_state", "false")).lower() in ("1", "true", "yes"),
+        cameras=(tuple(c for c in kv["cameras"].split(",") if c) if "cameras" in kv
+                 else tuple(derived.get("cameras", ("front",)))),
+        image_size=int(kv["image_size"]) if "image_size" in kv else int(derived.get("image_size", 96)),
+        env_state=(str(kv["env_state"]).lower() in ("1", "true", "yes") if "env_state" in kv
+                   else bool(derived.get("env_state", False))),
+        policy_features=policy_features,
         replan_every=int(kv["replan_every"]) if "replan_every" in kv else None,
         worker_imports=tuple(m for m in kv.get("import", "").split(",") if m),
         worker_threads=int(kv.get("threads", 1)),
-        no_rt=str(kv.get("no_rt", "false")).lower() in ("1", "true", "yes"))
+        no_rt=str(kv.get("no_rt", "false")).lower() in ("1", "true", "yes"),
+        lockstep=str(kv.get("lockstep", "false")).lower() in ("1", "true", "yes"))
     sup = Supervisor(cfg)
-    print(json.dumps({"telemetry": sup.addrs["telemetry"], "obs": sup.addrs["obs"]}), flush=True)
+    print(json.dumps({"telemetry": sup.addrs["telemetry"], "obs": sup.addrs["obs"], "commands": sup.addrs["chunks"]}),
+          flush=True)
     try:
         results = sup.run()
     except DaemonError as e:
@@ -110,7 +118,7 @@ def _client(argv: list[str], kind: int, addr_key: str, default_addr: str):
 
     from policystack.robot.curve import ClientCurve
 
-    kv = parse_kv(argv, {addr_key, "timeout", "server_key", "client_key"})
+    kv = split_key_values(argv, (addr_key, "timeout", "server_key", "client_key"))
     token = token_from_env(required=True)
     curve = ClientCurve.resolve(kv.get("server_key"), kv.get("client_key"))
     ctx = zmq.Context()
@@ -178,7 +186,7 @@ def _keys(argv: list[str]) -> int:
 
     if not argv or "=" in argv[0]:
         raise ValueError("usage: policystack daemon keys DIR [name=server]")
-    kv = parse_kv(argv[1:], {"name"})
+    kv = split_key_values(argv[1:], ("name",))
     public, secret = write_key_pair(argv[0], kv.get("name", "server"))
     print(json.dumps({"public": str(public), "secret": str(secret)}))
     return 0

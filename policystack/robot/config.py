@@ -78,6 +78,13 @@ class Limits:
 class TransportConfig:
     max_message_bytes: int = 4 << 20
     window_s: float = 5.0
+    # observations queued for a busy policy worker (at the daemon and at the worker each) before any is
+    # dropped; the worker counts a dropped one (obs_missed) and the daemon reports it
+    obs_queue: int = 100
+    # frames the daemon reads per second at most from its chunk socket (chunks, hellos, commands: ~10-20/s
+    # in use); under a flood the rest wait in ZeroMQ's bounded per-peer queues, fair-queued, so a worker's
+    # chunk waits behind at most one frame of each other peer and junk costs a bounded share of a CPU
+    max_frames_per_s: int = 2000
     # CurveZMQ (robot/curve.py): the server's key pair, a ZeroMQ secret certificate
     # (NAME.key_secret); None: no encryption (the HMAC token authenticates either way)
     curve_server_secret: str | None = None
@@ -89,6 +96,13 @@ class TransportConfig:
         if self.max_message_bytes < 1024 or self.window_s <= 0:
             raise ValueError(f"transport: max_message_bytes ({self.max_message_bytes}) must be >= 1024 "
                              f"and window_s ({self.window_s}) > 0")
+        if isinstance(self.max_frames_per_s, bool) or not isinstance(self.max_frames_per_s, int) \
+                or self.max_frames_per_s < 100:
+            raise ValueError(f"transport.max_frames_per_s={self.max_frames_per_s!r}: expected a whole number >= 100 "
+                             "(frames read per second from the chunk socket; default 2000)")
+        if isinstance(self.obs_queue, bool) or not isinstance(self.obs_queue, int) or self.obs_queue < 1:
+            raise ValueError(f"transport.obs_queue={self.obs_queue!r}: expected a whole number of observations >= 1 "
+                             "(e.g. 100: 10 s at 10 Hz)")
         for name in ("curve_server_secret", "curve_allowed_clients"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, str) or not v):

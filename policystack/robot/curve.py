@@ -35,6 +35,9 @@ from zmq.utils import z85
 # the supervisor hands a local worker its keys through these (never on the command line)
 SERVER_PUBLIC_ENV = "POLICYSTACK_CURVE_SERVER_PUBLIC"
 CLIENT_SECRET_ENV = "POLICYSTACK_CURVE_CLIENT_SECRET"
+# the ZAP domain of the daemon's sockets: with one set, libzmq refuses at the greeting a peer that does
+# not speak ZMTP 3 (random bytes on the port) instead of taking it as a ZMTP 1.0 peer (channels.py)
+ZAP_DOMAIN = b"policystack"
 KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _CERT_HELP = "a ZeroMQ certificate (zmq.auth.create_certificates or `policystack daemon keys DIR`)"
 
@@ -124,7 +127,7 @@ def load_allowed_keys(directory: str | os.PathLike) -> frozenset[bytes]:
 def write_key_pair(directory: str | os.PathLike, name: str) -> tuple[Path, Path]:
     """Write a new key pair as ``DIR/NAME.key`` (public, 0644) and ``DIR/NAME.key_secret`` (0600),
     each atomically, in ZeroMQ's certificate format. Existing files are never overwritten."""
-    from policystack.datasets.meta import atomic_writer
+    from policystack.io import atomic_writer
 
     if not KEY_NAME.match(name):
         raise ValueError(f"key name {name!r}: expected letters, digits, '_', '.', '-'")
@@ -221,7 +224,8 @@ class AllowList:
         self.denied = 0
         self._auth = ThreadAuthenticator(ctx)
         self._auth.start()
-        self._auth.configure_curve_callback("*", credentials_provider=self)
+        for domain in ("*", ZAP_DOMAIN.decode()):  # sockets without a ZAP domain, and the daemon's
+            self._auth.configure_curve_callback(domain, credentials_provider=self)
 
     def callback(self, domain: Any, key: bytes) -> bool:  # called by the authenticator's thread
         with self._lock:

@@ -77,7 +77,9 @@ class ChunkInterpolator:
             self.offset[:] = 0.0
 
     def _raw(self, now: float, out: np.ndarray) -> None:
-        u = (now - self.t_first) / self.dt
+        # a tick at a step boundary belongs to the step it starts, also when rounding puts u a hair
+        # below the integer (simulated time in lockstep lands on the boundaries exactly)
+        u = (now - self.t_first) / self.dt + 1e-9
         if u <= 0.0:
             out[:] = self.values[0]
             return

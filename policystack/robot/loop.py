@@ -89,8 +89,8 @@ class ControlLoop:
         self.q = np.zeros(A)
         self.extra = np.zeros(max(driver.extra_dim, 1))
         self.target = np.zeros(A)
-        self.cmd_buf = {k: np.zeros(s) for k, s in command_fields(A, MAX_CHUNK).items()}
-        self.ctl_buf = {k: np.zeros(s) for k, s in control_fields(driver.extra_dim).items()}
+        self.cmd_buf = command.buffers()
+        self.ctl_buf = control.buffers()
         self.late = np.zeros(stats_len)  # per-tick wake-up lateness (s), for the benchmark
         self.body = np.zeros(stats_len)  # per-tick body time (s)
         self.prev_cmd = np.zeros(A)
@@ -103,18 +103,20 @@ class ControlLoop:
         self._last_ctl = -1
         self._hold_gen = 0.0
         self._reset_gen = 0.0
+        self._run_to = 0.0  # lockstep: ticks the supervisor has granted (control block ``run_to``)
         self._stopping = False
 
     def request_stop(self, *_: object) -> None:
         self._stopping = True
 
-    def _poll_control(self, now: float) -> None:
+    def _poll_control(self, now: float) -> bool:
+        """Take the control block's changes; True if it held an episode reset."""
         seq = self.control.seq
         if seq == self._last_ctl:
-            return
+            return False
         seq = self.control.try_read(self.ctl_buf)
         if seq < 0:
-            return  # the supervisor is mid-write: next tick
+            return False  # the supervisor is mid-write: next tick
         self._last_ctl = seq
         c = self.ctl_buf
         if c["estop"][0]:
@@ -126,6 +128,7 @@ class ControlLoop:
         if c["hold_gen"][0] != self._hold_gen:
             self._hold_gen = c["hold_gen"][0]
             self.interp.clear()
+        self._run_to = c["run_to"][0]
         if c["reset_gen"][0] != self._reset_gen:
             self._reset_gen = c["reset_gen"][0]
             self.interp.clear()
@@ -134,6 +137,8 @@ class ControlLoop:
             self.driver.read(self.q, self.extra)
             self.safety.reset(self.q)
             self.prev_cmd[:] = self.safety.q
+            return True
+        return False
 
     def _poll_command(self, now: float) -> None:
         if self.command.f["gen"][0] == self._last_gen:
@@ -166,13 +171,17 @@ class ControlLoop:
         if dq > self.max_dq:
             self.max_dq = float(dq)
         self.prev_cmd[:] = cmd
+        self._publish(now, self.ticks, have)
+
+    def _publish(self, now: float, tick: int, have: bool) -> None:
+        """The state block: measured ``q`` (read at the tick's start), the command written, events."""
         s, f = self.state, self.state.f
         s.begin()
         f["t"][0] = now
-        f["tick"][0] = self.ticks
+        f["tick"][0] = tick
         f["ready"][0] = 1.0
         f["q_meas"][:] = self.q
-        f["q_cmd"][:] = cmd
+        f["q_cmd"][:] = self.prev_cmd
         f["target"][:] = self.target if have else np.nan
         f["faults"][0] = self.safety.faults
         f["active"][0] = self.safety.active
@@ -227,6 +236,36 @@ class ControlLoop:
                 return
 
 
+    def run_lockstep(self, idle_s: float = 0.0002) -> None:
+        """Simulated time, for the simulator only: tick ``i`` runs at ``t = i * period`` and only while
+        ``i`` is below the control block's ``run_to`` (the supervisor grants one policy step of ticks at
+        a time, after the chunk for that step's observation is in the command block). After the last
+        granted tick and after an episode reset the state block is published again with ``tick`` =
+        ticks done and the state measured then, so the supervisor observes exactly the state the next
+        tick starts from, as an env observes after ``step``. Returns on stop (nothing to decelerate)."""
+        period = self.cfg.period
+        self._stopping = False
+        self.start()
+        self.publish_measured(0.0)
+        while not self._stopping:
+            now = self.ticks * period
+            if self._poll_control(now):
+                self._publish(now, self.ticks, False)
+            if self.ticks < self._run_to:
+                self.tick(now)
+                self.ticks += 1
+                if self.ticks >= self._run_to:
+                    self.publish_measured(self.ticks * period)
+            else:
+                time.sleep(idle_s)
+
+    def publish_measured(self, now: float) -> None:
+        """Read the driver now and publish it (``tick`` = ticks done), with the last command: between
+        ticks, the state the next tick starts from (a tick publishes the state it started from)."""
+        self.driver.read(self.q, self.extra)
+        self._publish(now, self.ticks, False)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m policystack.robot.loop", description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True, help="robot config as JSON (written by the supervisor)")
@@ -235,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stats", default=None, help="write per-tick lateness and body time to this .npz")
     p.add_argument("--spin-s", type=float, default=None, help="override the config's spin_s (0 = plain sleep)")
     p.add_argument("--no-rt", action="store_true", help="do not ask for SCHED_FIFO / pinning / mlockall")
+    p.add_argument("--lockstep", action="store_true",
+                   help="simulated time: tick only as the supervisor grants (sim driver only; see run_lockstep)")
     args = p.parse_args(argv)
     cfg = RobotConfig.from_dict(json.loads(Path(args.config).read_text()), where=args.config)
     _die_with_parent()
@@ -251,10 +292,16 @@ def main(argv: list[str] | None = None) -> int:
     loop = ControlLoop(cfg, driver, state, command, control, stats_len=stats_len)
     signal.signal(signal.SIGTERM, loop.request_stop)
     signal.signal(signal.SIGINT, loop.request_stop)
-    refused = setup_realtime(0 if args.no_rt else cfg.rt_priority, -1 if args.no_rt else cfg.cpu)
+    if args.lockstep and cfg.driver != "sim":
+        raise SystemExit(f"--lockstep: the {cfg.driver!r} driver runs in real time; only the sim can step on demand")
+    rt = not (args.no_rt or args.lockstep)
+    refused = setup_realtime(cfg.rt_priority if rt else 0, cfg.cpu if rt else -1)
     print(json.dumps({"loop": "started", "pid": os.getpid(), "rt_refused": refused}), flush=True)
     try:
-        loop.run(duration=args.duration, spin_s=args.spin_s)
+        if args.lockstep:
+            loop.run_lockstep()
+        else:
+            loop.run(duration=args.duration, spin_s=args.spin_s)
     finally:
         driver.close()
         gc.enable()

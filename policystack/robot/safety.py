@@ -63,6 +63,8 @@ class SafetyFilter:
         self._vd = np.zeros(A)
         self._lo = np.zeros(A)
         self._hi = np.zeros(A)
+        self._land = np.zeros(A, dtype=bool)
+        self._moving = np.zeros(A, dtype=bool)
         self.events = np.zeros(ring, dtype=EVENT_DTYPE)
         self.n_events = 0  # total appended; the ring holds the last len(events)
         self.counts = np.zeros(N_EVENTS, dtype=np.int64)
@@ -164,14 +166,21 @@ class SafetyFilter:
         if (vd < self._lo).any() or (vd > self._hi).any():
             active |= 1 << ACCELERATION
         np.clip(vd, self._lo, self._hi, out=self.v)
-        # never pass the target: the landing tick stops exactly on it
+        # never pass the target: the landing tick (one that reaches or would pass it) stops exactly on
+        # it -- q = x to the bit, not q + (x - q) / dt * dt
+        land = self._land
         np.multiply(self.v, dt, out=self._t)
         np.subtract(self._t, e, out=self._t)
         np.multiply(self._t, e, out=self._t)
-        if (self._t > 0).any():
-            over = self._t > 0
-            self.v[over] = e[over] / dt
+        np.greater_equal(self._t, 0.0, out=land)
+        np.not_equal(e, 0.0, out=self._moving)
+        np.logical_and(land, self._moving, out=land)
+        landing = land.any()
+        if landing:
+            np.divide(e, dt, out=self.v, where=land)
         self._integrate()
+        if landing:
+            np.copyto(self.q, self.x, where=land)
         return active
 
     def _integrate(self) -> None:

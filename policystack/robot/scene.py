@@ -1,9 +1,9 @@
 """What the supervisor does per episode besides relaying chunks: set the episode up, build each
 observation, judge success. One interface, two implementations:
 
-- ``SimScene`` (``drivers/sim.py``): a second copy of the MuJoCo task picks the episode's layout and
-  instruction, teleports the loop's sim there, renders the cameras from the loop's qpos and checks
-  success.
+- ``SimScene`` (here): a second copy of the MuJoCo task (the loop's ``drivers/sim.py`` holds the
+  first) picks the episode's layout and instruction, teleports the loop's sim there, renders the
+  cameras from the loop's qpos and checks success.
 - ``RobotScene`` (here): a real robot. Before every episode the loop drives the arm to the config's
   ``home`` through the safety filter (velocity / acceleration limits apply) and, between episodes,
   waits ``reset_wait_s`` for a person to reset the scene. Observations are the measured joint
@@ -21,9 +21,11 @@ import json
 import sys
 from typing import Any, Protocol
 
+import mujoco
 import numpy as np
 
 from policystack.robot.config import RobotConfig
+from policystack.robot.drivers.sim import make_sim_env
 from policystack.types import ACTION, OBS_IMAGES, OBS_STATE, Feature, FeatureSpec
 
 
@@ -131,6 +133,67 @@ def make_lerobot_cameras(entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
         except (TypeError, ValueError) as e:
             raise ValueError(f"cameras.{name}: {e}") from None
     return make_cameras_from_configs(configs)
+
+
+class SimScene(Scene):
+    """The supervisor's copy of the simulated scene: episode layouts, camera images, success."""
+
+    robot_type = "panda"
+    judges_success = True
+
+    def __init__(self, task: str, rate_hz: float, policy_hz: float, cameras: tuple[str, ...], image_size: int,
+                 env_state: bool = False):
+        self.task = task
+        self.env = make_sim_env(task, rate_hz, policy_hz, cameras, image_size, env_state)
+        self.nq = self.env.model.nq
+        self.extra_dim = 2 * self.nq  # the sim driver's: qpos, qpos before its last mj_step
+
+    @property
+    def max_steps(self) -> int:
+        return type(self.env).max_episode_steps
+
+    @property
+    def features(self) -> FeatureSpec:
+        return self.env.features
+
+    def driver_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        return {**options, "task": self.task}
+
+    def start_episode(self, index: int, seed: int, loop: LoopHandle) -> str:
+        """Lay out episode ``seed`` here and in the loop's sim (teleported to the same qpos)."""
+        extra, instruction = self.reset(seed)
+        loop.reset_loop(extra, seed)
+        return instruction
+
+    def frame(self, state: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], bool]:
+        return self.observe(state["extra"])
+
+    def reset(self, seed: int) -> tuple[np.ndarray, str]:
+        """(the driver state to reset the loop's sim to [2 nq]: qpos and NaN, instruction) of episode ``seed``."""
+        self.env.reset(seed=seed)
+        return np.concatenate([self.env.data.qpos, np.full(self.nq, np.nan)]), self.env.task
+
+    def observe(self, extra: np.ndarray) -> tuple[dict[str, np.ndarray], bool]:
+        """Observation dict (state [15], images uint8 [3, H, W]) and success of the driver state ``extra``
+        (qpos [nq], qpos before the last physics step [nq]), exactly as the env observes after ``step``:
+        positions of bodies, sites and cameras computed at the earlier qpos, joint readings at the later
+        one. Right after a reset (no earlier qpos), the env's own reset state when it is at that qpos."""
+        env, nq = self.env, self.nq
+        qpos, before = extra[:nq], extra[nq: 2 * nq]
+        if np.isfinite(before).all():
+            env.data.qpos[:] = before
+            env.data.qvel[:] = 0.0
+            mujoco.mj_forward(env.model, env.data)
+            env.data.qpos[:] = qpos
+        elif not np.array_equal(env.data.qpos, qpos):
+            env.data.qpos[:] = qpos
+            env.data.qvel[:] = 0.0
+            mujoco.mj_forward(env.model, env.data)
+        success, _ = env.evaluate()
+        return env.observation(), bool(success)
+
+    def close(self) -> None:
+        self.env.close()
 
 
 class RobotScene(Scene):
@@ -243,8 +306,6 @@ class RobotScene(Scene):
 def make_scene(robot: RobotConfig, task: str, cameras: tuple[str, ...], image_size: int, env_state: bool) -> Scene:
     """The scene for ``robot``'s driver: sim -> SimScene (task = suite task), else RobotScene (task = text)."""
     if robot.driver == "sim":
-        from policystack.robot.drivers.sim import SimScene
-
         return SimScene(task, robot.rate_hz, robot.policy_hz, cameras, image_size, env_state)
     return RobotScene(robot, task)
 

@@ -60,14 +60,9 @@ class Block:
         (A writer preempted mid-write keeps the block odd: retry, yielding the CPU.)"""
         end = None
         while True:
-            for _ in range(100):
-                s1 = int(self._seq[0])
-                if s1 & 1:
-                    continue
-                for name, dst in out.items():
-                    dst[...] = self.f[name]
-                if int(self._seq[0]) == s1:
-                    return s1
+            seq = self.try_read(out, tries=100)
+            if seq >= 0:
+                return seq
             now = time.monotonic()
             end = end or now + timeout_s
             if now > end:
@@ -87,8 +82,12 @@ class Block:
                 return s1
         return -1
 
+    def buffers(self, *names: str) -> dict[str, np.ndarray]:
+        """Zeroed arrays shaped like the fields ``names`` (all fields when none given), for ``read``."""
+        return {name: np.zeros(s) for name, (_, s) in self.layout.items() if not names or name in names}
+
     def snapshot(self) -> dict[str, np.ndarray]:
-        out = {name: np.zeros(s) for name, (_, s) in self.layout.items()}
+        out = self.buffers()
         self.read(out)
         return out
 
@@ -110,6 +109,7 @@ def command_fields(dim: int, max_len: int) -> dict[str, tuple[int, ...]]:
 
 def control_fields(extra: int) -> dict[str, tuple[int, ...]]:
     """Written by the supervisor on state changes. ``reset_seed``: the episode's seed (the sim lays its
-    objects out as the supervisor's scene does before teleporting to ``reset_extra``); < 0: none."""
-    return {"estop": (1,), "stop": (1,), "hold_gen": (1,), "reset_gen": (1,), "reset_seed": (1,),
+    objects out as the supervisor's scene does before teleporting to ``reset_extra``); < 0: none.
+    ``run_to``: in lockstep (simulated time), the number of ticks the loop may have run."""
+    return {"estop": (1,), "stop": (1,), "hold_gen": (1,), "reset_gen": (1,), "reset_seed": (1,), "run_to": (1,),
             "reset_extra": (max(extra, 1),)}

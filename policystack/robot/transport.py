@@ -24,6 +24,7 @@ import hmac
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,14 +38,22 @@ DTYPES = {"float32": np.float32, "float64": np.float64, "uint8": np.uint8, "int6
 # kind -> body key -> spec. Spec: "int", "float", "str", "bool", ("array", dtype, ndim),
 # ("map", ("array", dtype, ndim)) for a str-keyed map of arrays, ("optional", spec).
 SCHEMAS: dict[str, dict[str, Any]] = {
-    # daemon -> worker: one observation (state [D], env_state [E] -- empty unless the sim provides
-    # privileged object poses --, images {camera: uint8 [3, H, W]})
+    # daemon -> worker: the observation of every policy step (state [D], env_state [E] -- empty unless
+    # the sim provides privileged object poses --, images {camera: uint8 [3, H, W]}); obs_seq counts
+    # the episode's steps from 1; reset: the first of an episode (seed: the episode's seed for the
+    # policy's RNG, as eval seeds it); replan: answer it with a chunk (otherwise only observe it)
     "obs": {"episode": "int", "obs_seq": "int", "t_obs": "float", "dt": "float", "task": "str",
             "state": ("array", "float32", 1), "env_state": ("array", "float32", 1),
-            "images": ("map", ("array", "uint8", 3)), "reset": "bool"},
-    # worker -> daemon: an action chunk [n, A] for the observation obs_seq
+            "images": ("map", ("array", "uint8", 3)), "reset": "bool", "seed": "int", "replan": "bool"},
+    # worker -> daemon: an action chunk [n, A] for the observation obs_seq; obs_missed: observations of
+    # this episode that never reached the worker (its history has gaps), replans_skipped: replan
+    # requests it answered with a newer one instead (it was behind)
     "chunk": {"episode": "int", "obs_seq": "int", "t_obs": "float", "dt": "float",
-              "actions": ("array", "float32", 2), "infer_s": "float"},
+              "actions": ("array", "float32", 2), "infer_s": "float", "obs_missed": "int", "replans_skipped": "int"},
+    # daemon -> worker, on the observation socket while the daemon waits for a hello: a worker says hello
+    # only once one reached it, so its subscription is known to work before the first observation
+    # (no frame of an episode is lost to ZeroMQ's slow-joiner race)
+    "beat": {},
     # worker -> daemon: the worker is up (or failed to load: error != ""), with what its policy takes:
     # observation.state [state_dim] and images {camera: int64 [3] = (3, H, W)}
     "hello": {"policy": "str", "horizon": "int", "n_action_steps": "int", "action_dim": "int", "error": "str",
@@ -225,6 +234,47 @@ class Decoder:
         while len(self.last_seq) > self.max_senders:
             self.last_seq.popitem(last=False)
         return Message(kind=kind, sender=sender, seq=seq, ts=ts, body=parsed)
+
+
+class RejectionLog:
+    """Logs rejected frames at a bounded rate, never a line per frame: the first rejection at once, then
+    at most one summary line per ``interval_s`` -- the count by reason since the last line and one
+    example (``poll`` writes a due summary when no frame arrives). ``total`` counts them all."""
+
+    def __init__(self, log: Callable[[str], None], interval_s: float = 10.0, where: str = ""):
+        self.log, self.interval_s, self.where = log, interval_s, where  # where: " on the chunk socket"
+        self.pending: dict[str, int] = {}
+        self.example = ""
+        self.total = 0
+        self._last: float | None = None
+
+    def add(self, reason: str) -> None:
+        self.total += 1
+        key = reason.split(":")[0]
+        self.pending[key] = self.pending.get(key, 0) + 1
+        self.example = self.example or reason
+        self.poll()
+
+    def poll(self) -> None:
+        now = time.monotonic()
+        if not self.pending or (self._last is not None and now - self._last < self.interval_s):
+            return
+        if self._last is None:
+            line = (f"rejected a frame{self.where}: {self.example[:160]} (further rejections: one summary "
+                    f"every {self.interval_s:g} s)")
+        else:
+            by = ", ".join(f"{k} {v}" for k, v in sorted(self.pending.items(), key=lambda kv: -kv[1]))
+            line = (f"rejected {sum(self.pending.values())} frames{self.where} in the last {now - self._last:.0f} s "
+                    f"({by}); e.g. {self.example[:160]}")
+        self.log(line)
+        self.pending, self.example, self._last = {}, "", now
+
+
+def inbound_max_bytes(action_dim: int, max_chunk: int) -> int:
+    """The largest frame the daemon's chunk socket takes: a chunk of ``max_chunk`` x ``action_dim`` float32
+    plus 16 KiB for the envelope, a hello (error text, image shapes) or an operator command. libzmq drops
+    anything larger before it is read (``MAXMSGSIZE``)."""
+    return max_chunk * action_dim * 4 + (16 << 10)
 
 
 def configure_socket(sock: Any, max_bytes: int) -> None:

@@ -1,10 +1,10 @@
 """The policy worker: observations in, time-stamped action chunks out, at the policy's rate.
 
 Loads a checkpoint with ``Policy.from_pretrained`` and connects to the daemon: a SUB socket for
-observations (``CONFLATE``: only the newest is kept, a slow policy never works on old frames) and
-a PUSH socket for chunks and its ``hello``. Both directions are signed (transport.py); the shared
-token comes from ``$POLICYSTACK_DAEMON_TOKEN``. It runs the same way on the daemon's machine (the
-supervisor starts it) or on another host::
+observations and a PUSH socket for chunks and its ``hello``, which it sends in answer to the daemon's
+``beat`` (so the daemon knows the subscription works before the first observation). Both directions are signed
+(transport.py); the shared token comes from ``$POLICYSTACK_DAEMON_TOKEN``. It runs the same way on
+the daemon's machine (the supervisor starts it) or on another host::
 
     POLICYSTACK_DAEMON_TOKEN=... python -m policystack.robot.worker --checkpoint DIR \\
         --connect tcp://robot-host:5555          # observations on 5555, chunks to 5556
@@ -14,8 +14,20 @@ server.key`` (its public certificate) and, if the daemon keeps an allow-list, ``
 worker.key_secret`` (a listed client's pair); without ``--client-key`` the worker makes a one-off
 pair. A worker the supervisor starts gets both keys through its environment.
 
-Every observation with ``reset`` starts a new episode (``policy.reset()``); every observation is
-answered with the full predicted chunk ``[H, A]`` stamped with the observation's ``t_obs``.
+One history mechanism, the one ``Policy.select_action`` and ``policystack eval`` use: the daemon sends
+the observation of *every* policy step; for one marked ``replan`` the worker calls
+``predict_action_chunk`` and sends the full chunk ``[H, A]`` stamped with the observation's
+``t_obs``; then, for every observation, ``observe`` (a policy with history appends the frame). An
+observation with ``reset`` starts an episode (``policy.reset()``, torch seeded with the episode's seed
+as eval seeds it). So a history policy (RT-1, diffusion) sees exactly the frames it sees in eval.
+
+Nothing is dropped silently: observations queue (``--obs-queue`` frames, the daemon's
+``transport.obs_queue``) instead of being conflated; a gap in an episode's ``obs_seq`` (frames lost
+because the worker fell further behind than the queue, or a worker that joined mid-episode) is counted
+and reported in every chunk (``obs_missed``), and the daemon reports it. A worker that is behind
+(several observations waiting) answers only the newest replan request among them and observes all
+the frames in order (``replans_skipped`` counts the requests it passed over), so it catches up
+instead of acting on ever older frames.
 """
 
 from __future__ import annotations
@@ -30,7 +42,7 @@ import numpy as np
 
 from policystack.robot.config import token_from_env
 from policystack.robot.curve import CLIENT_SECRET_ENV, SERVER_PUBLIC_ENV, ClientCurve
-from policystack.robot.transport import Decoder, Encoder, configure_socket
+from policystack.robot.transport import Decoder, Encoder, RejectionLog, configure_socket
 from policystack.types import OBS_ENV_STATE, OBS_IMAGES, OBS_STATE, TASK, camera_key, is_image_key
 
 HELLO_EVERY_S = 0.5
@@ -58,11 +70,48 @@ def obs_to_batch(body: dict, device: str = "cpu") -> dict:
     return batch
 
 
+class PolicySession:
+    """Feeds one policy the daemon's observation stream as ``select_action`` feeds it in an env: per
+    episode ``reset``, per observation an optional ``predict_action_chunk`` then ``observe``."""
+
+    def __init__(self, policy):
+        self.policy = policy
+        self.episode: int | None = None
+        self.next_seq = 1
+        self.obs_missed = 0  # this episode's observations that never arrived
+        self.replans_skipped = 0  # this episode's replan requests answered by a newer one
+
+    def begin(self, body: dict) -> dict:
+        """Episode and gap bookkeeping for one observation; returns its policy batch."""
+        import torch
+
+        if body["reset"] or body["episode"] != self.episode:
+            self.policy.reset()
+            if body["seed"] >= 0:
+                torch.manual_seed(body["seed"])
+            self.episode, self.next_seq, self.replans_skipped = body["episode"], 1, 0
+            self.obs_missed = 0
+        self.obs_missed += max(0, body["obs_seq"] - self.next_seq)  # a gap, or joined mid-episode
+        self.next_seq = body["obs_seq"] + 1
+        return obs_to_batch(body)
+
+    def handle(self, body: dict, replan: bool) -> np.ndarray | None:
+        """One observation: the chunk [H, A] if ``replan``, else None; then ``observe``."""
+        import torch
+
+        batch = self.begin(body)
+        with torch.no_grad():
+            chunk = self.policy.predict_action_chunk(batch)[0].float().cpu().numpy() if replan else None
+            self.policy.observe(batch)
+        return chunk
+
+
 def serve(checkpoint: str, obs_addr: str, chunk_addr: str, token: bytes, max_bytes: int = 4 << 20,
           window_s: float = 5.0, imports: tuple[str, ...] = (), threads: int = 1,
-          max_idle_s: float | None = None, curve: ClientCurve | None = None) -> int:
+          max_idle_s: float | None = None, curve: ClientCurve | None = None, obs_queue: int = 100) -> int:
     """Serve ``checkpoint`` until killed (or ``max_idle_s`` without observations); ``curve``: connect
-    as a CurveZMQ client (None: plaintext, as the daemon without curve)."""
+    as a CurveZMQ client (None: plaintext, as the daemon without curve); ``obs_queue``: observations
+    held while the policy is busy."""
     import torch
     import zmq
 
@@ -93,45 +142,59 @@ def serve(checkpoint: str, obs_addr: str, chunk_addr: str, token: bytes, max_byt
     configure_socket(sub, max_bytes)
     if curve is not None:
         curve.apply(sub)
-    sub.setsockopt(zmq.CONFLATE, 1)
+    sub.setsockopt(zmq.RCVHWM, obs_queue)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(obs_addr)
-    dec = Decoder(token, max_bytes=max_bytes, window_s=window_s, kinds=("obs",))
+    dec = Decoder(token, max_bytes=max_bytes, window_s=window_s, kinds=("obs", "beat"))
+    rejected = RejectionLog(lambda line: print(f"worker: {line}", file=sys.stderr, flush=True), where=" from the daemon")
     state = policy.features.get(OBS_STATE)
     images = {key[len(OBS_IMAGES) + 1:]: np.array([3, f.shape[0], f.shape[1]], np.int64)
               for key, f in policy.features.items() if is_image_key(key)}  # (H, W, 3) -> [3, H, W]
     hello = dict(policy=policy.name, horizon=cfg.horizon, n_action_steps=cfg.n_action_steps,
                  action_dim=action_dim, state_dim=state.shape[0] if state is not None else 0, images=images, error="")
-    last_hello = last_obs = time.monotonic()
-    out.send(enc.encode("hello", **hello))
+    session = PolicySession(policy)
+    last_hello, last_obs = -float("inf"), time.monotonic()
     while True:
         if not sub.poll(int(HELLO_EVERY_S * 1000)):
-            now = time.monotonic()
-            if now - last_hello >= HELLO_EVERY_S:
-                try:
-                    out.send(enc.encode("hello", **hello), zmq.NOBLOCK)
-                except zmq.Again:  # no daemon connected (gone, or not up yet): keep waiting
-                    pass
-                last_hello = now
-            if max_idle_s is not None and now - last_obs > max_idle_s:
+            rejected.poll()
+            if max_idle_s is not None and time.monotonic() - last_obs > max_idle_s:
                 return 0
             continue
-        msg, why = dec.decode(sub.recv())
-        if msg is None:
-            print(f"worker: rejected a message: {why}", file=sys.stderr)
-            continue
-        last_obs = time.monotonic()
-        b = msg.body
-        if b["reset"]:
-            policy.reset()
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            chunk = policy.predict_action_chunk(obs_to_batch(b))[0].float().cpu().numpy()  # [H, A]
-        try:
-            out.send(enc.encode("chunk", episode=b["episode"], obs_seq=b["obs_seq"], t_obs=b["t_obs"],
-                                dt=b["dt"], actions=chunk, infer_s=time.perf_counter() - t0), zmq.NOBLOCK)
-        except zmq.Again:
-            print("worker: daemon is not taking chunks (queue full); dropped one", file=sys.stderr)
+        frames = [sub.recv()]
+        while len(frames) < obs_queue and sub.poll(0):  # everything that queued while the policy was busy
+            frames.append(sub.recv())
+        bodies = []
+        for frame in frames:
+            msg, why = dec.decode(frame)
+            if msg is None:
+                rejected.add(why)
+            elif msg.kind == "beat":  # the daemon waits for us, and our subscription reaches it: hello
+                now = time.monotonic()
+                if now - last_hello >= HELLO_EVERY_S:
+                    try:
+                        out.send(enc.encode("hello", **hello), zmq.NOBLOCK)
+                    except zmq.Again:  # the daemon is not taking messages: the next beat asks again
+                        pass
+                    last_hello = now
+            else:
+                bodies.append(msg.body)
+        if bodies:
+            last_obs = time.monotonic()
+        newest = max((i for i, b in enumerate(bodies) if b["replan"]), default=-1)
+        for i, b in enumerate(bodies):
+            t0 = time.perf_counter()
+            chunk = session.handle(b, replan=i == newest)
+            if b["replan"] and i != newest:
+                session.replans_skipped += 1
+            if chunk is None:
+                continue
+            try:
+                out.send(enc.encode("chunk", episode=b["episode"], obs_seq=b["obs_seq"], t_obs=b["t_obs"], dt=b["dt"],
+                                    actions=chunk, infer_s=time.perf_counter() - t0,
+                                    obs_missed=session.obs_missed, replans_skipped=session.replans_skipped),
+                         zmq.NOBLOCK)
+            except zmq.Again:
+                print("worker: daemon is not taking chunks (queue full); dropped one", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-bytes", type=int, default=4 << 20)
     p.add_argument("--window-s", type=float, default=5.0)
     p.add_argument("--max-idle-s", type=float, default=None, help="exit after this long without observations")
+    p.add_argument("--obs-queue", type=int, default=100,
+                   help="observations held while the policy is busy (the daemon's transport.obs_queue)")
     p.add_argument("--server-key", help="CurveZMQ: the daemon's public certificate (server.key)")
     p.add_argument("--client-key", help="CurveZMQ: this worker's secret certificate (NAME.key_secret); "
                    "needed when the daemon has an allow-list (default: a one-off key pair)")
@@ -168,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in (SERVER_PUBLIC_ENV, CLIENT_SECRET_ENV):  # read once; not inherited by anything else
         os.environ.pop(name, None)
     return serve(a.checkpoint, obs_addr, chunk_addr, token_from_env(), a.max_bytes, a.window_s,
-                 tuple(a.imports), a.threads, a.max_idle_s, curve)
+                 tuple(a.imports), a.threads, a.max_idle_s, curve, a.obs_queue)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Checkpoints for the daemon tests: a real BC policy (random weights, statistics around the
-Panda's home posture, so its actions are small motions near home) and a BC policy that starts
-returning NaN after a few chunks (imported by the worker process with ``--import``)."""
+Panda's home posture, so its actions are small motions near home), a BC policy that starts
+returning NaN after a few chunks, and a history policy: RT-1 with 2 frames, optionally one that logs
+every ``reset`` / ``predict_action_chunk`` / ``observe`` call it gets (imported by the worker process
+with ``--import``)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import torch
 from policystack.envs.base import JOINT_ACTION_NAMES, STATE_NAMES
 from policystack.envs.robot import HOME_QPOS
 from policystack.policies.bc import BCConfig, BCPolicy
+from policystack.policies.rt1 import RT1Config, RT1Policy
 from policystack.types import ACTION, OBS_STATE, Feature, camera_key
 
 
@@ -36,7 +39,8 @@ class NanAfterPolicy(BCPolicy):
 
 
 def make_checkpoint(directory: str | Path, cameras: tuple[str, ...] = ("front",), image_size: int = 32,
-                    nan_after: int | None = None, seed: int = 0, action_std: float = 0.05) -> Path:
+                    nan_after: int | None = None, seed: int = 0, action_std: float = 0.05, n_obs_steps: int = 1,
+                    n_action_steps: int = 4) -> Path:
     torch.manual_seed(seed)
     feats = {OBS_STATE: Feature("float32", (15,), names=list(STATE_NAMES)),
              ACTION: Feature("float32", (8,), names=list(JOINT_ACTION_NAMES))}
@@ -45,7 +49,8 @@ def make_checkpoint(directory: str | Path, cameras: tuple[str, ...] = ("front",)
     home = np.append(HOME_QPOS, -1.0)
     stats = {OBS_STATE: {"mean": np.zeros(15), "std": np.ones(15)},
              ACTION: {"mean": home, "std": np.full(8, action_std)}}
-    kw = dict(horizon=8, n_action_steps=4, conv_channels=(8, 8), keypoints=4, hidden_dim=32, n_layers=2)
+    kw = dict(horizon=8, n_action_steps=n_action_steps, n_obs_steps=n_obs_steps, conv_channels=(8, 8), keypoints=4,
+              hidden_dim=32, n_layers=2)
     if nan_after is None:
         policy = BCPolicy(BCConfig(**kw), feats, stats)
     else:
@@ -101,3 +106,65 @@ def make_so101_checkpoint(directory: str | Path, home: list[float], cameras: dic
              ACTION: {"mean": home_a, "std": np.full(6, action_std)}}
     cfg = ObsLogConfig(horizon=8, n_action_steps=4, conv_channels=(8, 8), keypoints=4, hidden_dim=32, n_layers=2)
     return ObsLogPolicy(cfg, feats, stats).save_pretrained(directory)
+
+
+CALL_LOG_ENV = "POLICYSTACK_TEST_CALL_LOG"
+
+
+@dataclass
+class CallLogRT1Config(RT1Config):
+    pass
+
+
+class CallLogRT1Policy(RT1Policy):
+    """RT-1 that appends each call it gets as a JSON line to ``$POLICYSTACK_TEST_CALL_LOG`` (when set):
+    ``reset``, ``predict`` (the chunk [H, A]) and ``observe`` (the state and a digest of each image)."""
+
+    name = "test_rt1_call_log"
+    config_class = CallLogRT1Config
+
+    def _log(self, **entry) -> None:
+        import json
+        import os
+
+        if os.environ.get(CALL_LOG_ENV):
+            with open(os.environ[CALL_LOG_ENV], "a") as fh:
+                fh.write(json.dumps(entry) + "\n")
+
+    def reset(self):
+        super().reset()
+        self._log(call="reset")
+
+    def predict_action_chunk(self, obs):
+        chunk = super().predict_action_chunk(obs)
+        self._log(call="predict", chunk=chunk[0].tolist())
+        return chunk
+
+    def observe(self, obs):
+        import hashlib
+
+        super().observe(obs)
+        self._log(call="observe", state=obs[OBS_STATE][0].tolist(),
+                  images={k: hashlib.sha1(v.numpy().tobytes()).hexdigest() for k, v in sorted(obs.items())
+                          if k.startswith("observation.images.")})
+
+
+def make_rt1_checkpoint(directory: str | Path, call_log: bool = False, n_obs_steps: int = 2, horizon: int = 4,
+                        n_action_steps: int = 4, image_size: int = 32, seed: int = 0,
+                        action_range: float = 0.3) -> Path:
+    """A small RT-1 for the Panda in joint mode (state [15], one ``front`` camera of ``image_size``,
+    actions [8]): random weights (deterministic in eval mode), ``n_obs_steps`` frames of history, action
+    bins spanning home +- ``action_range`` rad (gripper -1..1), so its actions are motions near home."""
+    torch.manual_seed(seed)
+    feats = {OBS_STATE: Feature("float32", (15,), names=list(STATE_NAMES)),
+             camera_key("front"): Feature("video", (image_size, image_size, 3)),
+             ACTION: Feature("float32", (8,), names=list(JOINT_ACTION_NAMES))}
+    home = np.append(HOME_QPOS, 0.0)
+    span = np.append(np.full(7, action_range), 1.0)
+    stats = {OBS_STATE: {"mean": np.zeros(15), "std": np.ones(15)},
+             ACTION: {"min": home - span, "max": home + span}}
+    kw = dict(n_obs_steps=n_obs_steps, horizon=horizon, n_action_steps=n_action_steps, image_size=image_size,
+              backbone_stages=2, d_model=32, n_layer=1, n_head=2, head_dim=16, mlp_hidden=64, tokens_per_image=4,
+              token_learner_bottleneck=16, dropout=0.0)
+    cls, cfg_cls = (CallLogRT1Policy, CallLogRT1Config) if call_log else (RT1Policy, RT1Config)
+    return cls(cfg_cls(**kw), feats, stats).save_pretrained(directory)

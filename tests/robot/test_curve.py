@@ -40,8 +40,8 @@ FAILED = {zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, 
 
 
 def obs_frame(enc: Encoder) -> bytes:
-    return enc.encode("obs", episode=0, obs_seq=1, t_obs=1.0, dt=0.1, task=MARKER, reset=True,
-                      state=np.arange(8, dtype=np.float32), env_state=np.zeros(0, np.float32), images={})
+    return enc.encode("obs", episode=0, obs_seq=1, t_obs=1.0, dt=0.1, task=MARKER, reset=True, seed=0,
+                      replan=True, state=np.arange(8, dtype=np.float32), env_state=np.zeros(0, np.float32), images={})
 
 
 class Pair:

@@ -12,14 +12,15 @@ import pytest
 from policystack.envs import make
 from policystack.envs.experts import make_expert
 from policystack.robot.config import RobotConfig, load_robot_config
-from policystack.robot.drivers.sim import SimDriver, SimScene
+from policystack.robot.drivers.sim import SimDriver
 from policystack.robot.loop import MAX_CHUNK, ControlLoop
+from policystack.robot.scene import SimScene
 from policystack.robot.shm import Block, command_fields, control_fields, state_fields
 
 
 class InProcessDaemon:
     """The loop's tick and the supervisor's scene on one simulated clock (no processes, no sockets):
-    what ``Supervisor.run_episode`` does per policy step, deterministically."""
+    what ``Supervisor.run_episode`` does per policy step in lockstep (``ControlLoop.run_lockstep``)."""
 
     def __init__(self, task: str, cfg: RobotConfig, blocks_dir):
         self.cfg = cfg
@@ -34,15 +35,15 @@ class InProcessDaemon:
         self.loop.start()
         self.t = 0.0
         self.ticks_per_step = int(round(cfg.rate_hz / cfg.policy_hz))
-        self.snap = {"extra": np.zeros(self.state.f["extra"].shape), "q_meas": np.zeros(8)}
+        self.snap = self.state.buffers("extra", "q_meas")
 
     def reset(self, seed: int, send_seed: bool = True) -> None:
-        qpos, _ = self.scene.reset(seed)
+        extra, _ = self.scene.reset(seed)
         c = self.control
         c.begin()
         c.f["reset_gen"][0] += 1
         c.f["reset_seed"][0] = seed if send_seed else -1
-        c.f["reset_extra"][:] = qpos
+        c.f["reset_extra"][:] = extra
         c.end()
         self.loop.tick(self.t)  # the loop takes the reset (the supervisor waits for its ack)
         self.t += self.cfg.period
@@ -64,6 +65,7 @@ class InProcessDaemon:
         for _ in range(self.ticks_per_step):
             self.loop.tick(self.t)
             self.t += self.cfg.period
+        self.loop.publish_measured(self.t)  # as the lockstep loop does: the state after the step
 
     def close(self) -> None:
         self.driver.close()
@@ -99,7 +101,7 @@ def daemon_rollout(task: str, seed: int, cfg: RobotConfig, tmp_path, send_seed: 
             d.observe()  # the expert reads the scene's state (set from the loop's qpos)
             d.act(expert.act()[None])
             success = d.observe()
-            path.append(d.snap["extra"][d.driver._arm_qadr].copy())
+            path.append(d.snap["q_meas"][:7].copy())
             if success:
                 break
         return success, np.array(path)
@@ -115,8 +117,12 @@ def test_expert_through_the_daemon_follows_its_env_rollout(task, seed, tmp_path)
     assert ok_d, f"{task} seed {seed}: the expert succeeds in the env in {len(path_env)} steps, not through the daemon"
     assert abs(len(path_d) - len(path_env)) <= 1, (len(path_d), len(path_env))
     n = min(len(path_d), len(path_env))
-    dev = np.abs(path_d[:n] - path_env[:n]).max()
-    assert dev < 0.05, f"{task}: the daemon's arm left the env's path by {dev:.3f} rad"
+    dev = np.abs(path_d[:n] - path_env[:n]).max(axis=1)
+    # the daemon ramps each target in over the step (interpolation) where the env sets it at once, so
+    # the arm lags by a share of the step's move; the first move from a random start pose is the
+    # largest (PressButton seed 1: 0.065 rad, then <= 0.03): it gets 0.1 rad, the path after it 0.05
+    assert dev[0] < 0.1, f"{task}: the daemon's arm lags the env's first step by {dev[0]:.3f} rad"
+    assert dev[1:].max() < 0.05, f"{task}: the daemon's arm left the env's path by {dev[1:].max():.3f} rad"
 
 
 def test_loop_sim_lays_out_the_episode_like_the_scene(tmp_path):
@@ -126,6 +132,6 @@ def test_loop_sim_lays_out_the_episode_like_the_scene(tmp_path):
             d.reset(seed)
             np.testing.assert_array_equal(d.driver.model.body_pos, d.scene.env.model.body_pos)
             d.state.read(d.snap)
-            np.testing.assert_allclose(d.snap["extra"], d.scene.env.data.qpos, atol=0.02)
+            np.testing.assert_allclose(d.snap["extra"][: d.scene.nq], d.scene.env.data.qpos, atol=0.02)
     finally:
         d.close()

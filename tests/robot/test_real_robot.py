@@ -70,7 +70,7 @@ def robot_config(rig, **overrides):
 
 def daemon(ckpt, robot, logs: list[str] | None = None, **kw) -> Supervisor:
     base = dict(robot=robot, token=TOKEN, checkpoint=str(ckpt), task="pick up the cube", episodes=2, port=0,
-                worker_imports=("daemon_test_policies",), no_rt=True, hello_timeout_s=60.0,
+                worker_imports=("daemon_test_policies",), no_rt=True, hello_timeout_s=180.0, stall_timeout_s=5.0,
                 log=(logs.append if logs is not None else lambda s: None))
     base.update(kw)
     return Supervisor(DaemonConfig(**base))
@@ -167,7 +167,7 @@ def test_bus_failure_holds_then_operator_end_episode_then_stop(rig, tmp_path, mo
     assert commands.main(["stop", f"commands={sup.addrs['chunks']}"]) == 0
     run.join(timeout=30)
     assert [r.reason for r in sup.results] == ["sensor_fault", "operator", "stopped"]
-    assert sup.state == State.STOPPED and sup.loop_proc is None
+    assert sup.state == State.STOPPED and sup.loop.proc is None
     assert "operator command: end_episode" in sup.events and "operator command: stop" in sup.events
     assert not sup.dec.rejected
     assert sup.final_loop_state["counts"][TRACKING] > 0

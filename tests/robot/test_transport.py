@@ -16,7 +16,7 @@ TOKEN = b"0123456789abcdef-test-token"
 
 def chunk_body(**over):
     body = dict(episode=0, obs_seq=1, t_obs=1.5, dt=0.1, actions=np.arange(16, dtype=np.float32).reshape(2, 8),
-                infer_s=0.01)
+                infer_s=0.01, obs_missed=0, replans_skipped=0)
     body.update(over)
     return body
 
@@ -24,15 +24,15 @@ def chunk_body(**over):
 def test_round_trip_keeps_types_and_values():
     enc, dec = Encoder(TOKEN), Decoder(TOKEN)
     imgs = {"front": np.random.default_rng(0).integers(0, 255, (3, 8, 8), dtype=np.uint8)}
-    frame = enc.encode("obs", episode=3, obs_seq=7, t_obs=2.0, dt=0.1, task="pick", reset=True,
-                       state=np.linspace(0, 1, 15, dtype=np.float32), env_state=np.zeros(0, np.float32),
+    frame = enc.encode("obs", episode=3, obs_seq=7, t_obs=2.0, dt=0.1, task="pick", reset=True, seed=5,
+                       replan=False, state=np.linspace(0, 1, 15, dtype=np.float32), env_state=np.zeros(0, np.float32),
                        images=imgs)
     msg, why = dec.decode(frame)
     assert why == "" and msg.kind == "obs" and msg.seq == 1 and msg.sender == enc.sender
     b = msg.body
     assert b["state"].dtype == np.float32 and b["state"].shape == (15,) and b["env_state"].shape == (0,)
     np.testing.assert_array_equal(b["images"]["front"], imgs["front"])
-    assert b["task"] == "pick" and b["reset"] is True and b["episode"] == 3
+    assert b["task"] == "pick" and b["reset"] is True and b["episode"] == 3 and b["replan"] is False
     msg, why = dec.decode(enc.encode("chunk", **chunk_body()))
     np.testing.assert_array_equal(msg.body["actions"], chunk_body()["actions"])
 
@@ -43,8 +43,8 @@ def _resign(payload: bytes, token: bytes = TOKEN) -> bytes:
 
 def _payload(**over):
     d = {"v": 1, "kind": "chunk", "sender": "s", "seq": 1, "ts": time.time(),
-         "body": {"episode": 0, "obs_seq": 1, "t_obs": 1.0, "dt": 0.1, "infer_s": 0.0,
-                  "actions": {"dtype": "float32", "shape": [1, 8], "data": b"\0" * 32}}}
+         "body": {"episode": 0, "obs_seq": 1, "t_obs": 1.0, "dt": 0.1, "infer_s": 0.0, "obs_missed": 0,
+                  "replans_skipped": 0, "actions": {"dtype": "float32", "shape": [1, 8], "data": b"\0" * 32}}}
     d.update(over)
     return msgpack.packb(d, use_bin_type=True)
 
