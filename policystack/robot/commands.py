@@ -15,6 +15,9 @@ dir), port (obs; chunks port+1, telemetry port+2), host, cameras (comma list), i
 env_state (true: the sim also observes the named objects' poses, for state-based checkpoints),
 replan_every, import (module registering a Policy subclass), no_rt (true: no SCHED_FIFO),
 and any robot config key as ``robot.<key>=value`` (e.g. ``robot.watchdog_s=0.5``).
+speech (off by default; piper, espeak or indextts): a process of its own speaks the run's events
+from the telemetry (episode start and instruction, result, hold and reason, e-stop, a policy's
+decision), options as ``speech.<key>=value`` (docs/interaction.md).
 The shared token is ``$POLICYSTACK_DAEMON_TOKEN`` (a random one is made for a local worker).
 
 ``stop`` ends the running episode (``stopped``) and the run; ``end-episode`` ends the running episode
@@ -40,7 +43,8 @@ import yaml
 from policystack.robot.config import TOKEN_ENV, load_robot_config, token_from_env
 
 RUN_KEYS = {"robot", "checkpoint", "task", "instruction", "episodes", "max_steps", "seed", "rate", "record",
-            "port", "host", "cameras", "image_size", "env_state", "replan_every", "import", "no_rt", "threads"}
+            "port", "host", "cameras", "image_size", "env_state", "replan_every", "import", "no_rt", "threads",
+            "speech"}
 
 
 def parse_kv(argv: list[str], valid: set[str]) -> dict[str, Any]:
@@ -58,7 +62,15 @@ def parse_kv(argv: list[str], valid: set[str]) -> dict[str, Any]:
 def _run(argv: list[str]) -> int:
     from policystack.robot.supervisor import DaemonConfig, DaemonError, Supervisor
 
-    kv = parse_kv(argv, RUN_KEYS)
+    speech = [a[len("speech."):] for a in argv if a.startswith("speech.")]
+    kv = parse_kv([a for a in argv if not a.startswith("speech.")], RUN_KEYS)
+    if kv.get("speech", "off") != "off":
+        from policystack.interaction.announcer import AnnouncerProcess, parse_speech_args
+
+        speech = [f"backend={kv['speech']}", *speech]
+        speech_cfg = parse_speech_args(speech)[0]  # bad options fail here, before anything starts
+    elif speech:
+        raise ValueError(f"speech.{speech[0]}: speech is off; add speech=piper (or espeak, indextts)")
     overrides = {k[len("robot."):]: yaml.safe_load(v) for k, v in kv.items() if k.startswith("robot.")}
     if "rate" in kv:
         overrides["rate_hz"] = float(kv["rate"])
@@ -82,11 +94,16 @@ def _run(argv: list[str]) -> int:
         no_rt=str(kv.get("no_rt", "false")).lower() in ("1", "true", "yes"))
     sup = Supervisor(cfg)
     print(json.dumps({"telemetry": sup.addrs["telemetry"], "obs": sup.addrs["obs"]}), flush=True)
+    announcer = AnnouncerProcess(sup.addrs["telemetry"], token, speech, sup.log, sup.curve, sup.allow_list) \
+        if speech else None
     try:
         results = sup.run()
     except DaemonError as e:
         print(f"policystack daemon: {e}", file=sys.stderr)
         return 1
+    finally:
+        if announcer is not None:
+            announcer.stop(speech_cfg.drain_s + 5.0)
     n = len(results)
     k = sum(r.success for r in results)
     judged = n > 0 and sup.judges_success  # a real robot has no success check: not judged

@@ -189,6 +189,7 @@ class Supervisor:
         self.step = 0
         self.episode = -1
         self.final_loop_state: dict[str, np.ndarray] = {}
+        self.instruction = self.decision = self.hold_reason = ""  # in telemetry, for the announcer
 
     def _bind(self, host: str, port: int) -> dict[str, str]:
         base = f"tcp://{host}"
@@ -322,6 +323,7 @@ class Supervisor:
 
     def _hold(self, why: str) -> None:
         self._control(hold_gen=self.ctl_blk.f["hold_gen"][0] + 1)
+        self.hold_reason = why
         if self.state != State.STOPPED:
             self.state = State.HOLD if self.state != State.IDLE or why != "startup" else State.IDLE
         self.log(f"hold ({why})")
@@ -434,6 +436,7 @@ class Supervisor:
             self.events.append(f"chunk for obs {b['obs_seq']} has NaN/inf (forwarded: the loop holds)")
         self._write_chunk(a, b["t_obs"], dt)
         self.latencies.append(time.monotonic() - b["t_obs"])
+        self.decision = b.get("decision", "")[:500]
         return True
 
     def _write_chunk(self, actions: np.ndarray, t_obs: float, dt: float) -> None:
@@ -472,6 +475,9 @@ class Supervisor:
             "rejected": dict(self.dec.rejected), "recent_events": self.events[-10:],
             "curve": {"on": self.curve is not None, "allow_list": self.allow_list is not None,
                       "denied_handshakes": self.allow_list.denied if self.allow_list is not None else 0},
+            "instruction": self.instruction, "decision": self.decision,
+            "hold": {"gen": int(self.ctl_blk.f["hold_gen"][0]), "reason": self.hold_reason},
+            "last_result": self.results[-1].__dict__ if self.results else None,
         }
         self.tele.send(self.enc.encode("telemetry", status=json.dumps(status)))
 
@@ -491,8 +497,9 @@ class Supervisor:
         self._end_episode = False
         max_steps = cfg.max_steps or self.scene.max_steps
         replan = cfg.replan_every or int(self.worker_info.get("n_action_steps", 1))
-        self.episode, self.state = index, State.RUNNING
+        self.episode, self.state, self.instruction, self.decision = index, State.RUNNING, instruction, ""
         self.log(f"episode {index}: {instruction!r} (seed {cfg.seed + index})")
+        self._telemetry(force=True)  # events go out as they happen (the announcer speaks them)
         snap = {"q_meas": np.zeros(r.limits.dim), "q_cmd": np.zeros(r.limits.dim),
                 "extra": np.zeros(self.state_blk.f["extra"].shape)}
         stall_s = cfg.stall_timeout_s if cfg.stall_timeout_s is not None else r.watchdog_s
@@ -560,6 +567,7 @@ class Supervisor:
         ds_ep = recorder.end_episode(snap["q_cmd"]) if recorder is not None else None
         res = EpisodeResult(index, success, step, reason, ds_ep)
         self.results.append(res)
+        self._telemetry(force=True)
         self.log(f"episode {index}: {reason} after {step} steps")
         return res
 

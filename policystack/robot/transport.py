@@ -35,16 +35,18 @@ MAC_BYTES = 32
 DTYPES = {"float32": np.float32, "float64": np.float64, "uint8": np.uint8, "int64": np.int64}
 
 # kind -> body key -> spec. Spec: "int", "float", "str", "bool", ("array", dtype, ndim),
-# ("map", ("array", dtype, ndim)) for a str-keyed map of arrays, ("optional", spec).
+# ("map", ("array", dtype, ndim)) for a str-keyed map of arrays, ("optional", spec) for a key a body may
+# leave out (then absent from the decoded body too).
 SCHEMAS: dict[str, dict[str, Any]] = {
     # daemon -> worker: one observation (state [D], env_state [E] -- empty unless the sim provides
     # privileged object poses --, images {camera: uint8 [3, H, W]})
     "obs": {"episode": "int", "obs_seq": "int", "t_obs": "float", "dt": "float", "task": "str",
             "state": ("array", "float32", 1), "env_state": ("array", "float32", 1),
             "images": ("map", ("array", "uint8", 3)), "reset": "bool"},
-    # worker -> daemon: an action chunk [n, A] for the observation obs_seq
+    # worker -> daemon: an action chunk [n, A] for the observation obs_seq; decision: what a reasoning
+    # policy (EMMA) decided for it, in words (Policy.decision), read out by the daemon's announcer
     "chunk": {"episode": "int", "obs_seq": "int", "t_obs": "float", "dt": "float",
-              "actions": ("array", "float32", 2), "infer_s": "float"},
+              "actions": ("array", "float32", 2), "infer_s": "float", "decision": ("optional", "str")},
     # worker -> daemon: the worker is up (or failed to load: error != ""), with what its policy takes:
     # observation.state [state_dim] and images {camera: int64 [3] = (3, H, W)}
     "hello": {"policy": "str", "horizon": "int", "n_action_steps": "int", "action_dim": "int", "error": "str",
@@ -86,6 +88,10 @@ def decode_array(d: Any, dtype: str, ndim: int, where: str) -> np.ndarray:
     return np.frombuffer(data, dtype=dt).reshape(shape)
 
 
+def _required(schema: dict[str, Any]) -> set[str]:
+    return {k for k, spec in schema.items() if not (isinstance(spec, tuple) and spec[0] == "optional")}
+
+
 def _check(spec: Any, value: Any, where: str) -> Any:
     if spec == "int":
         if not isinstance(value, int) or isinstance(value, bool):
@@ -105,6 +111,8 @@ def _check(spec: Any, value: Any, where: str) -> Any:
         return value
     if spec[0] == "array":
         return decode_array(value, spec[1], spec[2], where)
+    if spec[0] == "optional":
+        return _check(spec[1], value, where)
     if spec[0] == "map":
         if not isinstance(value, dict) or len(value) > 16:
             raise Rejected(f"{where}: expected a map of at most 16 entries")
@@ -114,11 +122,14 @@ def _check(spec: Any, value: Any, where: str) -> Any:
 
 def _encode_body(kind: str, body: dict[str, Any]) -> dict[str, Any]:
     schema = SCHEMAS[kind]
-    if set(body) != set(schema):
+    if not _required(schema) <= set(body) <= set(schema):
         raise KeyError(f"{kind} message: body keys {sorted(body)}, expected {sorted(schema)}")
     out: dict[str, Any] = {}
     for k, spec in schema.items():
+        if k not in body:
+            continue
         v = body[k]
+        spec = spec[1] if isinstance(spec, tuple) and spec[0] == "optional" else spec
         if isinstance(spec, tuple) and spec[0] == "array":
             out[k] = encode_array(np.asarray(v, dtype=DTYPES[spec[1]]))
         elif isinstance(spec, tuple) and spec[0] == "map":
@@ -216,10 +227,10 @@ class Decoder:
             raise Rejected(f"replay: seq {seq} <= last {self.last_seq.get(sender)} from sender {sender}")
         body = d["body"]
         schema = SCHEMAS[kind]
-        if not isinstance(body, dict) or set(body) != set(schema):
+        if not isinstance(body, dict) or not _required(schema) <= set(body) <= set(schema):
             got = sorted(body) if isinstance(body, dict) else type(body).__name__
             raise Rejected(f"schema: {kind} body keys {got}, expected {sorted(schema)}")
-        parsed = {k: _check(spec, body[k], f"schema: {kind}.{k}") for k, spec in schema.items()}
+        parsed = {k: _check(spec, body[k], f"schema: {kind}.{k}") for k, spec in schema.items() if k in body}
         self.last_seq[sender] = seq
         self.last_seq.move_to_end(sender)
         while len(self.last_seq) > self.max_senders:

@@ -15,7 +15,8 @@ worker.key_secret`` (a listed client's pair); without ``--client-key`` the worke
 pair. A worker the supervisor starts gets both keys through its environment.
 
 Every observation with ``reset`` starts a new episode (``policy.reset()``); every observation is
-answered with the full predicted chunk ``[H, A]`` stamped with the observation's ``t_obs``.
+answered with the full predicted chunk ``[H, A]`` stamped with the observation's ``t_obs``, and the
+policy's ``decision`` (what a reasoning policy decided for it, in words; "" for most policies).
 """
 
 from __future__ import annotations
@@ -129,7 +130,8 @@ def serve(checkpoint: str, obs_addr: str, chunk_addr: str, token: bytes, max_byt
             chunk = policy.predict_action_chunk(obs_to_batch(b))[0].float().cpu().numpy()  # [H, A]
         try:
             out.send(enc.encode("chunk", episode=b["episode"], obs_seq=b["obs_seq"], t_obs=b["t_obs"],
-                                dt=b["dt"], actions=chunk, infer_s=time.perf_counter() - t0), zmq.NOBLOCK)
+                                dt=b["dt"], actions=chunk, infer_s=time.perf_counter() - t0,
+                                decision=str(policy.decision)), zmq.NOBLOCK)
         except zmq.Again:
             print("worker: daemon is not taking chunks (queue full); dropped one", file=sys.stderr)
 
