@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     address = conn.get("telemetry", DEFAULT_TELEMETRY)
-    log_line(f"announcing the daemon at {address} with {speaker.name} into {type(sink).__name__}")
+    log_line(f"announcing the daemon at {address} with {speaker.name} to {sink}")
     announcer = Announcer(speaker, sink, cfg.queue, log_line, cfg.stats)
     try:
         follow(address, token, announcer, curve, stop)

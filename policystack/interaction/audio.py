@@ -4,8 +4,8 @@
   synthesized (``paplay`` when a PulseAudio / PipeWire server is up, else ``aplay`` when ALSA has a
   playback device, or any ``player=`` command with ``{rate}`` for the sample rate). ``end`` returns
   once the player has played it all.
-- ``WavSink``: one WAV file per utterance in ``out_dir`` (``<time>-<n>-<words>.wav``, written
-  atomically at its end), keeping the newest ``keep`` files.
+- ``WavSink``: one WAV file per utterance in ``out_dir`` (``<time>-<pid>-<n>-<words>.wav``, written
+  atomically at its end), keeping the newest ``keep`` of its files (other files there are left alone).
 
 ``open_sink`` picks one: ``output=auto`` the device if one is found, else WAV files;
 ``output=device`` fails (``SpeechError``) without a device; ``output=wav`` always writes files.
@@ -31,6 +31,7 @@ from policystack.datasets.meta import atomic_write_bytes
 from policystack.interaction.speaker import SpeechError
 
 OUTPUTS = ("auto", "device", "wav")
+WAV_NAME = re.compile(r"\d{8}-\d{6}-\d+-\d{4,}-[a-z0-9-]+\.wav")  # what WavSink names its files
 
 
 class AudioSink(ABC):
@@ -79,13 +80,17 @@ class WavSink(AudioSink):
         except OSError as e:
             raise SpeechError(f"cannot write {self._path}: {e}") from None
         self._pieces = []
-        old = sorted(self.out_dir.glob("*.wav"), key=lambda p: p.stat().st_mtime)[:-self.keep or None]
+        ours = [p for p in self.out_dir.glob("*.wav") if WAV_NAME.fullmatch(p.name)]  # never a user's file
+        old = sorted(ours, key=lambda p: p.stat().st_mtime)[:-self.keep]
         for p in old:
             p.unlink(missing_ok=True)
         return str(self._path)
 
     def abort(self) -> None:
         self._pieces = []
+
+    def __str__(self) -> str:
+        return f"WAV files in {self.out_dir.resolve()}"
 
 
 class PlayerSink(AudioSink):
@@ -94,6 +99,9 @@ class PlayerSink(AudioSink):
     def __init__(self, command: list[str]):
         self.command = command
         self._proc: subprocess.Popen | None = None
+
+    def __str__(self) -> str:
+        return f"the sound device ({self.command[0]})"
 
     def begin(self, text: str, sample_rate: int) -> None:
         cmd = [a.replace("{rate}", str(sample_rate)) for a in self.command]
@@ -175,6 +183,6 @@ def open_sink(output: str = "auto", out_dir: str | Path = "speech", player: str 
     if output == "device":
         raise SpeechError("output=device: no sound device found (no PulseAudio/PipeWire server with paplay, no "
                           "ALSA playback device in /dev/snd with aplay); give player=COMMAND or output=wav")
-    if log is not None:
+    if log is not None and output == "auto":
         log(f"no sound device: speech goes to WAV files in {Path(out_dir).resolve()}")
     return WavSink(out_dir, keep)

@@ -50,6 +50,8 @@ def read_wav_header(f: IO[bytes], where: str) -> int:
             break
         body = f.read(size + (size & 1))
         if kind == b"fmt ":
+            if len(body) < 16:
+                raise SpeechError(f"{where}: its WAV output ended inside the fmt chunk")
             fmt, channels, rate, _, _, bits = struct.unpack("<HHIIHH", body[:16])
             if (fmt, channels, bits) != (1, 1, 16):
                 raise SpeechError(f"{where}: WAV format {fmt}, {channels} channels, {bits} bits; expected PCM mono 16-bit")
@@ -101,8 +103,8 @@ class EspeakSpeaker(Speaker):
                 yield np.frombuffer(data, dtype="<i2").astype(np.int16)
             code = proc.wait(timeout=10)
             if code != 0:
-                raise SpeechError(f"espeak: {self.exe} exited with code {code} mid-utterance: "
-                                  f"{proc.stderr.read().decode(errors='replace').strip()[-300:]}")
+                err = proc.stderr.read().decode(errors="replace").strip()[-300:]
+                raise SpeechError(f"espeak: {self.exe} exited with code {code} mid-utterance" + (f": {err}" if err else ""))
         except BrokenPipeError:
             raise SpeechError(f"espeak: {self.exe} exited before reading the text (code {proc.wait()})") from None
         finally:
