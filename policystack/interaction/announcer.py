@@ -354,6 +354,18 @@ def follow(address: str, token: bytes, announcer: Announcer, curve=None, stop: t
 FOLLOW_KEYS = ("telemetry", "server_key", "client_key", "exit_with_parent")
 
 
+def start_speaking(cfg: SpeechConfig, options: list[str]) -> tuple[Speaker, AudioSink]:
+    """This process as a speaker runs: at ``cfg.nice``, the backend loaded and warmed up (which also
+    proves it works before the first event), its sink open."""
+    try:
+        os.nice(cfg.nice)
+    except OSError:
+        pass
+    speaker = make_speaker(cfg.backend, options)
+    speaker.synthesize("Ready.")
+    return speaker, open_sink(cfg.output, cfg.out_dir, cfg.player, cfg.keep, log_line)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m policystack.interaction.announcer [telemetry=ADDR] [server_key=F] [client_key=F]
     [exit_with_parent=true] [speech options]`` (also ``policystack say --follow ...``); the daemon's
@@ -377,13 +389,7 @@ def main(argv: list[str] | None = None) -> int:
 
         _die_with_parent()
     try:
-        os.nice(cfg.nice)
-    except OSError:
-        pass
-    try:
-        speaker = make_speaker(cfg.backend, options)
-        speaker.synthesize("Ready.")  # warms the backend up (and proves it works) before the first event
-        sink = open_sink(cfg.output, cfg.out_dir, cfg.player, cfg.keep, log_line)
+        speaker, sink = start_speaking(cfg, options)
     except Exception as e:  # SpeechError, a bad option, or whatever a backend's library raises
         log_line(f"speech off: {e}")
         return EXIT_NO_SPEECH
