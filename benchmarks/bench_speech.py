@@ -14,7 +14,7 @@ control loop's timing with speech on against off.
    (niceness 10, 1 synthesis thread) saying announcements back to back for the whole row -- far more
    than a daemon's few announcements per episode.
 
-    python benchmarks/bench_speech.py [--duration 30] [--episodes 10] [--no-write]
+    python benchmarks/bench_speech.py [--duration 30] [--pairs 2] [--episodes 10] [--no-write]
 
 Writes its tables between ``<!-- BEGIN bench_speech -->`` and ``<!-- END bench_speech -->`` in
 docs/benchmarks.md.
@@ -122,9 +122,9 @@ def child_speech(backend: str, out_dir: str) -> None:
         time.sleep(0.01)
 
 
-def loop_rows(ckpt: Path, tmp: Path, duration: float, backend: str) -> list[tuple[str, float, dict]]:
+def loop_rows(ckpt: Path, tmp: Path, duration: float, backend: str, pairs: int) -> list[tuple[str, float, dict]]:
     rows = []
-    for rate in (500.0, 1000.0):
+    for rate in [500.0] * pairs + [1000.0] * pairs:
         rows.append(("off", rate, loop_row(rate, duration, ckpt, tmp)))
         print("loop off", rate, json.dumps(rows[-1][2]), flush=True)
         speech = subprocess.Popen([sys.executable, __file__, "--child", "speech", "--backend", backend,
@@ -165,7 +165,7 @@ def tables(backends: list[dict], events: list[dict], loops: list, duration: floa
     for r in events:
         lines.append(f"| {r['backend']} | {cell(r['episode'])} | {cell(r['result'])} | {cell(r['decision'])} | {r['n']} |")
     lines += ["", f"Control-loop timing with speech off and on (bench_daemon's daemon-loop row, {duration:g} s each, "
-              "beside a CPU-bound BC inference process; rows alternate off / on):", "",
+              "beside a CPU-bound BC inference process, as bench_daemon runs it; rows alternate off / on):", "",
               "| speech | rate | period error p50 (us) | p99 (us) | max (us) | missed deadlines | body p99 (us) |",
               "|---|---|---|---|---|---|---|"]
     for name, rate, d in loops:
@@ -183,6 +183,7 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=10, help="daemon episodes per backend")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--backend", default="piper", help="the speech load of the loop rows")
+    p.add_argument("--pairs", type=int, default=2, help="off/on loop row pairs per rate")
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--child", choices=["speech"], help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -201,7 +202,7 @@ def main() -> None:
         from speech_test_policies import make_deciding_checkpoint
 
         events = event_rows(make_deciding_checkpoint(small_checkpoint(tmp / "deciding", image_size=96)), tmp, a.episodes)
-        loops = loop_rows(make_checkpoint(tmp / "ckpt"), tmp, a.duration, a.backend)
+        loops = loop_rows(make_checkpoint(tmp / "ckpt"), tmp, a.duration, a.backend, a.pairs)
     out = tables(backends, events, loops, a.duration, (load0, os.getloadavg()[0]))
     print(out)
     if not a.no_write:

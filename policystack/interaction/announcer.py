@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         curve = ClientCurve.resolve(conn.get("server_key"), conn.get("client_key"), os.environ)
         token = token_from_env(required=True)
     except (ValueError, KeyError) as e:
-        log_line(f"speech off: {e}")
+        log_line(f"speech off: {e.args[0] if isinstance(e, KeyError) else e}")
         return 2
     for name in (SERVER_PUBLIC_ENV, CLIENT_SECRET_ENV):
         os.environ.pop(name, None)
