@@ -144,7 +144,7 @@ class Announcer:
                  log: Callable[[str], None] = log_line, stats: str = "", max_failures: int = 3):
         self.speaker, self.sink, self.max_queue, self.log = speaker, sink, max_queue, log
         self.max_failures = max_failures
-        self._stats = open(stats, "a") if stats else None  # noqa: SIM115 (closed in close)
+        self._stats = open(stats, "a") if stats else None  # closed in close()
         self._q: deque[Announcement] = deque()
         self._cv = threading.Condition()
         self._closed = False
@@ -152,7 +152,7 @@ class Announcer:
         self._cut = threading.Event()
         self.spoken = self.dropped = self.failed = 0
         self.gave_up = False
-        self.timings: list[dict[str, Any]] = []
+        self.timings: deque[dict[str, Any]] = deque(maxlen=1000)  # the latest utterances' (speak's) timings
         self._thread = threading.Thread(target=self._run, name="announcer", daemon=True)
         self._thread.start()
 
