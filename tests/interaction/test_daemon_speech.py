@@ -72,6 +72,20 @@ def test_the_daemon_says_episodes_instructions_results_and_decisions(ckpt, tmp_p
     assert "[speech]" not in out.stderr.replace("[speech] announcing", "")  # no problem to report
 
 
+def test_speech_over_curve_with_an_allow_list(ckpt, tmp_path):
+    """The announcer gets a key pair of its own, admitted to the allow-list like a local worker's."""
+    from policystack.robot.curve import write_key_pair
+
+    _, server_secret = write_key_pair(tmp_path / "server", "server")
+    write_key_pair(tmp_path / "clients", "operator")
+    stats = tmp_path / "stats.jsonl"
+    out = daemon_run(ckpt, f"robot.transport.curve_server_secret={server_secret}",
+                     f"robot.transport.curve_allowed_clients={tmp_path / 'clients'}", "speech=piper",
+                     "speech.output=wav", f"speech.out_dir={tmp_path / 'wav'}", f"speech.stats={stats}", episodes=2)
+    assert results(out)["episodes"] == 2
+    assert "Episode 1: time is up." in [json.loads(line)["text"] for line in stats.read_text().splitlines()]
+
+
 def test_a_missing_voice_is_one_line_and_the_run_goes_on(ckpt, tmp_path):
     out = daemon_run(ckpt, "speech=piper", f"speech.voice={tmp_path / 'nope.onnx'}", "speech.output=wav",
                      f"speech.out_dir={tmp_path / 'wav'}", episodes=2)
