@@ -10,11 +10,13 @@ control loop's timing with speech on against off.
    announcement, the event's time (the telemetry message's stamp: episode starts and results are
    published the moment they happen) and the moment its first sample reached the sink.
 3. Loop timing: bench_daemon's daemon-loop row (sim driver, interpolation, safety, beside a CPU-bound
-   BC inference process) without and with speech: the speech process is the announcer's set-up
-   (niceness 10, 1 synthesis thread) saying announcements back to back for the whole row -- far more
-   than a daemon's few announcements per episode.
+   BC inference process), one run per rate, with a speech load switched off and on every
+   ``--window`` s in the same run (on a shared machine the other load drifts; interleaving puts both
+   sides under the same drift). The load is the announcer's process set-up (niceness 10, 1 synthesis
+   thread, off the loop's CPU) saying announcements back to back -- far more than a daemon's few per
+   episode.
 
-    python benchmarks/bench_speech.py [--duration 30] [--pairs 2] [--episodes 10] [--no-write]
+    python benchmarks/bench_speech.py [--duration 120] [--window 5] [--episodes 10] [--no-write]
 
 Writes its tables between ``<!-- BEGIN bench_speech -->`` and ``<!-- END bench_speech -->`` in
 docs/benchmarks.md.
@@ -27,6 +29,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -111,8 +114,11 @@ def event_rows(ckpt: Path, tmp: Path, episodes: int) -> list[dict]:
 def child_speech(backend: str, out_dir: str) -> None:
     """The announcer's process set-up, saying announcements back to back until killed."""
     from policystack.interaction.announcer import Announcement, Announcer, SpeechConfig, start_speaking
+    from policystack.robot.config import load_robot_config
 
-    speaker, sink = start_speaking(SpeechConfig(backend=backend, output="wav", out_dir=Path(out_dir), keep=5), [])
+    loop_cpu = load_robot_config("sim").cpu  # where bench_daemon's loop row pins the loop; daemon run does this
+    cfg = SpeechConfig(backend=backend, output="wav", out_dir=Path(out_dir), keep=5, avoid_cpu=loop_cpu)
+    speaker, sink = start_speaking(cfg, [])
     ann = Announcer(speaker, sink)
     i = 0
     while True:
@@ -122,24 +128,49 @@ def child_speech(backend: str, out_dir: str) -> None:
         time.sleep(0.01)
 
 
-def loop_rows(ckpt: Path, tmp: Path, duration: float, backend: str, pairs: int) -> list[tuple[str, float, dict]]:
-    rows = []
-    for rate in [500.0] * pairs + [1000.0] * pairs:
-        rows.append(("off", rate, loop_row(rate, duration, ckpt, tmp)))
-        print("loop off", rate, json.dumps(rows[-1][2]), flush=True)
-        speech = subprocess.Popen([sys.executable, __file__, "--child", "speech", "--backend", backend,
-                                   "--out", str(tmp / "load-wav")])
-        time.sleep(3.0)  # import + voice load + warm-up
-        try:
-            rows.append((f"on ({backend}, back to back)", rate, loop_row(rate, duration, ckpt, tmp)))
-        finally:
-            speech.kill()
-            speech.wait()
-        print("loop on", rate, json.dumps(rows[-1][2]), flush=True)
-    return rows
+def interleaved_row(rate: float, duration: float, ckpt: Path, tmp: Path, backend: str, window_s: float) -> dict:
+    """One loop run of ``duration`` s with the speech load switched off and on (SIGSTOP / SIGCONT)
+    every ``window_s``: each tick counts for the state the load was in (the first 0.25 s after a
+    switch counts for neither), so slow changes of the machine's other load hit both sides alike."""
+    speech = subprocess.Popen([sys.executable, __file__, "--child", "speech", "--backend", backend,
+                               "--out", str(tmp / "load-wav")])
+    time.sleep(5.0)  # import + voice load + warm-up
+    os.kill(speech.pid, signal.SIGSTOP)
+    marks = [(0, False)]  # (loop tick, speech on from there)
+    due = [time.monotonic() + window_s]
+
+    def switch(tick: int) -> None:
+        if time.monotonic() >= due[0]:
+            on = not marks[-1][1]
+            os.kill(speech.pid, signal.SIGCONT if on else signal.SIGSTOP)
+            marks.append((tick, on))
+            due[0] += window_s
+
+    try:
+        d = loop_row(rate, duration, ckpt, tmp, each_chunk=switch)
+    finally:
+        os.kill(speech.pid, signal.SIGCONT)
+        speech.kill()
+        speech.wait()
+    z = np.load(d["npz"])
+    late, body, period = z["late"] * 1e6, z["body"] * 1e6, 1e6 / rate
+    state = np.full(len(late), -1)
+    guard = int(0.25 * rate)
+    for (start, on), (end, _) in zip(marks, marks[1:] + [(len(late), None)]):
+        state[min(start + guard, end):end] = int(on)
+    out = {"rate": rate, "rt_refused": d["rt_refused"], "windows": len(marks)}
+    for name, k in (("off", 0), ("on", 1)):
+        sel = state == k
+        out[name] = {"ticks": int(sel.sum()), "p50": float(np.percentile(late[sel], 50)),
+                     "p99": float(np.percentile(late[sel], 99)), "max": float(late[sel].max()),
+                     "overruns": int((late[sel] + body[sel] > period).sum()),
+                     "body_p99": float(np.percentile(body[sel], 99))}
+    print("loop", json.dumps(out), flush=True)
+    return out
 
 
-def tables(backends: list[dict], events: list[dict], loops: list, duration: float, load: tuple[float, float]) -> str:
+def tables(backends: list[dict], events: list[dict], loops: list[dict], duration: float, window_s: float, backend: str,
+           load: tuple[float, float]) -> str:
     cpu = platform.processor() or platform.machine()
     lines = [f"Speech on this machine ({os.cpu_count()} cores, {cpu}, Python {platform.python_version()}; 1-minute "
              f"load average {load[0]:.1f} at the start, {load[1]:.1f} at the end: other work shares the CPUs). "
@@ -164,14 +195,21 @@ def tables(backends: list[dict], events: list[dict], loops: list, duration: floa
 
     for r in events:
         lines.append(f"| {r['backend']} | {cell(r['episode'])} | {cell(r['result'])} | {cell(r['decision'])} | {r['n']} |")
-    lines += ["", f"Control-loop timing with speech off and on (bench_daemon's daemon-loop row, {duration:g} s each, "
-              "beside a CPU-bound BC inference process, as bench_daemon runs it; rows alternate off / on):", "",
-              "| speech | rate | period error p50 (us) | p99 (us) | max (us) | missed deadlines | body p99 (us) |",
-              "|---|---|---|---|---|---|---|"]
-    for name, rate, d in loops:
-        lines.append(f"| {name} | {rate:g} Hz | {d['p50']:.1f} | {d['p99']:.1f} | {d['max']:.0f} | "
-                     f"{d['misses']} / {d['ticks']} | {d['body_p99']:.0f} |")
-    refused = sorted({r for _, _, d in loops for r in d["rt_refused"]})
+    lines += ["", f"Control-loop timing with speech off and on: bench_daemon's daemon-loop row ({duration:g} s per rate, "
+              "beside a CPU-bound BC inference process, as bench_daemon runs it) with the speech load switched off "
+              f"and on every {window_s:g} s (SIGSTOP / SIGCONT) in the same run; each tick counts for the state the "
+              "load was in (the first 0.25 s after a switch for neither). The load is the announcer's process set-up "
+              "(niceness 10, 1 synthesis thread, off the loop's CPU) saying announcements back to back -- far more "
+              "than a daemon's few per episode. Overrun = lateness + body > one period.", "",
+              "| rate | speech | ticks | period error p50 (us) | p99 (us) | max (us) | overruns | body p99 (us) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in loops:
+        for name in ("off", "on"):
+            d = r[name]
+            label = "off" if name == "off" else f"on ({backend}, back to back)"
+            lines.append(f"| {r['rate']:g} Hz | {label} | {d['ticks']} | {d['p50']:.1f} | {d['p99']:.1f} | "
+                         f"{d['max']:.0f} | {d['overruns']} | {d['body_p99']:.0f} |")
+    refused = sorted({x for r in loops for x in r["rt_refused"]})
     lines += ["", f"SCHED_FIFO + pinning: {'refused: ' + '; '.join(refused) if refused else 'granted'}. "
               "Run: `python benchmarks/bench_speech.py`."]
     return "\n".join(lines)
@@ -179,11 +217,11 @@ def tables(backends: list[dict], events: list[dict], loops: list, duration: floa
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--duration", type=float, default=30.0, help="seconds per loop row")
+    p.add_argument("--duration", type=float, default=120.0, help="seconds per loop run (one per rate)")
     p.add_argument("--episodes", type=int, default=10, help="daemon episodes per backend")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--backend", default="piper", help="the speech load of the loop rows")
-    p.add_argument("--pairs", type=int, default=2, help="off/on loop row pairs per rate")
+    p.add_argument("--window", type=float, default=5.0, help="seconds between switching the speech load off / on")
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--child", choices=["speech"], help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -202,8 +240,9 @@ def main() -> None:
         from speech_test_policies import make_deciding_checkpoint
 
         events = event_rows(make_deciding_checkpoint(small_checkpoint(tmp / "deciding", image_size=96)), tmp, a.episodes)
-        loops = loop_rows(make_checkpoint(tmp / "ckpt"), tmp, a.duration, a.backend, a.pairs)
-    out = tables(backends, events, loops, a.duration, (load0, os.getloadavg()[0]))
+        ckpt = make_checkpoint(tmp / "ckpt")
+        loops = [interleaved_row(rate, a.duration, ckpt, tmp, a.backend, a.window) for rate in (500.0, 1000.0)]
+    out = tables(backends, events, loops, a.duration, a.window, a.backend, (load0, os.getloadavg()[0]))
     print(out)
     if not a.no_write:
         write_section("bench_speech", out)

@@ -24,7 +24,8 @@ Failures never reach the daemon: a speaker that cannot start (no voice, no weigh
 logs one line and the process exits with ``EXIT_NO_SPEECH``; a backend that fails mid-sentence logs
 one line and the next announcement is tried (``max_failures`` in a row: one line, speech off); a
 crash of the whole process is one line in the daemon's log (``AnnouncerProcess``). Nothing here
-touches the control loop: the process runs at ``nice`` 10 with one synthesis thread.
+touches the control loop: the process runs at ``nice`` 10 with one synthesis thread, never on the
+loop's CPU (``avoid_cpu``, which ``daemon run`` sets to ``robot.cpu``).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class SpeechConfig:
     keep: int = 200  # WAV files kept in out_dir (the oldest are deleted)
     queue: int = 4  # announcements waiting at most (a new one drops the oldest)
     nice: int = 10  # the announcer process's niceness (0-19)
+    avoid_cpu: int = -1  # a CPU it never runs on (daemon run: the control loop's robot.cpu); -1: none
     drain_s: float = 10.0  # at the end of the run: how long queued announcements may still take
     stats: str = ""  # append one JSON line of timings per utterance to this file (benchmarks)
 
@@ -355,10 +357,13 @@ FOLLOW_KEYS = ("telemetry", "server_key", "client_key", "exit_with_parent")
 
 
 def start_speaking(cfg: SpeechConfig, options: list[str]) -> tuple[Speaker, AudioSink]:
-    """This process as a speaker runs: at ``cfg.nice``, the backend loaded and warmed up (which also
-    proves it works before the first event), its sink open."""
+    """This process as a speaker runs: at ``cfg.nice``, off the control loop's CPU, the backend loaded
+    and warmed up (which also proves it works before the first event), its sink open."""
     try:
         os.nice(cfg.nice)
+        others = os.sched_getaffinity(0) - {cfg.avoid_cpu}
+        if others:  # (a one-CPU machine has no other)
+            os.sched_setaffinity(0, others)
     except OSError:
         pass
     speaker = make_speaker(cfg.backend, options)

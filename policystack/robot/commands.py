@@ -64,17 +64,17 @@ def _run(argv: list[str]) -> int:
 
     speech = [a[len("speech."):] for a in argv if a.startswith("speech.")]
     kv = parse_kv([a for a in argv if not a.startswith("speech.")], RUN_KEYS)
-    if kv.get("speech", "off") != "off":
-        from policystack.interaction.announcer import AnnouncerProcess, parse_speech_args
-
-        speech = [f"backend={kv['speech']}", *speech]
-        speech_cfg = parse_speech_args(speech)[0]  # bad options fail here, before anything starts
-    elif speech:
-        raise ValueError(f"speech.{speech[0]}: speech is off; add speech=piper (or espeak, indextts)")
     overrides = {k[len("robot."):]: yaml.safe_load(v) for k, v in kv.items() if k.startswith("robot.")}
     if "rate" in kv:
         overrides["rate_hz"] = float(kv["rate"])
     robot = load_robot_config(kv.get("robot", "sim"), overrides)
+    if kv.get("speech", "off") != "off":
+        from policystack.interaction.announcer import AnnouncerProcess, parse_speech_args
+
+        speech = [f"backend={kv['speech']}", f"avoid_cpu={robot.cpu}", *speech]
+        speech_cfg = parse_speech_args(speech)[0]  # bad options fail here, before anything starts
+    elif speech:
+        raise ValueError(f"speech.{speech[0]}: speech is off; add speech=piper (or espeak, indextts)")
     token = token_from_env(required=False)
     if token is None:
         if "checkpoint" not in kv:

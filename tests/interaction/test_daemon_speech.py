@@ -115,8 +115,8 @@ def test_a_dead_announcer_is_one_line_and_the_daemon_runs_on(ckpt, tmp_path, mon
     sup = Supervisor(DaemonConfig(
         robot=load_robot_config("sim"), token=TOKEN, checkpoint=str(ckpt), task="Reach", episodes=4, max_steps=15,
         port=0, image_size=32, worker_imports=("speech_test_policies",), no_rt=True, log=lines.append))
-    ann = AnnouncerProcess(sup.addrs["telemetry"], TOKEN, ["backend=piper", "output=wav", f"out_dir={tmp_path}"],
-                           lines.append)
+    ann = AnnouncerProcess(sup.addrs["telemetry"], TOKEN, ["backend=piper", "output=wav", f"out_dir={tmp_path}",
+                                                           f"avoid_cpu={sup.cfg.robot.cpu}"], lines.append)
     run = threading.Thread(target=sup.run, daemon=True)
     run.start()
     try:
@@ -124,6 +124,10 @@ def test_a_dead_announcer_is_one_line_and_the_daemon_runs_on(ckpt, tmp_path, mon
         while not list(tmp_path.glob("*.wav")) and time.monotonic() < end:  # it is speaking
             time.sleep(0.05)
         assert list(tmp_path.glob("*.wav")), "the announcer said nothing"
+        # it yields to everything else and keeps off the control loop's CPU
+        assert os.getpriority(os.PRIO_PROCESS, ann.proc.pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)
+        if len(os.sched_getaffinity(0)) > 1:
+            assert sup.cfg.robot.cpu not in os.sched_getaffinity(ann.proc.pid)
         os.kill(ann.proc.pid, signal.SIGKILL)
         run.join(180)
         assert not run.is_alive()
