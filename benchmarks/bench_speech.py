@@ -184,7 +184,7 @@ def tables(backends: list[dict], events: list[dict], loops: list[dict], duration
         lines.append(f"| {r['name']} | {r['load_s']:.2f} | {r['rtf']:.3f} | {r['first_p50'] * 1e3:.0f} | "
                      f"{r['first_max'] * 1e3:.0f} | {r['audio_s']:.1f} |")
     lines += ["", "Event -> first audio sample through `policystack daemon run ... speech=BACKEND speech.output=wav` "
-              "(sim, BC with a decision per chunk, one 96x96 camera): from the event (its telemetry stamp) to the "
+              "(sim, BC with a decision per chunk, one 96x96 camera, policy worker on 1 torch thread): from the event (its telemetry stamp) to the "
               "first sample in the sink, queueing behind the announcement before it included; in brackets from "
               "the moment the announcer took it up.", "",
               "| backend | episode start p50 / max (ms) | result p50 / max (ms) | decision p50 / max (ms) | announcements |",
@@ -196,7 +196,7 @@ def tables(backends: list[dict], events: list[dict], loops: list[dict], duration
     for r in events:
         lines.append(f"| {r['backend']} | {cell(r['episode'])} | {cell(r['result'])} | {cell(r['decision'])} | {r['n']} |")
     lines += ["", f"Control-loop timing with speech off and on: bench_daemon's daemon-loop row ({duration:g} s per rate, "
-              "beside a CPU-bound BC inference process, as bench_daemon runs it) with the speech load switched off "
+              f"beside a CPU-bound BC inference process with torch on all {os.cpu_count()} cores, as bench_daemon runs it) with the speech load switched off "
               f"and on every {window_s:g} s (SIGSTOP / SIGCONT) in the same run; each tick counts for the state the "
               "load was in (the first 0.25 s after a switch for neither). The load is the announcer's process set-up "
               "(niceness 10, 1 synthesis thread, off the loop's CPU) saying announcements back to back -- far more "
