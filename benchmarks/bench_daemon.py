@@ -144,7 +144,10 @@ def bare_row(mode: str, rate: float, duration: float, ckpt: Path, tmp: Path) -> 
     return summarize(out)
 
 
-def loop_row(rate: float, duration: float, ckpt: Path, tmp: Path) -> dict:
+def loop_row(rate: float, duration: float, ckpt: Path, tmp: Path, each_chunk=None) -> dict:
+    """The daemon loop's row; ``each_chunk(tick)`` (optional) runs after every chunk fed, with the
+    loop's tick count then (bench_speech toggles its speech load there). The per-tick arrays are in
+    the returned ``npz``."""
     from policystack.envs.robot import HOME_QPOS
     from policystack.robot.config import load_robot_config
     from policystack.robot.loop import MAX_CHUNK
@@ -156,7 +159,7 @@ def loop_row(rate: float, duration: float, ckpt: Path, tmp: Path) -> dict:
     (tmp / "robot.json").write_text(json.dumps(d))
     prefix = str(tmp / f"blocks-{rate:g}")
     nq = 128  # larger than any suite scene's sim-driver state (2 x qpos; Stack: 2 x 36)
-    Block.create(prefix + ".state", state_fields(8, nq))
+    state = Block.create(prefix + ".state", state_fields(8, nq))
     cmd = Block.create(prefix + ".command", command_fields(8, MAX_CHUNK))
     Block.create(prefix + ".control", control_fields(nq))
     out = str(tmp / f"loop-{rate:g}.npz")
@@ -177,12 +180,14 @@ def loop_row(rate: float, duration: float, ckpt: Path, tmp: Path) -> dict:
             cmd.f["gen"][0] += 1
             cmd.end()
             k += 1
+            if each_chunk is not None:
+                each_chunk(int(state.f["tick"][0]))
             time.sleep(0.1)
     finally:
         busy.kill()
         busy.wait()
         loop.wait()
-    return summarize(out)
+    return {**summarize(out), "npz": out}
 
 
 def latency_row(ckpt: Path) -> dict:

@@ -9,8 +9,8 @@ PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 
 # 1. System packages: ffmpeg (video decoding through torchcodec, which LeRobot uses), EGL and
-#    OSMesa (headless MuJoCo rendering).
-APT_PKGS=(ffmpeg libegl1 libgl1 libosmesa6)
+#    OSMesa (headless MuJoCo rendering), espeak-ng (the light speech backend, and piper's phonemiser).
+APT_PKGS=(ffmpeg libegl1 libgl1 libosmesa6 espeak-ng)
 missing=()
 for p in "${APT_PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -11,14 +11,16 @@ class Args:
     env: str
     out: Path
     episodes: int = 1
+    rate: float = 1.0
     only_success: bool = True
     cameras: tuple[str, ...] | None = None
 
 
 def test_converts_by_annotation():
-    kw = parse_key_values(["env=Reach", "out=d", "episodes=5", "only_success=no", "cameras=front,wrist"], Args,
-                          required=("env", "out"))
-    assert kw == {"env": "Reach", "out": Path("d"), "episodes": 5, "only_success": False, "cameras": ("front", "wrist")}
+    kw = parse_key_values(["env=Reach", "out=d", "episodes=5", "rate=0.5", "only_success=no", "cameras=front,wrist"],
+                          Args, required=("env", "out"))
+    assert kw == {"env": "Reach", "out": Path("d"), "episodes": 5, "rate": 0.5, "only_success": False,
+                  "cameras": ("front", "wrist")}
     assert parse_key_values(["cameras=none"], Args)["cameras"] == ()
 
 
@@ -26,6 +28,7 @@ def test_converts_by_annotation():
     (["episodes"], "expected key=value"),
     (["epsiodes=3"], "unknown argument 'epsiodes'; valid: env, out, episodes"),
     (["episodes=three"], "episodes='three': expected an integer"),
+    (["rate=fast"], "rate='fast': expected a number"),
     (["only_success=maybe"], "only_success='maybe': expected true or false"),
     (["env=Reach"], "missing required argument(s): out="),
 ])

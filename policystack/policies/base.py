@@ -142,6 +142,9 @@ class Policy(nn.Module):
 
     name: ClassVar[str]
     config_class: ClassVar[type[PolicyConfig]] = PolicyConfig
+    # what a reasoning policy (EMMA's meta-decision) decided in its last predict_action_chunk, in words
+    # (batch element 0); the daemon publishes it with the chunk and its announcer reads it out
+    decision: str = ""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

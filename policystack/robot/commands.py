@@ -19,6 +19,9 @@ replan_every (policy steps between chunk requests; every step's observation is s
 registering a Policy subclass), no_rt (true: no SCHED_FIFO), lockstep (sim only, true: simulated time,
 the loop steps once each chunk is in: deterministic, for checking a checkpoint against eval),
 and any robot config key as ``robot.<key>=value`` (e.g. ``robot.watchdog_s=0.5``).
+speech (off by default; piper, espeak or indextts): a process of its own speaks the run's events
+from the telemetry (episode start and instruction, result, hold and reason, e-stop, a policy's
+decision), options as ``speech.<key>=value`` (docs/interaction.md).
 The shared token is ``$POLICYSTACK_DAEMON_TOKEN`` (a random one is made for a local worker).
 
 ``stop`` ends the running episode (``stopped``) and the run; ``end-episode`` ends the running episode
@@ -45,17 +48,25 @@ from policystack.robot.config import TOKEN_ENV, load_robot_config, token_from_en
 
 RUN_KEYS = {"robot", "checkpoint", "task", "instruction", "episodes", "max_steps", "seed", "rate", "record",
             "port", "host", "cameras", "image_size", "env_state", "replan_every", "import", "no_rt", "threads",
-            "lockstep"}
+            "lockstep", "speech"}
 
 
 def _run(argv: list[str]) -> int:
     from policystack.robot.supervisor import DaemonConfig, DaemonError, Supervisor
 
-    kv = split_key_values(argv, sorted(RUN_KEYS), prefixes=("robot.",))
+    speech = [a[len("speech."):] for a in argv if a.startswith("speech.")]
+    kv = split_key_values([a for a in argv if not a.startswith("speech.")], sorted(RUN_KEYS), prefixes=("robot.",))
     overrides = {k[len("robot."):]: yaml.safe_load(v) for k, v in kv.items() if k.startswith("robot.")}
     if "rate" in kv:
         overrides["rate_hz"] = float(kv["rate"])
     robot = load_robot_config(kv.get("robot", "sim"), overrides)
+    if kv.get("speech", "off") != "off":
+        from policystack.interaction.announcer import AnnouncerProcess, parse_speech_args
+
+        speech = [f"backend={kv['speech']}", f"avoid_cpu={robot.cpu}", *speech]
+        speech_cfg = parse_speech_args(speech)[0]  # bad options fail here, before anything starts
+    elif speech:
+        raise ValueError(f"speech.{speech[0]}: speech is off; add speech=piper (or espeak, indextts)")
     token = token_from_env(required=False)
     if token is None:
         if "checkpoint" not in kv:
@@ -90,11 +101,16 @@ def _run(argv: list[str]) -> int:
     sup = Supervisor(cfg)
     print(json.dumps({"telemetry": sup.addrs["telemetry"], "obs": sup.addrs["obs"], "commands": sup.addrs["chunks"]}),
           flush=True)
+    announcer = AnnouncerProcess(sup.addrs["telemetry"], token, speech, sup.log, sup.channels.curve, sup.allow_list) \
+        if speech else None
     try:
         results = sup.run()
     except DaemonError as e:
         print(f"policystack daemon: {e}", file=sys.stderr)
         return 1
+    finally:
+        if announcer is not None:
+            announcer.stop(speech_cfg.drain_s + 5.0)
     n = len(results)
     k = sum(r.success for r in results)
     judged = n > 0 and sup.judges_success  # a real robot has no success check: not judged

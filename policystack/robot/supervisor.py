@@ -162,6 +162,7 @@ class Supervisor:
         self.obs_missed = 0  # the running episode's, as the worker reports them
         self.replans_skipped = 0
         self.final_loop_state: dict[str, np.ndarray] = {}
+        self.instruction = self.decision = self.hold_reason = ""  # in telemetry, for the announcer
 
     # --- processes ---------------------------------------------------------------------------------
     def start_loop(self, timeout_s: float = 60.0) -> None:
@@ -259,6 +260,7 @@ class Supervisor:
     # --- the loop (LoopHandle for the scene) ----------------------------------------------------------
     def _hold(self, why: str) -> None:
         self.loop.hold()
+        self.hold_reason = why
         if self.state != State.STOPPED:
             self.state = State.HOLD if self.state != State.IDLE or why != "startup" else State.IDLE
         self.log(f"hold ({why})")
@@ -369,6 +371,7 @@ class Supervisor:
                          "history has gaps (worker too slow for transport.obs_queue, or joined mid-episode)")
             self.obs_missed = b["obs_missed"]
         self.replans_skipped = max(self.replans_skipped, b["replans_skipped"])
+        self.decision = b.get("decision", "")[:500]
         return True
 
     def _status(self) -> dict[str, Any]:
@@ -384,6 +387,9 @@ class Supervisor:
             "rejected": dict(self.dec.rejected), "rejected_total": self.rejections.total,
             "recent_events": list(self.events)[-10:],
             "curve": self.channels.curve_status(),
+            "instruction": self.instruction, "decision": self.decision,
+            "hold": {"gen": int(self.loop.control.f["hold_gen"][0]), "reason": self.hold_reason},
+            "last_result": self.results[-1].__dict__ if self.results else None,
         }
 
     # --- episodes --------------------------------------------------------------------------------------
@@ -400,9 +406,10 @@ class Supervisor:
         self._end_episode = False
         max_steps = cfg.max_steps or self.scene.max_steps
         replan = cfg.replan_every or int(self.worker_info.get("n_action_steps", 1))
-        self.episode, self.state = index, State.RUNNING
+        self.episode, self.state, self.instruction, self.decision = index, State.RUNNING, instruction, ""
         self.obs_missed = self.replans_skipped = 0
         self.log(f"episode {index}: {instruction!r} (seed {cfg.seed + index})")
+        self.telemetry(force=True)  # events go out as they happen (the announcer speaks them)
         snap = self.loop.state.buffers("t", "q_meas", "q_cmd", "extra")
         stall_s = cfg.stall_timeout_s if cfg.stall_timeout_s is not None else r.watchdog_s
         reason, success = "timeout", False
@@ -475,6 +482,7 @@ class Supervisor:
         ds_ep = recorder.end_episode(snap["q_cmd"]) if recorder is not None else None
         res = EpisodeResult(index, success, step, reason, ds_ep, self.obs_missed, self.replans_skipped)
         self.results.append(res)
+        self.telemetry(force=True)
         gaps = f" (worker missed {self.obs_missed} observations)" if self.obs_missed else ""
         self.log(f"episode {index}: {reason} after {step} steps{gaps}")
         return res

@@ -36,7 +36,8 @@ MAC_BYTES = 32
 DTYPES = {"float32": np.float32, "float64": np.float64, "uint8": np.uint8, "int64": np.int64}
 
 # kind -> body key -> spec. Spec: "int", "float", "str", "bool", ("array", dtype, ndim),
-# ("map", ("array", dtype, ndim)) for a str-keyed map of arrays, ("optional", spec).
+# ("map", ("array", dtype, ndim)) for a str-keyed map of arrays, ("optional", spec) for a key a body may
+# leave out (then absent from the decoded body too).
 SCHEMAS: dict[str, dict[str, Any]] = {
     # daemon -> worker: the observation of every policy step (state [D], env_state [E] -- empty unless
     # the sim provides privileged object poses --, images {camera: uint8 [3, H, W]}); obs_seq counts
@@ -47,9 +48,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "images": ("map", ("array", "uint8", 3)), "reset": "bool", "seed": "int", "replan": "bool"},
     # worker -> daemon: an action chunk [n, A] for the observation obs_seq; obs_missed: observations of
     # this episode that never reached the worker (its history has gaps), replans_skipped: replan
-    # requests it answered with a newer one instead (it was behind)
+    # requests it answered with a newer one instead (it was behind); decision: what a reasoning policy
+    # (EMMA) decided for it, in words (Policy.decision), read out by the daemon's announcer
     "chunk": {"episode": "int", "obs_seq": "int", "t_obs": "float", "dt": "float",
-              "actions": ("array", "float32", 2), "infer_s": "float", "obs_missed": "int", "replans_skipped": "int"},
+              "actions": ("array", "float32", 2), "infer_s": "float", "obs_missed": "int", "replans_skipped": "int",
+              "decision": ("optional", "str")},
     # daemon -> worker, on the observation socket while the daemon waits for a hello: a worker says hello
     # only once one reached it, so its subscription is known to work before the first observation
     # (no frame of an episode is lost to ZeroMQ's slow-joiner race)
@@ -95,6 +98,10 @@ def decode_array(d: Any, dtype: str, ndim: int, where: str) -> np.ndarray:
     return np.frombuffer(data, dtype=dt).reshape(shape)
 
 
+def _required(schema: dict[str, Any]) -> set[str]:
+    return {k for k, spec in schema.items() if not (isinstance(spec, tuple) and spec[0] == "optional")}
+
+
 def _check(spec: Any, value: Any, where: str) -> Any:
     if spec == "int":
         if not isinstance(value, int) or isinstance(value, bool):
@@ -114,6 +121,8 @@ def _check(spec: Any, value: Any, where: str) -> Any:
         return value
     if spec[0] == "array":
         return decode_array(value, spec[1], spec[2], where)
+    if spec[0] == "optional":
+        return _check(spec[1], value, where)
     if spec[0] == "map":
         if not isinstance(value, dict) or len(value) > 16:
             raise Rejected(f"{where}: expected a map of at most 16 entries")
@@ -123,11 +132,14 @@ def _check(spec: Any, value: Any, where: str) -> Any:
 
 def _encode_body(kind: str, body: dict[str, Any]) -> dict[str, Any]:
     schema = SCHEMAS[kind]
-    if set(body) != set(schema):
+    if not _required(schema) <= set(body) <= set(schema):
         raise KeyError(f"{kind} message: body keys {sorted(body)}, expected {sorted(schema)}")
     out: dict[str, Any] = {}
     for k, spec in schema.items():
+        if k not in body:
+            continue
         v = body[k]
+        spec = spec[1] if isinstance(spec, tuple) and spec[0] == "optional" else spec
         if isinstance(spec, tuple) and spec[0] == "array":
             out[k] = encode_array(np.asarray(v, dtype=DTYPES[spec[1]]))
         elif isinstance(spec, tuple) and spec[0] == "map":
@@ -225,10 +237,10 @@ class Decoder:
             raise Rejected(f"replay: seq {seq} <= last {self.last_seq.get(sender)} from sender {sender}")
         body = d["body"]
         schema = SCHEMAS[kind]
-        if not isinstance(body, dict) or set(body) != set(schema):
+        if not isinstance(body, dict) or not _required(schema) <= set(body) <= set(schema):
             got = sorted(body) if isinstance(body, dict) else type(body).__name__
             raise Rejected(f"schema: {kind} body keys {got}, expected {sorted(schema)}")
-        parsed = {k: _check(spec, body[k], f"schema: {kind}.{k}") for k, spec in schema.items()}
+        parsed = {k: _check(spec, body[k], f"schema: {kind}.{k}") for k, spec in schema.items() if k in body}
         self.last_seq[sender] = seq
         self.last_seq.move_to_end(sender)
         while len(self.last_seq) > self.max_senders:

@@ -17,7 +17,8 @@ pair. A worker the supervisor starts gets both keys through its environment.
 One history mechanism, the one ``Policy.select_action`` and ``policystack eval`` use: the daemon sends
 the observation of *every* policy step; for one marked ``replan`` the worker calls
 ``predict_action_chunk`` and sends the full chunk ``[H, A]`` stamped with the observation's
-``t_obs``; then, for every observation, ``observe`` (a policy with history appends the frame). An
+``t_obs``, with the policy's ``decision`` (what a reasoning policy decided, in words; "" for most);
+then, for every observation, ``observe`` (a policy with history appends the frame). An
 observation with ``reset`` starts an episode (``policy.reset()``, torch seeded with the episode's seed
 as eval seeds it). So a history policy (RT-1, diffusion) sees exactly the frames it sees in eval.
 
@@ -191,7 +192,8 @@ def serve(checkpoint: str, obs_addr: str, chunk_addr: str, token: bytes, max_byt
             try:
                 out.send(enc.encode("chunk", episode=b["episode"], obs_seq=b["obs_seq"], t_obs=b["t_obs"], dt=b["dt"],
                                     actions=chunk, infer_s=time.perf_counter() - t0,
-                                    obs_missed=session.obs_missed, replans_skipped=session.replans_skipped),
+                                    obs_missed=session.obs_missed, replans_skipped=session.replans_skipped,
+                                    decision=str(session.policy.decision)),
                          zmq.NOBLOCK)
             except zmq.Again:
                 print("worker: daemon is not taking chunks (queue full); dropped one", file=sys.stderr)

@@ -1,0 +1,25 @@
+"""Fake ``indextts.infer_v2_5`` (IndexTTS-2.5): the real signatures, see the package docstring."""
+
+from indextts import _fake
+
+
+class IndexTTS2:
+    def __init__(
+            self, cfg_path="checkpoints/config.yaml", model_dir="checkpoints", use_bf16=False, device=None,
+            use_cuda_kernel=None, use_deepspeed=False, use_accel=False, use_torch_compile=False, use_qwen_emo=False
+    ):
+        _fake.construct(self, "2.5", dict(cfg_path=cfg_path, model_dir=model_dir, use_bf16=use_bf16, device=device,
+                                          use_qwen_emo=use_qwen_emo))
+
+    def infer(self, spk_audio_prompt, text, output_path, lang,
+              emo_audio_prompt=None, emo_alpha=1.0,
+              emo_vector=None, use_emo_text=False, emo_text=None, use_random=False, interval_silence=200,
+              verbose=False, max_text_tokens_per_segment=120, stream_return=False, more_segment_before=0,
+              duration_factor=1.0, text_normalization=True, **generation_kwargs):
+        kw = dict(spk_audio_prompt=spk_audio_prompt, text=text, output_path=output_path, lang=lang,
+                  emo_audio_prompt=emo_audio_prompt, emo_alpha=emo_alpha, emo_vector=emo_vector,
+                  use_emo_text=use_emo_text, emo_text=emo_text, use_random=use_random,
+                  interval_silence=interval_silence, max_text_tokens_per_segment=max_text_tokens_per_segment,
+                  stream_return=stream_return, duration_factor=duration_factor, **generation_kwargs)
+        gen = _fake.generate(self, "2.5", kw)
+        return gen if stream_return else list(gen)[0]
