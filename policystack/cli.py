@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("policystack.training.commands", "train a policy on a dataset with the shared loop (Hydra overrides)"),
     "eval": ("policystack.eval.commands", "evaluate a checkpoint (or the scripted expert) in simulation: success rate, videos, plot"),
     "compare": ("policystack.eval.compare", "side-by-side markdown table and bar plot of several evaluations"),
+    "scene": ("policystack.envs.scenegen.commands", "make simulator objects from text, mesh, SLAT or TRELLIS; drop tests; gallery"),
 }
 
 

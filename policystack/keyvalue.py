@@ -1,7 +1,7 @@
 """``key=value`` command-line arguments parsed into a dataclass's fields (``policystack collect``,
 ``policystack eval``; ``policystack train`` uses Hydra overrides instead).
 
-Field annotations pick the conversion: ``int``, ``bool`` (true/false/yes/no/on/off/1/0), ``Path``,
+Field annotations pick the conversion: ``int``, ``float``, ``bool`` (true/false/yes/no/on/off/1/0), ``Path``,
 ``tuple[...]`` (a comma-separated list; ``none`` means empty), anything else stays a string.
 Errors name the argument and what was expected.
 """
@@ -43,6 +43,11 @@ def _convert(key: str, value: str, annotation: str) -> Any:
             return int(value)
         except ValueError:
             raise ValueError(f"{key}={value!r}: expected an integer") from None
+    if annotation == "float":
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{key}={value!r}: expected a number") from None
     if annotation == "bool":
         if value.lower() in _TRUE:
             return True

@@ -11,6 +11,7 @@ class Args:
     env: str
     out: Path
     episodes: int = 1
+    size: float = 0.0
     only_success: bool = True
     cameras: tuple[str, ...] | None = None
 
@@ -20,12 +21,14 @@ def test_converts_by_annotation():
                           required=("env", "out"))
     assert kw == {"env": "Reach", "out": Path("d"), "episodes": 5, "only_success": False, "cameras": ("front", "wrist")}
     assert parse_key_values(["cameras=none"], Args)["cameras"] == ()
+    assert parse_key_values(["size=0.08"], Args) == {"size": 0.08}
 
 
 @pytest.mark.parametrize("argv, msg", [
     (["episodes"], "expected key=value"),
     (["epsiodes=3"], "unknown argument 'epsiodes'; valid: env, out, episodes"),
     (["episodes=three"], "episodes='three': expected an integer"),
+    (["size=big"], "size='big': expected a number"),
     (["only_success=maybe"], "only_success='maybe': expected true or false"),
     (["env=Reach"], "missing required argument(s): out="),
 ])

@@ -1,0 +1,96 @@
+"""Mesh import: every format becomes a loadable MJCF asset with hulls, mass from density, the base on
+z = 0 and the requested size; the cache returns the same entry for the same input and settings."""
+
+import json
+
+import mujoco
+import numpy as np
+import pytest
+from _scenegen_fixtures import cache_entries, mug_mesh, write_mesh
+
+from policystack.envs import scenegen
+from policystack.envs.scenegen import AssetConfig, MeshError, import_mesh
+
+
+@pytest.fixture(scope="module")
+def mesh_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("meshes")
+    mug = mug_mesh()
+    return {fmt: write_mesh(mug, d / f"mug.{fmt}", up="y" if fmt == "glb" else "z") for fmt in ("obj", "glb", "stl", "ply")}
+
+
+@pytest.fixture(scope="module")
+def assets(mesh_files, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    return {fmt: import_mesh(path, AssetConfig(size=0.1), cache) for fmt, path in mesh_files.items()}, cache
+
+
+@pytest.mark.parametrize("fmt", ["obj", "glb", "stl", "ply"])
+def test_every_format_becomes_a_loadable_asset(assets, fmt):
+    asset = assets[0][fmt]
+    model = mujoco.MjModel.from_xml_path(str(asset.xml_path))
+    body = model.body("object")
+    hulls = [g for g in range(model.ngeom) if model.geom_group[g] == 3]
+    visuals = [g for g in range(model.ngeom) if model.geom_group[g] == 2]
+    assert len(hulls) == asset.hull_count >= 2  # a mug is concave: more than one hull
+    assert visuals and all(model.geom_contype[g] == 0 and model.geom_conaffinity[g] == 0 for g in visuals)
+    assert model.body_mass[body.id] == pytest.approx(asset.mass)
+    assert asset.mass == pytest.approx(asset.meta["volume"] * 500.0)  # density 500 kg/m^3
+    # the mug is 10.1 cm across (handle included), the longest side scaled to 0.1 m, upright (z is height)
+    assert asset.extents.max() == pytest.approx(0.1, rel=1e-6)
+    assert asset.extents[2] == pytest.approx(0.1 * 0.085 / 0.1015, rel=0.02)
+    data = mujoco.MjData(model)
+    mujoco.mj_forward(model, data)
+    low = min(data.geom_xpos[g][2] + (model.mesh_vert[model.mesh_vertadr[model.geom_dataid[g]]:
+              model.mesh_vertadr[model.geom_dataid[g]] + model.mesh_vertnum[model.geom_dataid[g]]]
+              @ data.geom_xmat[g].reshape(3, 3).T)[:, 2].min() for g in hulls)
+    assert low == pytest.approx(0.0, abs=1e-6)  # base on z = 0
+
+
+def test_formats_agree(assets):
+    sizes = {fmt: a.extents for fmt, a in assets[0].items()}
+    for fmt, ext in sizes.items():
+        np.testing.assert_allclose(ext, sizes["obj"], atol=1e-4, err_msg=fmt)
+
+
+def test_cache_hit_returns_the_entry_without_recomputing(assets, mesh_files, monkeypatch):
+    asset, cache = assets[0]["obj"], assets[1]
+    monkeypatch.setattr(scenegen.asset, "decompose", lambda *a: pytest.fail("recomputed a cached asset"))
+    again = import_mesh(mesh_files["obj"], AssetConfig(size=0.1), cache)
+    assert again.path == asset.path and again.meta == asset.meta
+
+
+def test_other_settings_are_another_entry(assets, mesh_files):
+    asset, cache = assets[0]["obj"], assets[1]
+    heavier = import_mesh(mesh_files["obj"], AssetConfig(size=0.1, density=1000.0), cache)
+    assert heavier.path != asset.path
+    assert heavier.mass == pytest.approx(2 * asset.mass)
+    assert json.loads((heavier.path / "asset.json").read_text())["config"]["density"] == 1000.0
+
+
+def test_add_asset_attaches_a_free_body(assets):
+    spec = mujoco.MjSpec()
+    scenegen.add_asset(spec, assets[0]["obj"], "mug/", pos=(0.5, 0.1, 0.0))
+    scenegen.add_asset(spec, assets[0]["stl"], "mug2/", pos=(0.5, -0.1, 0.0))
+    model = spec.compile()
+    data = mujoco.MjData(model)
+    mujoco.mj_forward(model, data)
+    assert model.nq == 14
+    np.testing.assert_allclose(data.xpos[model.body("mug/object").id], [0.5, 0.1, 0.0])
+
+
+def test_non_manifold_input_imports_with_hull_or_voxel(tmp_path):
+    mug = mug_mesh()
+    fin = np.array([[0.0, 0.0, 0.085], [0.0, 0.0, 0.2], [0.05, 0.0, 0.2]])  # a fin on the rim: open, non-manifold
+    broken = mug.copy()
+    broken = type(mug)(np.vstack([mug.vertices, fin]), np.vstack([mug.faces, [[len(mug.vertices), len(mug.vertices) + 1,
+                                                                            len(mug.vertices) + 2]]]), process=False)
+    path = write_mesh(broken, tmp_path / "broken.obj")
+    cache = tmp_path / "cache"
+    with pytest.raises(MeshError, match="not a closed solid after repair.*watertight=hull"):
+        import_mesh(path, AssetConfig(size=0.1), cache)
+    assert cache_entries(cache) == []
+    hull = import_mesh(path, AssetConfig(size=0.1, watertight="hull"), cache)
+    voxel = import_mesh(path, AssetConfig(size=0.1, watertight="voxel"), cache)
+    assert hull.hull_count == 1  # the convex hull is convex
+    assert voxel.hull_count >= 1 and voxel.meta["volume"] < hull.meta["volume"]
