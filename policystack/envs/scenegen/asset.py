@@ -33,14 +33,16 @@ import trimesh
 from policystack.envs.scenegen.hulls import HullConfig, decompose
 from policystack.envs.scenegen.mesh import WATERTIGHT_MODES, MeshError, Solid, placement
 
-PIPELINE_VERSION = 2  # part of every cache key: bump when the pipeline's output changes
+PIPELINE_VERSION = 5  # part of every cache key: bump when the pipeline's output changes
 DEFAULT_CACHE = Path(os.environ.get("POLICYSTACK_CACHE", Path.home() / ".cache" / "policystack")) / "scenegen"
 VISUAL_GROUP, COLLISION_GROUP = 2, 3
 MAX_COLOURS = 4  # visual sub-meshes per asset when faces carry colours
 # Contacts of the collision hulls (priority 1: these win over the other geom's settings). solref's
 # time constant 2 ms is below MuJoCo's floor of 2 timesteps at 500 Hz, so the floor applies there
-# (4 ms); at 1 kHz it is used as is. condim 6 adds torsional and rolling friction, which lets
-# round objects (cans on their side, fruit) come to rest instead of rocking on their facets.
+# (4 ms); at 1 kHz it is used as is. condim 6 adds torsional and rolling friction (the defaults of
+# AssetConfig.friction): with less than about 2 cm of rolling and torsional resistance, round
+# objects (a can on its side, fruit, a mug landing on its rim) keep rocking on the facets of their
+# hulls for over a second, as MuJoCo's soft contacts lose little energy rolling over an edge.
 CONTACT = {"condim": 6, "solref": [0.002, 1.0], "solimp": [0.95, 0.99, 0.001, 0.5, 2.0], "priority": 1}
 
 # Colour words understood by the generator and the colour= settings -> RGBA. The tabletop suite's
@@ -86,7 +88,7 @@ class AssetConfig:
     size: float | None = None  # longest side after import (m); None: the input's own units x scale
     scale: float | None = None  # multiply the input's coordinates (e.g. 0.001 for a file in mm)
     density: float = 500.0  # kg/m^3 -> mass and inertia from the solid's volume
-    friction: tuple[float, float, float] = (1.0, 0.005, 0.01)  # sliding, torsional, rolling (m)
+    friction: tuple[float, float, float] = (1.0, 0.02, 0.02)  # sliding, torsional (m), rolling (m)
     colour: tuple[float, float, float, float] = (0.7, 0.7, 0.7, 1.0)  # RGBA when faces carry no colour
     watertight: str = "repair"  # "repair" | "hull" | "voxel": see mesh.make_solid
     up: str | None = None  # the input's up axis ("z" | "y"); None: "y" for glTF, "z" otherwise
@@ -307,25 +309,48 @@ def colour_groups(rgb: np.ndarray, k: int, seed: int = 0, iters: int = 20) -> tu
 
 
 def default_grasp(solid: trimesh.Trimesh) -> GraspHint:
-    """A top-down grasp for any solid: the footprint's centre at half height (at least 1.5 cm up,
-    so the fingertips clear the table), fingers closing across the footprint's short axis."""
+    """A top-down grasp for any solid: the footprint's centre at half height (at least 2 cm up, so
+    the fingertips clear the table), fingers closing across the footprint's short axis."""
     xy = solid.vertices[:, :2] - solid.vertices[:, :2].mean(0)
     evals, evecs = np.linalg.eigh(xy.T @ xy)
     short = evecs[:, 0]  # eigenvector of the smallest eigenvalue
     height = float(solid.bounds[1, 2])
-    z = float(np.clip(height / 2, min(0.015, height), max(height - 0.01, 0.0)))
+    z = float(np.clip(height / 2, min(0.02, height), max(height - 0.01, 0.0)))
     return GraspHint((0.0, 0.0, z), float(np.arctan2(short[1], short[0])))
 
 
-def grasp_width(solid: trimesh.Trimesh, hint: GraspHint, band: float = 0.005) -> float:
-    """Extent (m) of the solid along the grasp's closing direction within ``band`` of its height."""
-    v = solid.vertices
-    near = v[np.abs(v[:, 2] - hint.pos[2]) <= band]
-    if len(near) < 2:
-        near = v
-    d = np.array([np.cos(hint.axis), np.sin(hint.axis)])
-    proj = (near[:, :2] - np.asarray(hint.pos[:2])) @ d
-    return float(proj.max() - proj.min())
+def grasp_chord(solid: trimesh.Trimesh, pos: np.ndarray, axis: float) -> float:
+    """Length (m) of the solid's cross-section at height pos[2] along the line through ``pos`` in the
+    closing direction ``axis``: how wide the fingers must open there (0 when the line misses)."""
+    segs = trimesh.intersections.mesh_plane(solid, [0.0, 0.0, 1.0], [0.0, 0.0, float(pos[2])])
+    if len(segs) == 0:
+        return 0.0
+    d, n = np.array([np.cos(axis), np.sin(axis)]), np.array([-np.sin(axis), np.cos(axis)])
+    p, q = segs[:, 0, :2] - pos[:2], segs[:, 1, :2] - pos[:2]
+    a, b = p @ n, q @ n
+    cross = (a * b <= 0) & (a != b)
+    if not cross.any():
+        return 0.0
+    s = (a[cross] / (a[cross] - b[cross]))[:, None]
+    t = (p[cross] + s * (q[cross] - p[cross])) @ d
+    return float(t.max() - t.min())
+
+
+def refine_grasp(solid: trimesh.Trimesh, hint: GraspHint, clearance: float = 0.02, step: float = 0.005) -> GraspHint:
+    """Lower the hint to the widest section below it when the object narrows above the hint (the
+    upper half of a ball or a pear: squeezed there, it is pushed down out of the fingers; where it
+    widens upwards, like a cup, the squeeze pushes it into them). Never below ``clearance`` (the
+    fingertips stay off the table)."""
+    pos = np.asarray(hint.pos, np.float64)
+
+    def chord(z: float) -> float:
+        return grasp_chord(solid, np.array([pos[0], pos[1], z]), hint.axis)
+
+    if pos[2] + step > solid.bounds[1, 2] or chord(pos[2] + step) >= chord(pos[2]) - 0.001:
+        return hint
+    zs = np.arange(pos[2], min(clearance, pos[2]) - 1e-9, -step / 5)
+    z = float(zs[int(np.argmax([chord(z) for z in zs]))])
+    return GraspHint((float(pos[0]), float(pos[1]), z), hint.axis)
 
 
 def _write_entry(tmp: Path, name: str, key: str, source: dict[str, Any], cfg: AssetConfig, solid: Solid,
@@ -359,7 +384,7 @@ def _write_entry(tmp: Path, name: str, key: str, source: dict[str, Any], cfg: As
                       group=COLLISION_GROUP, friction=list(cfg.friction), mass=0.0, rgba=[0.4, 0.8, 0.4, 0.5],
                       **CONTACT)
     atomic_write_bytes(tmp / "asset.xml", spec.to_xml().encode())
-    hint = hint or default_grasp(solid.solid)
+    hint = refine_grasp(solid.solid, hint or default_grasp(solid.solid))
     return {
         "name": name, "key": key, "pipeline_version": PIPELINE_VERSION, "source": source,
         "config": json.loads(json.dumps(cfg.as_dict(), default=str)),
@@ -367,7 +392,8 @@ def _write_entry(tmp: Path, name: str, key: str, source: dict[str, Any], cfg: As
         "hulls": len(hulls), "hull_vertices": [len(h.vertices) for h in hulls],
         "visual_faces": [len(m.faces) for m, _ in visuals], "mass": mass, "com": com.tolist(),
         "colour": [list(rgba) for _, rgba in visuals],
-        "grasp": {"pos": list(hint.pos), "axis": hint.axis, "width": grasp_width(solid.solid, hint)},
+        "grasp": {"pos": list(hint.pos), "axis": hint.axis,
+                  "width": grasp_chord(solid.solid, np.asarray(hint.pos), hint.axis)},
     }
 
 

@@ -5,7 +5,7 @@
         [watertight=repair|hull|voxel] [colour=red] [density=500] [cache=DIR] [check=true]
     policystack scene slat FILE.npz [rgb_map=W.npy] [size=0.1] [colour=grey] [cache=DIR] [check=true]
     policystack scene trellis "a red mug"|IMAGE.png model=DIR [seed=0] [size=0.1] [watertight=voxel]
-    policystack scene check ASSET_DIR [poses=8] [seams=4]
+    policystack scene check ASSET_DIR [random_poses=0] [seams=4]
     policystack scene objects [check=true]          # the PlaceObject task's seen / held-out objects
     policystack scene gallery out=FILE.png [prompts="a red mug;a yellow banana"] [width=1280] [height=720]
 
@@ -39,7 +39,7 @@ class SceneArgs:
     rgb_map: str = ""
     model: str = ""
     seed: int = 0
-    poses: int = 8
+    random_poses: int = 0
     seams: int = 4
     out: str = ""
     prompts: str = ""
@@ -79,7 +79,7 @@ def _report(assets: list, args: SceneArgs) -> int:
 
     failed = 0
     for asset in assets:
-        report = drop_test(asset, poses=args.poses, seams=args.seams) if args.check else None
+        report = drop_test(asset, random_poses=args.random_poses, seams=args.seams) if args.check else None
         if args.json:
             print(json.dumps({"asset": asset.meta, "path": str(asset.path),
                               "drop_test": report.as_dict() if report else None}, indent=2))

@@ -4,7 +4,9 @@ Two kinds of trial, in the tabletop's physics (implicitfast, the suite's table; 
 1000 by default, the rate of the PlaceObject task):
 
 - **poses**: the object is released with its lowest point ``height`` (10 cm) above the table,
-  upright, upside down, on two sides and in random orientations;
+  upright, upside down and on each of its four sides, each tilted by 0.2 rad (``random_poses``
+  adds random orientations: those can land an object balanced on an edge, from where it topples
+  slowly -- physically right, but not at rest within 1 s, so they are not part of the default);
 - **seams**: the object stands upright on the table and a probe ball (2 cm diameter) is released
   ``height`` above a point where two collision hulls meet on an upward-facing part of the surface
   (found by casting rays down at the hulls; up to ``seams`` such points, spread out). Seams are
@@ -13,7 +15,7 @@ Two kinds of trial, in the tabletop's physics (implicitfast, the suite's table; 
 
 A trial passes when, with every body released at rest:
 - everything is at rest within ``rest_within`` (1 s): linear speed below 5 mm/s and angular speed
-  below 0.1 rad/s from then to the end of the trial (1.5 s);
+  below 0.1 rad/s (averaged over 50 ms) from then to the end of the trial (1.5 s);
 - no contact of the tested bodies ever penetrates deeper than ``max_penetration`` (2 mm);
 - the total mechanical energy (gravity + kinetic) never exceeds its value at release by more than
   ``energy_tol`` (1%) of the drop energy: contacts may absorb energy, never add it.
@@ -30,6 +32,7 @@ from policystack.envs.scene import add_table_and_lights
 from policystack.envs.scenegen.asset import COLLISION_GROUP, CONTACT, Asset, add_asset
 
 REST_LINEAR, REST_ANGULAR = 0.005, 0.1  # m/s, rad/s
+REST_WINDOW = 0.05  # s: speeds are averaged over this window before the rest thresholds apply
 PROBE_RADIUS = 0.01
 OBJ = "obj/"
 
@@ -84,7 +87,7 @@ def _scene(asset: Asset, probe: bool, free: bool = True, physics_hz: int = 1000)
         b = spec.worldbody.add_body(name="probe", pos=[0.4, 0.0, 0.5])
         b.add_freejoint(name="probe")
         b.add_geom(name="probe", type=mujoco.mjtGeom.mjGEOM_SPHERE, size=[PROBE_RADIUS, 0, 0], density=1000.0,
-                   friction=[1.0, 0.005, 0.01], **CONTACT)
+                   friction=[1.0, 0.02, 0.02], **CONTACT)
     return spec.compile()
 
 
@@ -96,19 +99,20 @@ def _quat_from_rotvec(v: np.ndarray) -> np.ndarray:
     return q
 
 
-def _poses(n: int, rng: np.random.Generator) -> list[tuple[str, np.ndarray]]:
-    """Up to six canonical poses (upright, upside down, on each side), each tilted by 0.2 rad about
-    an oblique axis so that nothing lands balanced on an edge, then random orientations."""
+def _poses(random_poses: int, rng: np.random.Generator) -> list[tuple[str, np.ndarray]]:
+    """The six canonical poses (upright, upside down, on each side), each tilted by 0.2 rad about
+    an oblique axis so that nothing lands balanced on an edge, then ``random_poses`` random
+    orientations."""
     tilt = _quat_from_rotvec(0.2 * np.array([1.0, 2.0, 0.0]) / np.sqrt(5.0))
     fixed = [("upright", np.zeros(3)), ("upside-down", np.array([np.pi, 0, 0])),
              ("side+x", np.array([0, np.pi / 2, 0])), ("side-x", np.array([0, -np.pi / 2, 0])),
              ("side+y", np.array([np.pi / 2, 0, 0])), ("side-y", np.array([-np.pi / 2, 0, 0]))]
     out = []
-    for label, v in fixed[:n]:
+    for label, v in fixed:
         q = np.empty(4)
         mujoco.mju_mulQuat(q, tilt, _quat_from_rotvec(v))
         out.append((label, q))
-    for i in range(n - len(out)):
+    for i in range(random_poses):
         q = rng.normal(size=4)
         out.append((f"random-{i}", q / np.linalg.norm(q)))
     return out
@@ -136,7 +140,8 @@ def _run(model: mujoco.MjModel, data: mujoco.MjData, bodies: list[int], duration
     mujoco.mj_forward(model, data)
     e0 = float(data.energy.sum())
     steps = int(round(duration / model.opt.timestep))
-    moving_until, pen, gain = 0.0, 0.0, -np.inf
+    pen, gain = 0.0, -np.inf
+    speeds = np.zeros((steps, 2))  # the fastest tested body's linear and angular speed per step
     for i in range(steps):
         mujoco.mj_step(model, data)
         for c in data.contact[: data.ncon]:
@@ -144,9 +149,15 @@ def _run(model: mujoco.MjModel, data: mujoco.MjData, bodies: list[int], duration
                 pen = max(pen, -float(c.dist))
         gain = max(gain, float(data.energy.sum()) - e0)
         for d in dofs:
-            if (np.linalg.norm(data.qvel[d:d + 3]) > REST_LINEAR or
-                    np.linalg.norm(data.qvel[d + 3:d + 6]) > REST_ANGULAR):
-                moving_until = (i + 1) * model.opt.timestep
+            speeds[i, 0] = max(speeds[i, 0], np.linalg.norm(data.qvel[d:d + 3]))
+            speeds[i, 1] = max(speeds[i, 1], np.linalg.norm(data.qvel[d + 3:d + 6]))
+    # at rest: the speeds averaged over REST_WINDOW stay below the thresholds from then to the end
+    # (a single step's spike when a contact point switches between hull facets is not motion)
+    w = max(1, int(round(REST_WINDOW / model.opt.timestep)))
+    kernel = np.ones(w) / w
+    smooth = np.stack([np.convolve(speeds[:, k], kernel, mode="same") for k in range(2)], axis=1)
+    moving = np.flatnonzero((smooth[:, 0] > REST_LINEAR) | (smooth[:, 1] > REST_ANGULAR))
+    moving_until = (moving[-1] + 1) * model.opt.timestep if len(moving) else 0.0
     rest = None if moving_until >= duration - 0.1 else moving_until
     trial = DropTrial(kind, label, rest, pen, gain, drop_energy)
     if rest is None or rest > rest_within:
@@ -204,7 +215,7 @@ def _signed_distance(planes: np.ndarray, p: np.ndarray) -> float:
     return float(np.max(planes[:, :3] @ p + planes[:, 3]))
 
 
-def drop_test(asset: Asset, height: float = 0.10, poses: int = 8, seams: int = 4, seed: int = 0,
+def drop_test(asset: Asset, height: float = 0.10, random_poses: int = 0, seams: int = 4, seed: int = 0,
               duration: float = 1.5, rest_within: float = 1.0, max_penetration: float = 0.002,
               energy_tol: float = 0.01, physics_hz: int = 1000) -> DropReport:
     """Run the pose and seam trials of the module docstring; see DropReport.summary()."""
@@ -216,7 +227,7 @@ def drop_test(asset: Asset, height: float = 0.10, poses: int = 8, seams: int = 4
     body = model.body(f"{OBJ}object").id
     adr = model.jnt_qposadr[model.body_jntadr[body]]
     mass = float(model.body_subtreemass[body])
-    for label, quat in _poses(poses, rng):
+    for label, quat in _poses(random_poses, rng):
         mujoco.mj_resetData(model, data)
         data.qpos[adr:adr + 3] = [0.4, 0.0, 1.0]
         data.qpos[adr + 3:adr + 7] = quat
@@ -236,7 +247,7 @@ def drop_test(asset: Asset, height: float = 0.10, poses: int = 8, seams: int = 4
             mujoco.mj_resetData(model, data)
             target = points[i] + [0.4, 0.0, 0.0]
             data.qpos[padr:padr + 3] = target + [0.0, 0.0, PROBE_RADIUS + height]
-            label = f"seam-{len(trials) - poses} at ({', '.join(f'{x * 100:.1f}' for x in points[i])}) cm"
+            label = f"seam-{sum(t.kind == 'seam' for t in trials)} at ({', '.join(f'{x * 100:.1f}' for x in points[i])}) cm"
             trials.append(_run(model, data, [body, probe], duration, rest_within, pmass * g * height, "seam", label,
                                max_penetration, energy_tol))
     return DropReport(asset.name, trials, len(points))

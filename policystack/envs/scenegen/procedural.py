@@ -190,7 +190,7 @@ def banana(sxy: float, sz: float):
     m3 = _m3()
     radius, span, n = 0.09 * sxy, np.deg2rad(80.0), 12
     angles = np.linspace(-span / 2, span / 2, n)
-    thick = 0.017 * sz
+    thick = 0.02 * sz
     tube = thick * (0.35 + 0.65 * np.sin(np.linspace(0.0, np.pi, n)) ** 0.6)
     spheres = [m3.Manifold.sphere(float(t), 20).translate((float(radius * np.cos(a)), float(radius * np.sin(a)),
                                                                     float(thick)))
@@ -202,11 +202,12 @@ def banana(sxy: float, sz: float):
 
 def carrot(sxy: float, sz: float):
     """A tapered root lying along x (its thick end at -x)."""
-    length, r = 0.12 * sxy, 0.017 * sz
+    length, r = 0.12 * sxy, 0.02 * sz
     profile = [(0.0, 0.0), (0.004 * sz, 0.0)] + _arc(0.006 * sz, 0.004, r, 0.8 * length, 0.003 * sz) + [
         (r, 0.8 * length), (0.9 * r, length), (0.0, length)]
     shape = lathe(profile, 24).rotate((0.0, -90.0, 0.0)).translate((0.5 * length, 0.0, r))
-    return shape, GraspHint((-0.2 * length, 0.0, r), np.pi / 2)
+    com_x = float(_to_trimesh(shape).center_mass[0])  # held at its centre of mass: it does not pivot
+    return shape, GraspHint((com_x, 0.0, r), np.pi / 2)
 
 
 @dataclass(frozen=True)

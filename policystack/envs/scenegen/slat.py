@@ -126,3 +126,18 @@ def slat_to_solid(slat: dict[str, np.ndarray], what: str, rgb_map: np.ndarray | 
     centres = (xyz + 0.5) * pitch - 0.5
     _, nearest = cKDTree(centres).query(mesh.triangles_center)
     return Solid(mesh, mesh, voxel_rgb[nearest])
+
+
+def mesh_to_slat(mesh, resolution: int = RESOLUTION) -> dict[str, np.ndarray]:
+    """The SLAT structure of a mesh (what TRELLIS's sparse-structure stage produces): the mesh fitted
+    into the unit cube (longest side 0.9, centred), its surface voxels on a ``resolution``^3 grid as
+    ``coords`` int32 [N, 4] (batch 0), ``feats`` float32 [N, 8] zeros (no latent: only TRELLIS's
+    encoder makes those). Writes a file ``np.savez`` can store and :func:`load_slat` reads."""
+    m = mesh.copy()
+    m.apply_translation(-m.bounds.mean(axis=0))
+    m.apply_scale(0.9 / m.extents.max())
+    pitch = 1.0 / resolution
+    idx = np.floor((m.voxelized(pitch).points + 0.5) / pitch).astype(np.int64)
+    idx = np.unique(np.clip(idx, 0, resolution - 1), axis=0)
+    coords = np.concatenate([np.zeros((len(idx), 1), np.int64), idx], axis=1).astype(np.int32)
+    return {"coords": coords, "feats": np.zeros((len(idx), FEATURES), np.float32)}

@@ -9,6 +9,7 @@ import numpy as np
 import trimesh
 
 from policystack.envs.scenegen.procedural import parse_prompt, shape_solid
+from policystack.envs.scenegen.slat import mesh_to_slat
 
 # feature 0 carries "redness", feature 1 "blueness": this map turns them into RGB
 RGB_MAP = np.zeros((8, 3), np.float32)
@@ -21,6 +22,9 @@ def mug_mesh() -> trimesh.Trimesh:
     return shape_solid(parse_prompt("a mug"))[0].solid.copy()
 
 
+MUG_RATIO = 0.085 / 0.0925  # the mug's height over its longest side (body 6.4 cm + handle)
+
+
 def write_mesh(mesh: trimesh.Trimesh, path: Path, up: str = "z") -> Path:
     """Export in the format of ``path``'s suffix; ``up="y"`` writes it y-up (as glTF expects)."""
     m = mesh.copy()
@@ -31,21 +35,14 @@ def write_mesh(mesh: trimesh.Trimesh, path: Path, up: str = "z") -> Path:
 
 
 def slat_arrays(mesh: trimesh.Trimesh, resolution: int = 64, two_tone: bool = True) -> dict[str, np.ndarray]:
-    """The mesh voxelised TRELLIS-style: its shell voxels on a ``resolution``^3 grid spanning the unit
-    cube (the mesh fitted into it), batch index 0; features: the lower half "red", the upper "blue"."""
-    m = mesh.copy()
-    m.apply_translation(-m.bounds.mean(axis=0))
-    m.apply_scale(0.9 / m.extents.max())
-    pitch = 1.0 / resolution
-    grid = m.voxelized(pitch)  # the surface voxels (TRELLIS's active voxels are a shell too)
-    centres = grid.points
-    idx = np.floor((centres + 0.5) / pitch).astype(np.int64)
-    idx = np.unique(np.clip(idx, 0, resolution - 1), axis=0)
-    coords = np.concatenate([np.zeros((len(idx), 1), np.int64), idx], axis=1).astype(np.int32)
-    feats = np.random.default_rng(0).normal(0.0, 0.1, (len(idx), 8)).astype(np.float32)
+    """``mesh_to_slat`` with features: small noise, and feature 0 ("red") set on the lower half of
+    the voxels, feature 1 ("blue") on the upper half (RGB_MAP turns them into colours)."""
+    arrays = mesh_to_slat(mesh, resolution)
+    coords = arrays["coords"]
+    feats = np.random.default_rng(0).normal(0.0, 0.1, (len(coords), 8)).astype(np.float32)
     feats[:, :2] = 0.0
     if two_tone:
-        upper = idx[:, 2] >= np.median(idx[:, 2])
+        upper = coords[:, 3] >= np.median(coords[:, 3])
         feats[~upper, 0] = 1.0
         feats[upper, 1] = 1.0
     return {"coords": coords, "feats": feats}

@@ -6,7 +6,7 @@ import json
 import mujoco
 import numpy as np
 import pytest
-from _scenegen_fixtures import cache_entries, mug_mesh, write_mesh
+from _scenegen_fixtures import MUG_RATIO, cache_entries, mug_mesh, write_mesh
 
 from policystack.envs import scenegen
 from policystack.envs.scenegen import AssetConfig, MeshError, import_mesh
@@ -36,9 +36,9 @@ def test_every_format_becomes_a_loadable_asset(assets, fmt):
     assert visuals and all(model.geom_contype[g] == 0 and model.geom_conaffinity[g] == 0 for g in visuals)
     assert model.body_mass[body.id] == pytest.approx(asset.mass)
     assert asset.mass == pytest.approx(asset.meta["volume"] * 500.0)  # density 500 kg/m^3
-    # the mug is 10.1 cm across (handle included), the longest side scaled to 0.1 m, upright (z is height)
+    # the longest side scaled to 0.1 m, upright (z is the height)
     assert asset.extents.max() == pytest.approx(0.1, rel=1e-6)
-    assert asset.extents[2] == pytest.approx(0.1 * 0.085 / 0.1015, rel=0.02)
+    assert asset.extents[2] == pytest.approx(0.1 * MUG_RATIO, rel=1e-4)
     data = mujoco.MjData(model)
     mujoco.mj_forward(model, data)
     low = min(data.geom_xpos[g][2] + (model.mesh_vert[model.mesh_vertadr[model.geom_dataid[g]]:
@@ -81,10 +81,9 @@ def test_add_asset_attaches_a_free_body(assets):
 
 def test_non_manifold_input_imports_with_hull_or_voxel(tmp_path):
     mug = mug_mesh()
-    fin = np.array([[0.0, 0.0, 0.085], [0.0, 0.0, 0.2], [0.05, 0.0, 0.2]])  # a fin on the rim: open, non-manifold
-    broken = mug.copy()
-    broken = type(mug)(np.vstack([mug.vertices, fin]), np.vstack([mug.faces, [[len(mug.vertices), len(mug.vertices) + 1,
-                                                                            len(mug.vertices) + 2]]]), process=False)
+    e = mug.edges_unique[0]  # a third face on an edge of the mug: non-manifold
+    broken = type(mug)(np.vstack([mug.vertices, [[0.0, 0.0, 0.2]]]),
+                       np.vstack([mug.faces, [[e[0], e[1], len(mug.vertices)]]]), process=False)
     path = write_mesh(broken, tmp_path / "broken.obj")
     cache = tmp_path / "cache"
     with pytest.raises(MeshError, match="not a closed solid after repair.*watertight=hull"):
