@@ -250,8 +250,7 @@ class PlaceObjectExpert(_PickExpert):
     def plan(self):
         env = self.env
         bowl = env.body_pos(env.bowl)
-        height = env.target_object.asset.grasp["pos"][2]  # pinch point above the object's bottom
-        return self.pick_and_drop(env.target, np.array([bowl[0], bowl[1], height + 0.03]))
+        return self.pick_and_drop(env.target, np.array([bowl[0], bowl[1], env.grasp_height() + 0.03]))
 
 
 class PlaceObjectHeldOutExpert(PlaceObjectExpert):

@@ -295,6 +295,7 @@ class PlaceObjectEnv(TabletopEnv):
                                             "pick up the {o} and drop it in the {b} bowl")
     bowl_radius = 0.08
     park_z = -0.5  # under the table top, out of every camera's view
+    palm_depth = 0.05  # m: object tops stay this far above the pinch point at most (see grasp_height)
 
     def __init__(self, physics_hz: int = 1000, **kwargs):
         # 1 kHz: mesh objects dropped from 10 cm sink <= 2 mm only with the stiffer contacts this
@@ -348,13 +349,19 @@ class PlaceObjectEnv(TabletopEnv):
         self._target_geoms = set(self._object_geoms(k))
         return self.templates[int(rng.integers(len(self.templates)))].format(o=objects[k].noun, b=c_bowls[b])
 
+    def grasp_height(self) -> float:
+        """Pinch height above the object's bottom: its grasp hint's, raised so that the top of a tall
+        object stays below the open gripper's palm (5.5 cm above the pinch point on the 2F-85)."""
+        asset = self.target_object.asset
+        return max(float(asset.grasp["pos"][2]), float(asset.extents[2]) - self.palm_depth)
+
     def grasp_pose(self) -> tuple[np.ndarray, float]:
         """World pinch point [3] and gripper yaw (in [-pi/2, pi/2): the gripper is symmetric) from
         the target object's grasp hint (``asset.json``: body-frame point and closing direction)."""
         grasp = self.target_object.asset.grasp
         bid = self.model.body(self.target).id
         rot = self.data.xmat[bid].reshape(3, 3)
-        pos = self.data.xpos[bid] + rot @ np.asarray(grasp["pos"])
+        pos = self.data.xpos[bid] + rot @ np.array([grasp["pos"][0], grasp["pos"][1], self.grasp_height()])
         closing = rot @ np.array([np.cos(grasp["axis"]), np.sin(grasp["axis"]), 0.0])
         yaw = np.arctan2(closing[1], closing[0]) - np.pi / 2  # yaw 0 closes along world y
         return pos, float((yaw + np.pi / 2) % np.pi - np.pi / 2)

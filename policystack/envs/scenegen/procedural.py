@@ -31,6 +31,7 @@ SIZES: dict[str, tuple[float, float]] = {
     "wide": (1.25, 1.0), "fat": (1.25, 1.0), "thin": (0.8, 1.0), "slim": (0.8, 1.0), "narrow": (0.8, 1.0),
 }
 SEGMENTS = 48  # around a lathed profile
+GENERATOR_VERSION = 2  # part of the cache key of generated assets: bump when a shape changes
 
 
 class PromptError(ValueError):
@@ -82,6 +83,26 @@ def _shell(r_bottom: float, r_top: float, height: float, wall: float, floor: flo
     outer = [(0.0, 0.0)] + _arc(r_bottom, 0.0, r_top, height, bulge)
     inner = _arc(r_top - wall, height, r_bottom - wall, floor, bulge)
     return lathe(outer + [(r_top, height)] + inner + [(r_bottom - wall, floor), (0.0, floor)])
+
+
+def _radius_profile(radius: Callable[[np.ndarray], np.ndarray], height: float, n: int = 32
+                    ) -> list[tuple[float, float]]:
+    """(r, z) points of a surface of revolution r = radius(z), z from 0 to ``height``."""
+    z = np.linspace(0.0, height, n)
+    return list(zip(np.maximum(radius(z), 1e-4), z))
+
+
+def _solid_of(radius: Callable[[np.ndarray], np.ndarray], height: float, n: int = 32):
+    """A closed solid of revolution, flat at the bottom (r = radius(0)) and the top."""
+    return lathe([(0.0, 0.0)] + _radius_profile(radius, height, n) + [(0.0, height)])
+
+
+def _vessel_of(radius: Callable[[np.ndarray], np.ndarray], height: float, wall: float, floor: float, n: int = 32):
+    """An open-topped vessel whose outer wall is r = radius(z) and whose inner wall is ``wall`` inside it."""
+    outer = _radius_profile(radius, height, n)
+    z = np.linspace(height, floor, n)
+    inner = list(zip(np.maximum(radius(z) - wall, 1e-4), z))
+    return lathe([(0.0, 0.0)] + outer + inner + [(0.0, floor)])
 
 
 def _to_trimesh(m) -> trimesh.Trimesh:
@@ -136,11 +157,12 @@ def can(sxy: float, sz: float):
 
 def vase(sxy: float, sz: float):
     h = 0.14 * sz
-    outer = [(0.0, 0.0)] + _arc(0.025 * sxy, 0.0, 0.02 * sxy, 0.75 * h, 0.02 * sxy) + _arc(
-        0.02 * sxy, 0.75 * h, 0.027 * sxy, h, -0.004 * sxy, 4)
-    inner = _arc(0.022 * sxy, h, 0.015 * sxy, 0.75 * h, 0.004 * sxy, 4) + _arc(
-        0.015 * sxy, 0.75 * h, 0.02 * sxy, 0.01 * sz, 0.02 * sxy)
-    return lathe(outer + [(0.027 * sxy, h)] + inner + [(0.0, 0.01 * sz)]), GraspHint((0.0, 0.0, 0.35 * h), 0.0)
+
+    def radius(z):
+        t = z / h
+        return sxy * (0.017 + 0.016 * np.sin(np.pi * np.minimum(t / 0.8, 1.0)) + 0.012 * np.clip((t - 0.8) / 0.2, 0, 1) ** 2)
+
+    return _vessel_of(radius, h, 0.004 * sxy, 0.01 * sz), GraspHint((0.0, 0.0, 0.35 * h), 0.0)
 
 
 def block(sxy: float, sz: float):
@@ -157,20 +179,32 @@ def ball(sxy: float, sz: float):
 
 
 def apple(sxy: float, sz: float):
-    r, h = 0.036 * sxy, 0.068 * sz
-    profile = ([(0.0, 0.006 * sz), (0.012 * sxy, 0.0)] + _arc(0.012 * sxy, 0.0, r, 0.5 * h, 0.012 * sxy)
-               + _arc(r, 0.5 * h, 0.014 * sxy, h, 0.014 * sxy) + [(0.014 * sxy, h), (0.0, h - 0.008 * sz)])
+    """A round fruit on a small flat base, a dimple and a stem on top."""
     m3 = _m3()
-    stem = m3.Manifold.cylinder(0.018 * sz, 0.0025 * sxy, 0.0025 * sxy, 8).translate((0.0, 0.0, h - 0.01 * sz))
-    return lathe(profile) + stem, GraspHint((0.0, 0.0, 0.45 * h), 0.0)
+    r, h = 0.036 * sxy, 0.068 * sz
+
+    def radius(z):
+        return r * (0.3 + 0.7 * np.sin(np.pi * np.clip(z / h, 0, 1)) ** 0.6)
+
+    body = _solid_of(radius, h)
+    dimple = m3.Manifold.sphere(0.012 * sxy, 24).scale((1.0, 1.0, 0.5)).translate((0.0, 0.0, h))
+    stem = m3.Manifold.cylinder(0.016 * sz, 0.0025 * sxy, 0.002 * sxy, 8).translate((0.0, 0.0, h - 0.006 * sz))
+    return (body - dimple) + stem, GraspHint((0.0, 0.0, 0.45 * h), 0.0)
 
 
 def pear(sxy: float, sz: float):
+    """A bulb below and a narrower neck above, blended into one smooth profile, with a stem."""
+    m3 = _m3()
     h = 0.095 * sz
-    profile = ([(0.0, 0.0), (0.015 * sxy, 0.0)] + _arc(0.015 * sxy, 0.0, 0.033 * sxy, 0.3 * h, 0.008 * sxy)
-               + _arc(0.033 * sxy, 0.3 * h, 0.017 * sxy, 0.75 * h, 0.003 * sxy)
-               + _arc(0.017 * sxy, 0.75 * h, 0.008 * sxy, h, 0.004 * sxy) + [(0.0, h)])
-    return lathe(profile), GraspHint((0.0, 0.0, 0.32 * h), 0.0)
+
+    def radius(z):
+        t = z / h
+        bulb = np.sqrt(np.clip(1.0 - ((t - 0.32) / 0.36) ** 2, 0, 1)) * 0.033
+        neck = np.sqrt(np.clip(1.0 - ((t - 0.72) / 0.3) ** 2, 0, 1)) * 0.02
+        return sxy * np.maximum(np.maximum(bulb, neck), 0.012 * (1 - np.abs(2 * t - 1)))
+
+    stem = m3.Manifold.cylinder(0.014 * sz, 0.0022 * sxy, 0.0018 * sxy, 8).translate((0.0, 0.0, h - 0.003 * sz))
+    return _solid_of(radius, h, 40) + stem, GraspHint((0.0, 0.0, 0.32 * h), 0.0)
 
 
 def cone(sxy: float, sz: float):
@@ -275,5 +309,5 @@ def generate(prompt: str, cfg: AssetConfig | None = None, cache_dir: str | Path 
     replaces ``cfg.colour``; ``cfg.size`` (if set) rescales the shape's longest side."""
     p = parse_prompt(prompt)
     cfg = replace(cfg or AssetConfig(), colour=COLOURS[p.colour or SHAPES[p.shape].colour])
-    source = {"kind": "procedural", "prompt": prompt, "shape": p.shape, "sxy": p.sxy, "sz": p.sz}
+    source = {"kind": "procedural", "generator": GENERATOR_VERSION, "shape": p.shape, "sxy": p.sxy, "sz": p.sz}
     return build_asset(p.name, source, cfg, lambda: shape_solid(p), cache_dir)
