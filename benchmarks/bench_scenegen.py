@@ -2,7 +2,8 @@
 
     python benchmarks/bench_scenegen.py [--peer-prompts "a mug;a cup;a bowl;a small apple"] [--write]
 
-For every prompt of the issue and of the PlaceObject task, and for a mesh file and a SLAT file,
+For every prompt of the issue and of the PlaceObject task, every other shape of the generator, and
+for a mesh file and a SLAT file,
 the asset pipeline runs in a fresh cache: mesh (generate / load + repair / marching cubes), hulls
 (CoACD with our settings, or one hull for a convex solid), write (OBJ + MJCF + compile check), and
 the drop test. The peer is CoACD with its defaults (threshold 0.05, manifold preprocessing on,
@@ -39,7 +40,7 @@ def coacd_defaults(solid) -> tuple[int, float]:
 def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
-    from policystack.envs.scenegen import AssetConfig, drop_test, generate, import_mesh, import_slat
+    from policystack.envs.scenegen import SHAPES, AssetConfig, drop_test, generate, import_mesh, import_slat
     from policystack.envs.scenegen.objects import SPLITS
     from policystack.envs.scenegen.procedural import parse_prompt, shape_solid
     from policystack.envs.scenegen.slat import mesh_to_slat
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     prompts = ["a red mug", "a small blue bottle", "a yellow bowl", "a green banana"]
     prompts += [q for split in SPLITS.values() for q in split if q not in prompts]
+    prompts += [f"a {shape}" for shape in SHAPES if not any(q.endswith(f" {shape}") for q in prompts)]
     peers = [q.strip() for q in args.peer_prompts.split(";") if q.strip()]
     rows, peer_rows = [], []
     with tempfile.TemporaryDirectory(prefix="bench_scenegen-") as tmp:
@@ -86,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Fresh asset cache, {platform.processor() or platform.machine()}, CoACD single-threaded (OMP_NUM_THREADS=1; no torch "
         "threads involved), on the shared 2-core machine (other jobs running: times are upper bounds). "
+        f"{sum(r[7].passed for r in rows)}/{len(rows)} assets passed their drop test. "
         "mesh = generate / load + repair / marching cubes; hulls = CoACD with our settings (threshold 0.08, "
         "resolution 1000, MCTS 10 x 60, no preprocessing of already-closed solids; one hull when the solid is "
         "within 3% of convex); write = OBJ + MJCF + compile check; drop test = 6 poses (+ up to 4 seam probes) at 1 kHz.",

@@ -331,12 +331,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Scripted expert success rates of the tabletop suite.")
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--modes", default="ee_delta,joint")
+    p.add_argument("--tasks", default=None, help="comma-separated tasks (default: every task with an expert)")
     p.add_argument("--write", default=None, help="markdown file to (re)write the expert_success section of")
     args = p.parse_args(argv)
     lines = ["| task | action mode | success | mean episode length (steps) | time limit |",
              "|---|---|---:|---:|---:|"]
     for mode in args.modes.split(","):
-        for r in success_rates(args.episodes, mode):
+        for r in success_rates(args.episodes, mode, args.tasks.split(",") if args.tasks else None):
             line = (f"| {r['task']} | {mode} | {r['successes']}/{r['episodes']} | {r['mean_length']:.1f} | "
                     f"{r['max_steps']} |")
             print(line, flush=True)

@@ -31,7 +31,7 @@ SIZES: dict[str, tuple[float, float]] = {
     "wide": (1.25, 1.0), "fat": (1.25, 1.0), "thin": (0.8, 1.0), "slim": (0.8, 1.0), "narrow": (0.8, 1.0),
 }
 SEGMENTS = 48  # around a lathed profile
-GENERATOR_VERSION = 2  # part of the cache key of generated assets: bump when a shape changes
+GENERATOR_VERSION = 3  # part of the cache key of generated assets: bump when a shape changes
 
 
 class PromptError(ValueError):
@@ -193,18 +193,17 @@ def apple(sxy: float, sz: float):
 
 
 def pear(sxy: float, sz: float):
-    """A bulb below and a narrower neck above, blended into one smooth profile, with a stem."""
-    m3 = _m3()
+    """A bulb below and a narrower neck above, blended into one smooth profile with a rounded top
+    (no stem: balanced on one, an upside-down pear would take seconds to topple)."""
     h = 0.095 * sz
 
     def radius(z):
         t = z / h
         bulb = np.sqrt(np.clip(1.0 - ((t - 0.32) / 0.36) ** 2, 0, 1)) * 0.033
-        neck = np.sqrt(np.clip(1.0 - ((t - 0.72) / 0.3) ** 2, 0, 1)) * 0.02
+        neck = np.sqrt(np.clip(1.0 - ((t - 0.7) / 0.3) ** 2, 0, 1)) * 0.02
         return sxy * np.maximum(np.maximum(bulb, neck), 0.012 * (1 - np.abs(2 * t - 1)))
 
-    stem = m3.Manifold.cylinder(0.014 * sz, 0.0022 * sxy, 0.0018 * sxy, 8).translate((0.0, 0.0, h - 0.003 * sz))
-    return _solid_of(radius, h, 40) + stem, GraspHint((0.0, 0.0, 0.32 * h), 0.0)
+    return _solid_of(radius, h, 40), GraspHint((0.0, 0.0, 0.32 * h), 0.0)
 
 
 def cone(sxy: float, sz: float):

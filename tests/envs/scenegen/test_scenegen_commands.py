@@ -3,6 +3,8 @@
 import json
 
 import numpy as np
+import pytest
+import trimesh
 from _scenegen_fixtures import cache_entries, mug_mesh, slat_arrays, write_mesh, write_slat
 
 from policystack.cli import main as cli_main
@@ -30,11 +32,12 @@ def test_bad_prompt_exits_2_and_writes_nothing(tmp_path, capsys):
 
 
 def test_import_and_check(tmp_path, capsys):
-    path = write_mesh(mug_mesh(), tmp_path / "mug.stl")
+    path = write_mesh(trimesh.creation.box((0.05, 0.03, 0.02)), tmp_path / "box.stl")
     assert cli_main(["scene", "import", str(path), "size=0.08", "colour=orange", f"cache={tmp_path / 'c'}",
                      "check=false"]) == 0
     entry = tmp_path / "c" / cache_entries(tmp_path / "c")[0]
-    assert json.loads((entry / "asset.json").read_text())["extents"][0] == 0.08
+    meta = json.loads((entry / "asset.json").read_text())
+    assert meta["extents"] == pytest.approx([0.08, 0.048, 0.032]) and meta["colour"] == [[0.95, 0.5, 0.05, 1.0]]
     capsys.readouterr()
     assert cli_main(["scene", "check", str(entry)]) == 0
     assert "PASS" in capsys.readouterr().out

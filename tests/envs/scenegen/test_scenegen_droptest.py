@@ -5,16 +5,12 @@ proof that the test fails for assets that are not stable."""
 import shutil
 
 import pytest
-from _scenegen_fixtures import RGB_MAP, mug_mesh, slat_arrays, write_mesh, write_slat
 
 from policystack.envs.scenegen import (
     SHAPES,
     Asset,
-    AssetConfig,
     drop_test,
     generate,
-    import_mesh,
-    import_slat,
 )
 from policystack.envs.scenegen.droptest import find_seams
 from policystack.envs.scenegen.objects import SPLITS
@@ -46,21 +42,9 @@ def test_every_shape_of_the_generator_passes(shape):
     _assert_passes(generate(f"a {shape}"))
 
 
-@pytest.fixture(scope="module")
-def imported(tmp_path_factory):
-    d = tmp_path_factory.mktemp("imports")
-    cache = d / "cache"
-    mug = mug_mesh()
-    assets = {fmt: import_mesh(write_mesh(mug, d / f"mug.{fmt}", up="y" if fmt == "glb" else "z"),
-                               AssetConfig(size=0.09), cache) for fmt in ("obj", "glb", "stl", "ply")}
-    assets["slat"] = import_slat(write_slat(d / "mug.npz", slat_arrays(mug)), AssetConfig(size=0.09), cache,
-                                 rgb_map=RGB_MAP)
-    return assets
-
-
 @pytest.mark.parametrize("kind", ["obj", "glb", "stl", "ply", "slat"])
 def test_imported_assets_pass(imported, kind):
-    _assert_passes(imported[kind])
+    _assert_passes(imported[0][kind])
 
 
 def test_seams_are_found_and_probed_on_a_mug():

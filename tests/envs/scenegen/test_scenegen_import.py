@@ -7,22 +7,15 @@ import mujoco
 import numpy as np
 import pytest
 from _scenegen_fixtures import MUG_RATIO, cache_entries, mug_mesh, write_mesh
+from conftest import IMPORT_SIZE
 
 from policystack.envs import scenegen
 from policystack.envs.scenegen import AssetConfig, MeshError, import_mesh
 
 
 @pytest.fixture(scope="module")
-def mesh_files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("meshes")
-    mug = mug_mesh()
-    return {fmt: write_mesh(mug, d / f"mug.{fmt}", up="y" if fmt == "glb" else "z") for fmt in ("obj", "glb", "stl", "ply")}
-
-
-@pytest.fixture(scope="module")
-def assets(mesh_files, tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    return {fmt: import_mesh(path, AssetConfig(size=0.1), cache) for fmt, path in mesh_files.items()}, cache
+def assets(imported):
+    return imported
 
 
 @pytest.mark.parametrize("fmt", ["obj", "glb", "stl", "ply"])
@@ -36,9 +29,9 @@ def test_every_format_becomes_a_loadable_asset(assets, fmt):
     assert visuals and all(model.geom_contype[g] == 0 and model.geom_conaffinity[g] == 0 for g in visuals)
     assert model.body_mass[body.id] == pytest.approx(asset.mass)
     assert asset.mass == pytest.approx(asset.meta["volume"] * 500.0)  # density 500 kg/m^3
-    # the longest side scaled to 0.1 m, upright (z is the height)
-    assert asset.extents.max() == pytest.approx(0.1, rel=1e-6)
-    assert asset.extents[2] == pytest.approx(0.1 * MUG_RATIO, rel=1e-4)
+    # the longest side scaled to IMPORT_SIZE, upright (z is the height)
+    assert asset.extents.max() == pytest.approx(IMPORT_SIZE, rel=1e-6)
+    assert asset.extents[2] == pytest.approx(IMPORT_SIZE * MUG_RATIO, rel=1e-4)
     data = mujoco.MjData(model)
     mujoco.mj_forward(model, data)
     low = min(data.geom_xpos[g][2] + (model.mesh_vert[model.mesh_vertadr[model.geom_dataid[g]]:
@@ -48,7 +41,7 @@ def test_every_format_becomes_a_loadable_asset(assets, fmt):
 
 
 def test_formats_agree(assets):
-    sizes = {fmt: a.extents for fmt, a in assets[0].items()}
+    sizes = {fmt: a.extents for fmt, a in assets[0].items() if fmt != "slat"}
     for fmt, ext in sizes.items():
         np.testing.assert_allclose(ext, sizes["obj"], atol=1e-4, err_msg=fmt)
 
@@ -56,13 +49,13 @@ def test_formats_agree(assets):
 def test_cache_hit_returns_the_entry_without_recomputing(assets, mesh_files, monkeypatch):
     asset, cache = assets[0]["obj"], assets[1]
     monkeypatch.setattr(scenegen.asset, "decompose", lambda *a: pytest.fail("recomputed a cached asset"))
-    again = import_mesh(mesh_files["obj"], AssetConfig(size=0.1), cache)
+    again = import_mesh(mesh_files["obj"], AssetConfig(size=IMPORT_SIZE), cache)
     assert again.path == asset.path and again.meta == asset.meta
 
 
 def test_other_settings_are_another_entry(assets, mesh_files):
     asset, cache = assets[0]["obj"], assets[1]
-    heavier = import_mesh(mesh_files["obj"], AssetConfig(size=0.1, density=1000.0), cache)
+    heavier = import_mesh(mesh_files["obj"], AssetConfig(size=IMPORT_SIZE, density=1000.0), cache)
     assert heavier.path != asset.path
     assert heavier.mass == pytest.approx(2 * asset.mass)
     assert json.loads((heavier.path / "asset.json").read_text())["config"]["density"] == 1000.0
