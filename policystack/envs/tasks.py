@@ -294,6 +294,9 @@ class PlaceObjectEnv(TabletopEnv):
     templates: ClassVar[tuple[str, ...]] = ("put the {o} in the {b} bowl", "place the {o} into the {b} bowl",
                                             "pick up the {o} and drop it in the {b} bowl")
     bowl_radius = 0.08
+    # the suite's area, 2 cm wider in y: three things 18 cm apart fit for every seed (0 failures of
+    # rejection sampling in 5000 seeds; AREA_LOW..AREA_HIGH failed 2)
+    area: ClassVar[tuple[tuple[float, float], tuple[float, float]]] = ((AREA_LOW[0], -0.24), (AREA_HIGH[0], 0.24))
     park_z = -0.5  # under the table top, out of every camera's view
     palm_depth = 0.05  # m: object tops stay this far above the pinch point at most (see grasp_height)
 
@@ -328,7 +331,7 @@ class PlaceObjectEnv(TabletopEnv):
         objects = self.objects()
         k = int(rng.integers(len(objects)))
         c_obj, *c_bowls = _pick_colors(rng, 3)
-        xy = sample_positions(rng, 3, AREA_LOW, AREA_HIGH, 0.19)
+        xy = sample_positions(rng, 3, *self.area, 0.18)  # bowls' outer walls 1 cm apart at least
         for i in range(len(objects)):
             m, active = self.model, i == k
             m.body_gravcomp[m.body(f"obj{i}/object").id] = 0.0 if active else 1.0

@@ -30,6 +30,7 @@ import mujoco
 import numpy as np
 import trimesh
 
+from policystack.envs.scene import COLORS
 from policystack.envs.scenegen.hulls import HullConfig, decompose
 from policystack.envs.scenegen.mesh import WATERTIGHT_MODES, MeshError, Solid, placement
 
@@ -45,15 +46,10 @@ MAX_COLOURS = 4  # visual sub-meshes per asset when faces carry colours
 # hulls for over a second, as MuJoCo's soft contacts lose little energy rolling over an edge.
 CONTACT = {"condim": 6, "solref": [0.002, 1.0], "solimp": [0.95, 0.99, 0.001, 0.5, 2.0], "priority": 1}
 
-# Colour words understood by the generator and the colour= settings -> RGBA. The tabletop suite's
-# six colours (policystack.envs.scene.COLORS) come first, unchanged.
+# Colour words understood by the generator and the colour= settings -> RGBA: the tabletop suite's
+# six colours (policystack.envs.scene.COLORS, which instructions name), then more.
 COLOURS: dict[str, tuple[float, float, float, float]] = {
-    "red": (0.85, 0.1, 0.1, 1.0),
-    "green": (0.1, 0.7, 0.15, 1.0),
-    "blue": (0.1, 0.25, 0.85, 1.0),
-    "yellow": (0.95, 0.85, 0.1, 1.0),
-    "purple": (0.55, 0.15, 0.7, 1.0),
-    "orange": (0.95, 0.5, 0.05, 1.0),
+    **COLORS,
     "white": (0.92, 0.92, 0.9, 1.0),
     "black": (0.08, 0.08, 0.08, 1.0),
     "grey": (0.5, 0.5, 0.52, 1.0),
