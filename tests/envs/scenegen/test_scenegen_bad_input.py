@@ -125,7 +125,7 @@ def test_slat_not_an_npz(tmp_path):
 def test_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
     """An error after some files of the entry were written (here: the MJCF fails to compile) removes the
     temporary directory; the cache holds no entry, and a later run builds it in full."""
-    path = write_mesh(mug_mesh(), tmp_path / "mug.obj")
+    path = write_mesh(_box(), tmp_path / "box.obj")
     cache = tmp_path / "cache"
     real = scenegen.asset.mujoco.MjSpec.from_file
 

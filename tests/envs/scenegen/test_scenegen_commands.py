@@ -5,15 +5,15 @@ import json
 import numpy as np
 import pytest
 import trimesh
-from _scenegen_fixtures import cache_entries, mug_mesh, slat_arrays, write_mesh, write_slat
+from _scenegen_fixtures import cache_entries, slat_arrays, write_mesh, write_slat
 
 from policystack.cli import main as cli_main
 
 
 def test_generate_prints_the_asset_and_its_drop_test(tmp_path, capsys):
-    assert cli_main(["scene", "generate", "a red mug", f"cache={tmp_path}"]) == 0
+    assert cli_main(["scene", "generate", "a small red block", f"cache={tmp_path}"]) == 0
     out = capsys.readouterr().out
-    assert "red mug:" in out and "hulls" in out and str(tmp_path) in out
+    assert "small red block: 1 hulls, 32 g, 4.0 x 4.0 x 4.0 cm" in out and str(tmp_path) in out
     assert "PASS" in out
     assert len(cache_entries(tmp_path)) == 1
 
@@ -55,19 +55,19 @@ def test_import_errors_exit_2(tmp_path, capsys):
 
 
 def test_slat_command(tmp_path, capsys):
-    path = write_slat(tmp_path / "mug.npz", slat_arrays(mug_mesh()))
+    path = write_slat(tmp_path / "box.npz", slat_arrays(trimesh.creation.box((0.05, 0.04, 0.03))))
     rgb = tmp_path / "rgb.npy"
     np.save(rgb, np.eye(8, 3, dtype=np.float32))
     assert cli_main(["scene", "slat", str(path), f"rgb_map={rgb}", "size=0.09", f"cache={tmp_path / 'c'}",
                      "check=false"]) == 0
-    assert "mug:" in capsys.readouterr().out
+    assert "box: 1 hulls" in capsys.readouterr().out
 
 
 def test_gallery_writes_a_png(tmp_path, capsys):
     from PIL import Image
 
     out = tmp_path / "gallery.png"
-    assert cli_main(["scene", "gallery", f"out={out}", "prompts=a red mug;a green banana", "width=320", "height=180",
+    assert cli_main(["scene", "gallery", f"out={out}", "prompts=a red block;a green banana", "width=320", "height=180",
                      f"cache={tmp_path / 'c'}"]) == 0
     img = np.asarray(Image.open(out))
     assert img.shape == (180, 320, 3) and img.std() > 10  # a picture, not a blank frame

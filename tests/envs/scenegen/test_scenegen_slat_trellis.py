@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import trimesh
 from _scenegen_fixtures import MUG_RATIO, RGB_MAP, cache_entries, mug_mesh, slat_arrays, write_slat
 
 from policystack.cli import main as cli_main
@@ -23,32 +24,35 @@ def slat_file(tmp_path_factory):
     return write_slat(tmp_path_factory.mktemp("slat") / "mug_slat.npz", slat_arrays(mug_mesh()))
 
 
-def test_slat_becomes_a_closed_object_of_the_requested_size(slat_file, tmp_path):
+def test_slat_becomes_a_coloured_object_of_the_requested_size(slat_file, tmp_path):
     arrays = load_slat(slat_file)
     assert arrays["coords"].dtype == np.int32 and arrays["coords"].shape[1] == 4
     assert arrays["feats"].dtype == np.float32 and arrays["feats"].shape == (len(arrays["coords"]), 8)
-    asset = import_slat(slat_file, AssetConfig(size=0.09, colour="green"), tmp_path / "cache")
-    assert asset.extents.max() == pytest.approx(0.09)
-    # the voxelised mug is as tall relative to its width as the mug
-    assert asset.extents[2] / asset.extents.max() == pytest.approx(MUG_RATIO, rel=0.04)
-    assert asset.hull_count >= 2  # still concave: the inside of the mug survives voxelisation
-    assert asset.meta["colour"] == [[0.1, 0.7, 0.15, 1.0]]  # no RGB map: the chosen colour
-    assert asset.meta["source"]["kind"] == "slat"
-
-
-def test_slat_colours_from_a_feature_map(slat_file, tmp_path):
     asset = import_slat(slat_file, AssetConfig(size=0.09), tmp_path / "cache", rgb_map=RGB_MAP)
+    assert asset.extents.max() == pytest.approx(0.09)
+    # the voxelised mug is as tall relative to its width as the mug, and still concave (the inside
+    # of the mug survives voxelisation: several hulls)
+    assert asset.extents[2] / asset.extents.max() == pytest.approx(MUG_RATIO, rel=0.04)
+    assert asset.hull_count >= 2
+    assert asset.meta["source"]["kind"] == "slat"
     colours = np.array(asset.meta["colour"])[:, :3]
     # lower half red (feature 0), upper half blue (feature 1): two visual parts, one of each colour
-    assert len(colours) == 2
+    assert len(colours) == 2 and len(asset.meta["visual_faces"]) == 2
     assert any(np.allclose(c, [1, 0, 0], atol=0.15) for c in colours)
     assert any(np.allclose(c, [0, 0, 1], atol=0.15) for c in colours)
-    assert len(asset.meta["visual_faces"]) == 2
+
+
+def test_slat_without_colours_takes_the_chosen_colour(tmp_path):
+    box = write_slat(tmp_path / "box.npz", slat_arrays(trimesh.creation.box((0.05, 0.04, 0.03))))
+    asset = import_slat(box, AssetConfig(size=0.05, colour="green"), tmp_path / "cache")
+    assert asset.meta["colour"] == [[0.1, 0.7, 0.15, 1.0]]
+    np.testing.assert_allclose(asset.extents, [0.05, 0.04, 0.03], atol=0.003)  # within a voxel
 
 
 def test_rgb_map_inside_the_file_is_used(tmp_path):
-    path = write_slat(tmp_path / "coloured.npz", {**slat_arrays(mug_mesh()), "rgb_map": RGB_MAP})
-    asset = import_slat(path, AssetConfig(size=0.09), tmp_path / "cache")
+    box = trimesh.creation.box((0.05, 0.04, 0.03))
+    path = write_slat(tmp_path / "coloured.npz", {**slat_arrays(box), "rgb_map": RGB_MAP})
+    asset = import_slat(path, AssetConfig(size=0.05), tmp_path / "cache")
     assert len(asset.meta["colour"]) == 2
 
 
