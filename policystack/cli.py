@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("policystack.eval.commands", "evaluate a checkpoint (or the scripted expert) in simulation: success rate, videos, plot"),
     "compare": ("policystack.eval.compare", "side-by-side markdown table and bar plot of several evaluations"),
     "say": ("policystack.interaction.commands", "speak a text (piper, espeak-ng, IndexTTS2), or a running daemon's events"),
+    "scene": ("policystack.envs.scenegen.commands", "make simulator objects from text, mesh, SLAT or TRELLIS; drop tests; gallery"),
 }
 
 

@@ -12,6 +12,7 @@ class Args:
     out: Path
     episodes: int = 1
     rate: float = 1.0
+    size: float = 0.0
     only_success: bool = True
     cameras: tuple[str, ...] | None = None
 
@@ -22,6 +23,7 @@ def test_converts_by_annotation():
     assert kw == {"env": "Reach", "out": Path("d"), "episodes": 5, "rate": 0.5, "only_success": False,
                   "cameras": ("front", "wrist")}
     assert parse_key_values(["cameras=none"], Args)["cameras"] == ()
+    assert parse_key_values(["size=0.08"], Args) == {"size": 0.08}
 
 
 @pytest.mark.parametrize("argv, msg", [
@@ -29,6 +31,7 @@ def test_converts_by_annotation():
     (["epsiodes=3"], "unknown argument 'epsiodes'; valid: env, out, episodes"),
     (["episodes=three"], "episodes='three': expected an integer"),
     (["rate=fast"], "rate='fast': expected a number"),
+    (["size=big"], "size='big': expected a number"),
     (["only_success=maybe"], "only_success='maybe': expected true or false"),
     (["env=Reach"], "missing required argument(s): out="),
 ])

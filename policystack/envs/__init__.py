@@ -1,5 +1,6 @@
 """Simulation environments. Importing this package registers the MuJoCo tabletop suite as
-``policystack/<Task>-v0`` (Reach, PressButton, OpenDrawer, Push, PickPlace, Stack).
+``policystack/<Task>-v0`` (Reach, PressButton, OpenDrawer, Push, PickPlace, Stack,
+PlaceObject, PlaceObjectHeldOut).
 
 Conventions every env here follows (adapters for other suites, e.g. MetaWorld, match them):
 

@@ -27,6 +27,8 @@ from policystack.envs.scene import CUBE_HALF
 from policystack.envs.tasks import (
     OpenDrawerEnv,
     PickPlaceEnv,
+    PlaceObjectEnv,
+    PlaceObjectHeldOutEnv,
     PressButtonEnv,
     PushEnv,
     ReachEnv,
@@ -180,10 +182,13 @@ class PushExpert(Expert):
 class _PickExpert(Expert):
     """Shared pick-and-drop sequence: above, down, close, lift, carry, lower, open, retreat."""
 
-    def pick_and_drop(self, obj: str, drop: np.ndarray):
+    def grasp_pose(self, obj: str) -> tuple[np.ndarray, float]:
+        """Pinch point [3] and gripper yaw that hold body ``obj``: a cube's centre, face-aligned."""
         env = self.env
-        cube = env.body_pos(obj)
-        yaw = cube_grasp_yaw(env.data.xquat[env.model.body(obj).id])
+        return env.body_pos(obj), cube_grasp_yaw(env.data.xquat[env.model.body(obj).id])
+
+    def pick_and_drop(self, obj: str, drop: np.ndarray):
+        cube, yaw = self.grasp_pose(obj)
         grasp = cube + self.offset * [1, 1, 0.5]
         if self.phase == 0:  # above the cube
             target = grasp + [0, 0, 0.1]
@@ -236,9 +241,26 @@ class StackExpert(_PickExpert):
         return self.pick_and_drop(self.env.top, bottom + [0, 0, 2 * CUBE_HALF + 0.008])
 
 
+class PlaceObjectExpert(_PickExpert):
+    task_class = PlaceObjectEnv
+
+    def grasp_pose(self, obj: str) -> tuple[np.ndarray, float]:
+        return self.env.grasp_pose()
+
+    def plan(self):
+        env = self.env
+        bowl = env.body_pos(env.bowl)
+        return self.pick_and_drop(env.target, np.array([bowl[0], bowl[1], env.grasp_height() + 0.03]))
+
+
+class PlaceObjectHeldOutExpert(PlaceObjectExpert):
+    task_class = PlaceObjectHeldOutEnv
+
+
 EXPERTS: dict[str, type[Expert]] = {
     cls.task_class.name: cls
-    for cls in (ReachExpert, PressButtonExpert, OpenDrawerExpert, PushExpert, PickPlaceExpert, StackExpert)
+    for cls in (ReachExpert, PressButtonExpert, OpenDrawerExpert, PushExpert, PickPlaceExpert, StackExpert,
+                PlaceObjectExpert, PlaceObjectHeldOutExpert)
 }
 
 
@@ -328,12 +350,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Scripted expert success rates of the tabletop suite.")
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--modes", default="ee_delta,joint")
+    p.add_argument("--tasks", default=None, help="comma-separated tasks (default: every task with an expert)")
     p.add_argument("--write", default=None, help="markdown file to (re)write the expert_success section of")
     args = p.parse_args(argv)
     lines = ["| task | action mode | success | mean episode length (steps) | time limit |",
              "|---|---|---:|---:|---:|"]
     for mode in args.modes.split(","):
-        for r in success_rates(args.episodes, mode):
+        for r in success_rates(args.episodes, mode, args.tasks.split(",") if args.tasks else None):
             line = (f"| {r['task']} | {mode} | {r['successes']}/{r['episodes']} | {r['mean_length']:.1f} | "
                     f"{r['max_steps']} |")
             print(line, flush=True)

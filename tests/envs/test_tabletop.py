@@ -106,6 +106,9 @@ def test_env_state_holds_the_named_objects_poses(task):
         want = u.body_pos(getattr(u, first[task]) if first[task] else "cube")
         got = [v for k, v in named.items() if k.endswith(("_x", "_y", "_z"))][:3]
         np.testing.assert_allclose(got, want, atol=1e-6)
+    elif task.startswith("PlaceObject"):  # the named object's grasp point and gripper yaw, the named bowl
+        np.testing.assert_allclose(es[:3], u.grasp_pose()[0], atol=1e-6)
+        np.testing.assert_allclose(es[7:], u.body_pos(u.bowl), atol=1e-6)
     else:  # OpenDrawer: the handle and how far the drawer is open
         np.testing.assert_allclose(es[:3], u.handle_pos(), atol=1e-6)
         assert named["opening"] == pytest.approx(u.opening, abs=1e-6)
