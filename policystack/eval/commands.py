@@ -3,7 +3,7 @@
     policystack eval checkpoint=DIR|expert env=TASK[,TASK...] [episodes=20] [n_envs=1] [seed=1000]
         [out=DIR] [videos=2] [max_steps=N] [device=cpu] [policy=NAME] [overwrite=false]
         [cameras=front,wrist] [image_size=96] [action_mode=ee_delta] [start_pose=random|home]
-        [swap_instruction=false] [variations=30-49] [camera_convention=lerobot|upright|vflip]
+        [swap_instruction=false] [variations=30-49] [camera_convention=lerobot|upright|vflip] [threads=1]
 
 checkpoint: a policy directory, a training checkpoint or a run directory (its latest checkpoint),
 or ``expert`` for the task's scripted expert. policy=NAME checks the checkpoint is of that family.
@@ -55,6 +55,9 @@ class EvalArgs:
     swap_instruction: bool = False
     variations: str = ""  # MetaWorld MT1 variations, e.g. 30-49
     camera_convention: str = ""  # MetaWorld: lerobot | upright | vflip, for checkpoints that record none
+    # torch threads: a small-batch rollout gains little from more, and on shared cores more threads
+    # spin against each other (2 threads beside two busy processes: 37 s per PressButton episode, 1: 0.5 s)
+    threads: int = 1
 
     @property
     def tasks(self) -> list[str]:
@@ -116,6 +119,11 @@ def evaluate(args: EvalArgs, progress: bool = True) -> dict[str, Any]:
     from policystack.eval.report import EVAL_INFO, write_report
     from policystack.eval.runner import EvalRunner
 
+    import torch
+
+    if args.threads < 1:
+        raise ValueError(f"threads={args.threads}: expected >= 1")
+    torch.set_num_threads(args.threads)
     out = args.out_dir()
     runners = [EvalRunner(task=t, episodes=args.episodes, n_envs=args.n_envs, seed=args.seed,
                           max_steps=args.max_steps or None, env_kwargs=args.env_overrides(),

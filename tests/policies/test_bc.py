@@ -82,15 +82,22 @@ def test_select_action_uses_observation_history():
     assert policy.predict_action_chunk(steps[1]).shape == (2, 4, 3)
 
 
-def test_instruction_selects_the_action():
-    """Same images and state, two instructions, two different targets: only a policy that reads
-    the instruction can fit both (the tabletop scenes hold distractors named by the task)."""
+def words_only_batch() -> dict:
+    """8 samples with the same images and state, two instructions and two different targets: only a
+    policy that reads the instruction can fit both."""
     torch.manual_seed(0)
     batch = make_batch(b=8)
     for k in ("observation.state", "observation.images.front"):
         batch[k] = batch[k][:1].expand_as(batch[k]).clone()
     batch["task"] = ["reach the red ball", "reach the blue ball"] * 4
     batch["action"] = torch.tensor([[2.0, 1.0, -1.0], [-2.0, -1.0, 0.0]]).repeat(4, 1)[:, None].expand(8, 4, 3).clone()
+    return batch
+
+
+def test_instruction_selects_the_action():
+    """Same images and state, two instructions, two different targets: only a policy that reads
+    the instruction can fit both (the tabletop scenes hold distractors named by the task)."""
+    batch = words_only_batch()
     losses = {}
     for enc in ("hashed", "none"):
         torch.manual_seed(0)
@@ -139,12 +146,7 @@ def test_missing_features_are_reported():
 def test_lite0_words_select_the_object_through_film():
     """With the frozen pretrained trunk the instruction reaches the image head (FiLM): same images and
     state, two instructions, two targets; the trunk stays untouched by training."""
-    torch.manual_seed(0)
-    batch = make_batch(b=8)
-    for k in ("observation.state", "observation.images.front"):
-        batch[k] = batch[k][:1].expand_as(batch[k]).clone()
-    batch["task"] = ["reach the red ball", "reach the blue ball"] * 4
-    batch["action"] = torch.tensor([[2.0, 1.0, -1.0], [-2.0, -1.0, 0.0]]).repeat(4, 1)[:, None].expand(8, 4, 3).clone()
+    batch = words_only_batch()
     policy = BCPolicy(lite0_config(), FEATURES, STATS)
     policy.load_external_weights()
     trunk = {k: v.clone() for k, v in policy.pretrained.state_dict().items()}
