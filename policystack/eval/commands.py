@@ -116,10 +116,10 @@ def load_policy(checkpoint: str, policy: str = "", device: str = "cpu") -> Any:
 
 def evaluate(args: EvalArgs, progress: bool = True) -> dict[str, Any]:
     """Run every task of ``args``; write the report. Returns {"results", "eval_info", "plot"}."""
+    import torch
+
     from policystack.eval.report import EVAL_INFO, write_report
     from policystack.eval.runner import EvalRunner
-
-    import torch
 
     if args.threads < 1:
         raise ValueError(f"threads={args.threads}: expected >= 1")
