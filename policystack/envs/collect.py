@@ -3,7 +3,7 @@
     policystack collect env=PickPlace episodes=50 out=data/pickplace [workers=2]
         [cameras=front,wrist] [image_size=96] [seed=0] [only_success=true]
         [action_mode=ee_delta] [env_state=false] [max_attempts=N] [vcodec=libsvtav1]
-        [noise=0.1] [start_pose=random|home]
+        [noise=0] [start_pose=random|home]
     policystack collect env=Reach,PressButton,OpenDrawer episodes=100 out=data/multi [...]
     policystack collect env=metaworld/reach-v3 episodes=50 out=data/mw-reach [cameras=corner2]
         [variations=0-29] [max_steps=150] [camera_convention=lerobot]
@@ -16,9 +16,10 @@ dropped and more seeds are tried, up to ``max_attempts`` per task (default 2 * e
 
 ``noise=S`` (> 0) collects DART demonstrations (``experts.run_episode``): the env executes the expert's
 action plus Gaussian noise of std S on its motion part while the dataset records the expert's own
-action, so policies also see states off the expert's path labelled with the correction. The default 0.1
-keeps every task's expert at >= 95% success (0.2 drops Stack to 73%, docs/envs.md); ``noise=0`` records
-the plain expert. ``start_pose`` is the env's (random start poses by default, docs/envs.md).
+action, so policies also see states off the expert's path labelled with the correction. The default 0
+records the plain expert: on the contact-rich tasks DART labels hurt (bc from state, PickPlace 7% with
+0.1 vs 100% without, docs/results.md); 0.2 is what the Reach / PressButton camera results used (0.1 keeps
+every task's expert at >= 95% success, 0.2 drops Stack's to 73%, docs/envs.md). ``start_pose`` is the env's (random start poses by default, docs/envs.md).
 
 ``env=A,B,C`` writes ``episodes`` demos of EACH task into one dataset, task by task in the order
 given (all of A's episodes, then B's, ...); every task's seeds start at ``seed``, so the A part
@@ -71,7 +72,7 @@ class CollectConfig:
     env_state: bool = False  # also record observation.environment_state (object poses)
     max_attempts: int = 0  # per task; 0: 2 * episodes + 10 (episodes with only_success=false)
     vcodec: str = "libsvtav1"
-    noise: float = 0.1  # DART: std of the noise on executed (not recorded) actions; 0 = plain expert
+    noise: float = 0.0  # DART: std of the noise on executed (not recorded) actions; 0 = plain expert
     start_pose: str = "random"  # the env's start_pose: "random" or "home"
     variations: str = ""  # MetaWorld: pinned MT1 variations, e.g. 0-29; "": a new placement per seed
     max_steps: int = 0  # MetaWorld: episode limit; 0: MetaWorld's 500
