@@ -106,7 +106,7 @@ class PretrainedImageEncoder(nn.Module):
         self.trunk = nn.Sequential(net.conv_stem, net.bn1, *net.blocks[:stages])
         self.name, self.stages, self.image_size, self.frozen = name, stages, image_size, frozen
         self.out_channels = LITE0_CHANNELS[stages - 1]
-        self.grid = _conv_out(image_size, LITE0_STRIDES[stages - 1])
+        self.grid = lite0_grid(image_size, stages)
         if frozen:
             self.trunk.requires_grad_(False)
             self.trunk.eval()
@@ -165,9 +165,23 @@ class FeatureTransform:
         return torch.cat(out).to(torch.float16).numpy()
 
 
+@cache
+def shared_encoder(name: str = "lite0", stages: int = 5, image_size: int = 96, device: str = "cpu"
+                   ) -> PretrainedImageEncoder:
+    """The process-wide frozen encoder with these settings on ``device`` (ImageNet weights), built on first
+    use. A frozen encoder lives outside a policy's module tree, like the sentence encoders of
+    ``perception/text.py``: not in its checkpoint, not in its optimiser, shared by every copy of it."""
+    return PretrainedImageEncoder(name, stages, image_size, frozen=True).to(device)
+
+
 def round_like_cache(features: Tensor) -> Tensor:
     """Live encoder features rounded as the feature cache stores them (float16), back in float32."""
     return features.to(torch.float16).float()
+
+
+def lite0_grid(image_size: int, stages: int) -> int:
+    """Side of the feature map of an ``image_size`` frame after ``stages`` Lite0 stages (no model built)."""
+    return _conv_out(image_size, LITE0_STRIDES[stages - 1])
 
 
 def _conv_out(size: int, stride: int) -> int:
