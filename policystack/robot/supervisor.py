@@ -23,6 +23,9 @@ States::
   restarted (at most ``max_restarts`` times) and the next episode starts once it says hello.
 - Loop process died: STOPPED, the worker is stopped, the daemon exits with an error.
 
+- A policy that says the episode is over (a chunk's ``done_step`` >= 0: RT-2's terminate token) ends
+  it once the chunk's actions up to that step have had their ticks (``policy_done``); a later chunk
+  replaces the plan, and with it the decision. The success check of the sim comes first.
 - Operator commands (signed ``command`` messages on the chunk socket: ``policystack daemon stop`` /
   ``end-episode``): stop ends the episode (``stopped``) and the run; end-episode ends the running
   episode (``operator``) and the next one starts. SIGTERM is a stop.
@@ -108,7 +111,7 @@ class EpisodeResult:
     index: int
     success: bool
     steps: int
-    # "success", "timeout", "worker_lost", "worker_stalled", "stopped", "operator", "sensor_fault"
+    # "success", "timeout", "policy_done", "worker_lost", "worker_stalled", "stopped", "operator", "sensor_fault"
     reason: str
     dataset_episode: int | None = None
 
@@ -498,6 +501,8 @@ class Supervisor:
         stall_s = cfg.stall_timeout_s if cfg.stall_timeout_s is not None else r.watchdog_s
         obs_seq, last_sent, answered, reason, success = 0, -np.inf, True, "timeout", False
         waiting_since = np.inf  # when the oldest unanswered observation was sent
+        sent_at: dict[int, int] = {}  # obs_seq -> the step it was sent at
+        done_at: int | None = None  # the step at which the policy's plan ends the episode
         t_next = time.monotonic()
         step = 0
         for step in range(max_steps + 1):
@@ -516,6 +521,9 @@ class Supervisor:
             if success:
                 reason = "success"
                 break
+            if done_at is not None and step >= done_at:
+                reason = "policy_done"
+                break
             if step == max_steps:
                 break
             due = step % replan == 0 or (not answered and t_obs - last_sent > 2 * dt)
@@ -526,6 +534,7 @@ class Supervisor:
                                               task=instruction, state=obs[OBS_STATE],
                                               env_state=obs.get(OBS_ENV_STATE, NO_ENV_STATE), images=images,
                                               reset=step == 0 or obs_seq == 1), zmq.NOBLOCK)
+                sent_at[obs_seq] = step
                 if answered:
                     waiting_since = t_obs
                 last_sent, answered = t_obs, False
@@ -549,6 +558,8 @@ class Supervisor:
                     self._command(msg)
                 elif msg is not None and msg.kind == "chunk" and self._forward_chunk(msg, index, dt):
                     answered = answered or msg.body["obs_seq"] == obs_seq
+                    k = msg.body["done_step"]  # the newest plan decides
+                    done_at = sent_at[msg.body["obs_seq"]] + k + 1 if k >= 0 and msg.body["obs_seq"] in sent_at else None
                     if answered:
                         waiting_since = np.inf
                 self._telemetry()

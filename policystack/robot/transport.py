@@ -42,9 +42,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "obs": {"episode": "int", "obs_seq": "int", "t_obs": "float", "dt": "float", "task": "str",
             "state": ("array", "float32", 1), "env_state": ("array", "float32", 1),
             "images": ("map", ("array", "uint8", 3)), "reset": "bool"},
-    # worker -> daemon: an action chunk [n, A] for the observation obs_seq
+    # worker -> daemon: an action chunk [n, A] for the observation obs_seq; done_step: the chunk step after
+    # which the policy says the episode is over (Policy.done, RT-2's terminate token), -1 if none
     "chunk": {"episode": "int", "obs_seq": "int", "t_obs": "float", "dt": "float",
-              "actions": ("array", "float32", 2), "infer_s": "float"},
+              "actions": ("array", "float32", 2), "infer_s": "float", "done_step": "int"},
     # worker -> daemon: the worker is up (or failed to load: error != ""), with what its policy takes:
     # observation.state [state_dim] and images {camera: int64 [3] = (3, H, W)}
     "hello": {"policy": "str", "horizon": "int", "n_action_steps": "int", "action_dim": "int", "error": "str",

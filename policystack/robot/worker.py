@@ -15,7 +15,9 @@ worker.key_secret`` (a listed client's pair); without ``--client-key`` the worke
 pair. A worker the supervisor starts gets both keys through its environment.
 
 Every observation with ``reset`` starts a new episode (``policy.reset()``); every observation is
-answered with the full predicted chunk ``[H, A]`` stamped with the observation's ``t_obs``.
+answered with the full predicted chunk ``[H, A]`` stamped with the observation's ``t_obs``, and with
+``done_step``: the first chunk step after which the policy says the episode is over
+(``Policy.predict_action_chunk_with_done``, RT-2's terminate token), -1 when it does not say so.
 """
 
 from __future__ import annotations
@@ -126,10 +128,13 @@ def serve(checkpoint: str, obs_addr: str, chunk_addr: str, token: bytes, max_byt
             policy.reset()
         t0 = time.perf_counter()
         with torch.no_grad():
-            chunk = policy.predict_action_chunk(obs_to_batch(b))[0].float().cpu().numpy()  # [H, A]
+            actions, done = policy.predict_action_chunk_with_done(obs_to_batch(b))
+        chunk = actions[0].float().cpu().numpy()  # [H, A]
+        done_step = int(done[0].int().argmax()) if done is not None and bool(done[0].any()) else -1
         try:
             out.send(enc.encode("chunk", episode=b["episode"], obs_seq=b["obs_seq"], t_obs=b["t_obs"],
-                                dt=b["dt"], actions=chunk, infer_s=time.perf_counter() - t0), zmq.NOBLOCK)
+                                dt=b["dt"], actions=chunk, infer_s=time.perf_counter() - t0,
+                                done_step=done_step), zmq.NOBLOCK)
         except zmq.Again:
             print("worker: daemon is not taking chunks (queue full); dropped one", file=sys.stderr)
 

@@ -44,6 +44,10 @@ class DatasetConfig:
     cache_dir: Any = None  # loader cache (None: ~/.cache/policystack/loader; false: in memory only)
     num_workers: int = 1  # DataLoader worker processes (each runs one torch thread)
     frame_cache_bytes: int = 8 * 2**30  # bound on decoded video frames kept by the loader
+    # more datasets mixed into every batch (co-training, e.g. RT-2's vision-language examples from
+    # `policystack vqa`): their paths, and each one's share of a batch (the `path` dataset gets the rest)
+    mixture: list[str] | None = None
+    mixture_weights: list[float] | None = None
 
 
 @dataclass
@@ -355,6 +359,12 @@ def check_config(cfg: TrainConfig) -> None:
     need(cfg.checkpoint.keep_last >= 1, f"checkpoint.keep_last={cfg.checkpoint.keep_last}: expected >= 1")
     need(cfg.log.every >= 1, f"log.every={cfg.log.every}: expected >= 1")
     need(cfg.dataset.num_workers >= 0, f"dataset.num_workers={cfg.dataset.num_workers}: expected >= 0")
+    mix, weights = cfg.dataset.mixture or [], cfg.dataset.mixture_weights or []
+    need(len(mix) == len(weights), f"dataset.mixture has {len(mix)} dataset(s) but dataset.mixture_weights has "
+         f"{len(weights)} weight(s); give one weight (its share of each batch) per mixed-in dataset")
+    need(all(0 < w < 1 for w in weights) and sum(weights) < 1,
+         f"dataset.mixture_weights={weights}: each must be in (0, 1) and their sum below 1 (dataset.path gets "
+         "the rest of each batch; RT-2 used 50-66% robot data)")
     need(cfg.threads is None or cfg.threads >= 1, f"threads={cfg.threads}: expected >= 1 or null")
     need(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
          f"device={cfg.device!r}: expected auto, cpu, cuda or cuda:N")

@@ -16,7 +16,7 @@ TOKEN = b"0123456789abcdef-test-token"
 
 def chunk_body(**over):
     body = dict(episode=0, obs_seq=1, t_obs=1.5, dt=0.1, actions=np.arange(16, dtype=np.float32).reshape(2, 8),
-                infer_s=0.01)
+                infer_s=0.01, done_step=-1)
     body.update(over)
     return body
 
