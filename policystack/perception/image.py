@@ -158,11 +158,14 @@ class FeatureTransform:
         self.cache_id = encoder.cache_id
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
+        # identical frames (a still scene, e.g. the examples of one vision-language scene) are encoded once
+        unique, inverse = np.unique(np.asarray(frames).reshape(len(frames), -1), axis=0, return_inverse=True)
+        unique = unique.reshape(len(unique), *frames.shape[1:])
         out = []
         with torch.no_grad():
-            for i in range(0, len(frames), self.batch_size):
-                out.append(self.encoder(torch.from_numpy(np.array(frames[i:i + self.batch_size]))))
-        return torch.cat(out).to(torch.float16).numpy()
+            for i in range(0, len(unique), self.batch_size):
+                out.append(self.encoder(torch.from_numpy(np.array(unique[i:i + self.batch_size]))))
+        return torch.cat(out).to(torch.float16).numpy()[inverse.reshape(-1)]
 
 
 @cache

@@ -219,6 +219,11 @@ class Policy(nn.Module):
         has features for). A family may keep something derived instead (RT-1: image tokens)."""
         return {k: obs[k] for k in self.features if k.startswith("observation.") and k in obs}
 
+    def fsdp_modules(self) -> list[nn.Module]:
+        """The submodules ``strategy=fsdp`` shards one by one (e.g. a language model's decoder layers): each
+        gathers its weights only while it runs. Default: none (the whole policy is one unit)."""
+        return []
+
     def load_external_weights(self) -> None:
         """Load weights that live outside policystack checkpoints (e.g. a pretrained backbone the config
         names by path). ``policystack train`` calls it once for a policy that starts from scratch; a
@@ -251,12 +256,14 @@ class Policy(nn.Module):
         self.history.clear()
         self.done = None
 
-    def save_pretrained(self, directory: str | Path) -> Path:
+    def save_pretrained(self, directory: str | Path, state_dict: dict[str, Tensor] | None = None) -> Path:
         """Write ``config.json`` (format version, policy name, config, features) and ``model.safetensors``
-        (weights and normalisation statistics) atomically."""
+        (weights and normalisation statistics) atomically. ``state_dict``: the weights to write instead of
+        ``self.state_dict()`` (a sharded training run's gathered full weights)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in _untied(self.state_dict()).items()}
+        state = self.state_dict() if state_dict is None else state_dict
+        tensors = {k: v.detach().cpu().contiguous() for k, v in _untied(state).items()}
         atomic_write_bytes(directory / WEIGHTS_NAME, save(tensors))
         atomic_write_json(directory / CONFIG_NAME, {
             "format_version": FORMAT_VERSION,

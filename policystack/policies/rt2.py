@@ -266,6 +266,12 @@ class RT2Policy(Policy):
         encoder = shared_encoder("lite0", c.lite0_stages, c.image_size)
         return {k: encoder.frame_transform() for k in self.camera_keys}
 
+    def fsdp_modules(self) -> list[nn.Module]:
+        """strategy=fsdp units: the text model's decoder layers and the built-in vision encoder's layers."""
+        text = list(self.vlm.model.model.text_model.layers)
+        vision = self.vlm.model.model.vision_model
+        return text + (list(vision.encoder.layers) if vision is not None else [])
+
     # --- images -> tokens --------------------------------------------------------------------
     @property
     def device(self) -> torch.device:

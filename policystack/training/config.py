@@ -132,6 +132,9 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     amp: bool | None = None  # bf16 autocast; None: on for CUDA, off on CPU
     compile: bool = False  # torch.compile the loss computation
+    # under torchrun: "ddp" (a full copy per process) or "fsdp" (weights, gradients and optimiser state
+    # sharded over the processes: training/fsdp.py; no EMA, no periodic evaluation)
+    strategy: str = "ddp"
     threads: int | None = None  # torch threads per process; None: cores / processes - loader workers
     # what the policy preset's recipe set (dotted key -> value), for the record; filled by composition
     recipe: dict[str, Any] = field(default_factory=dict)
@@ -371,6 +374,12 @@ def check_config(cfg: TrainConfig) -> None:
     need(cfg.log.wandb.mode in (None, "online", "offline", "disabled"),
          f"log.wandb.mode={cfg.log.wandb.mode!r}: expected online, offline, disabled or null")
     need(isinstance(cfg.resume, (bool, str)), f"resume={cfg.resume!r}: expected true/false or a run directory")
+    need(cfg.strategy in ("ddp", "fsdp"), f"strategy={cfg.strategy!r}: expected ddp or fsdp")
+    need(cfg.strategy != "fsdp" or not cfg.ema.enabled,
+         "strategy=fsdp with ema.enabled=true: an EMA of sharded weights is not supported; set ema.enabled=false")
+    need(cfg.strategy != "fsdp" or not cfg.eval.every,
+         f"strategy=fsdp with eval.every={cfg.eval.every}: rank 0 alone cannot run a sharded model; set eval.every=0 "
+         "and evaluate the checkpoints with `policystack eval checkpoint=<run>/checkpoints/<step>`")
     if cfg.env.task is not None:
         from policystack.eval.envs import resolve_task
 

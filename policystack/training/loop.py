@@ -7,8 +7,9 @@ gradient clipping, AdamW step, LR schedule, EMA, logging, periodic evaluation, c
 
 Policies meet the loop only through the Policy interface: ``compute_loss(batch) -> (loss, logs)``
 and ``save_pretrained``. Under ``torchrun`` (DDP, gloo on CPU, nccl on GPU) ``compute_loss`` is
-called through ``LossModule`` wrapped in DistributedDataParallel; each process reads its own slice
-of the seeded data order (``StepBatchSampler``); rank 0 alone logs, evaluates and checkpoints.
+called through ``LossModule`` wrapped in DistributedDataParallel, or, with ``strategy=fsdp``, sharded
+by FSDP (``training/fsdp.py``); each process reads its own slice of the seeded data order
+(``StepBatchSampler``); rank 0 alone logs, evaluates and checkpoints.
 
 Exactness: the data order is a function of the step, the sanity step and the evaluations run on
 forked RNG streams, and checkpoints hold every RNG state, so a run killed and resumed reproduces
@@ -308,14 +309,20 @@ def train(cfg: TrainConfig) -> Path:
         policy.load_external_weights()
     policy.to(device).train()
 
-    # -- optimiser, schedule, EMA; the module the loop calls
+    # -- the module the loop calls (sharded first under FSDP: the optimiser takes the sharded parameters);
+    # optimiser, schedule, EMA
+    model: nn.Module = LossModule(policy)
+    sharded = world > 1 and cfg.strategy == "fsdp"
+    if sharded:
+        from policystack.training import fsdp
+
+        model = fsdp.shard(model, policy)
     o = cfg.optim
     optimizer = torch.optim.AdamW(param_groups(policy, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, o.warmup_steps, cfg.steps, o.min_lr_ratio))
     ema = EMA(policy, cfg.ema.decay) if cfg.ema.enabled else None
-    model: nn.Module = LossModule(policy)
-    if world > 1:
+    if world > 1 and not sharded:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=cfg.ddp.find_unused_parameters)
@@ -328,7 +335,8 @@ def train(cfg: TrainConfig) -> Path:
     # -- resume: weights, optimiser, schedule, EMA, RNG; the data order follows from the step
     start = 0
     if resume_from is not None:
-        state = checkpoint.load_checkpoint(resume_from, policy, optimizer, scheduler, ema, rank=rank)
+        state = checkpoint.load_checkpoint(resume_from, policy, optimizer, scheduler, ema, rank=rank,
+                                           sharded=model if sharded else None)
         start = state["step"]
         expected = make_sampler(dataset, cfg, 0, 0, rank, world).state_dict()
         if state["data_order"] != expected:
@@ -418,12 +426,13 @@ def train(cfg: TrainConfig) -> Path:
                 if world > 1:
                     rngs = [None] * world
                     dist.all_gather_object(rngs, checkpoint.capture_rng())
+                gathered = fsdp.full_state(model, optimizer) if sharded else None  # every rank takes part
                 if master:
                     checkpoint.save_checkpoint(
                         run_dir, done, policy, optimizer, scheduler, ema, rngs,
                         extra={"data_order": sampler.state_dict(), "world_size": world,
-                               "config": config_to_dict(cfg)},
-                        keep_last=cfg.checkpoint.keep_last)
+                               "config": config_to_dict(cfg), "strategy": cfg.strategy if world > 1 else "single"},
+                        keep_last=cfg.checkpoint.keep_last, gathered=gathered)
                 if world > 1:
                     dist.barrier()
     finally:
