@@ -3,7 +3,7 @@
     policystack eval checkpoint=DIR|expert env=TASK[,TASK...] [episodes=20] [n_envs=1] [seed=1000]
         [out=DIR] [videos=2] [max_steps=N] [device=cpu] [policy=NAME] [overwrite=false]
         [cameras=front,wrist] [image_size=96] [action_mode=ee_delta] [start_pose=random|home]
-        [swap_instruction=false]
+        [swap_instruction=false] [instructions=templates|paraphrases]
 
 checkpoint: a policy directory, a training checkpoint or a run directory (its latest checkpoint),
 or ``expert`` for the task's scripted expert. policy=NAME checks the checkpoint is of that family.
@@ -15,6 +15,8 @@ rate with its Wilson 95% interval.
 swap_instruction=true: the same seeded scenes, but each instruction names another of the scene's
 objects (the same template, another colour) and success is judged on that object: the rate printed
 is how often the policy follows the instruction (docs/evaluation.md). OUT defaults to ..._swap.
+instructions=paraphrases: the same scenes, the instructions worded by the task's paraphrases, which no
+demonstration uses (docs/envs.md). OUT defaults to ..._paraphrases.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class EvalArgs:
     action_mode: str = ""
     start_pose: str = ""
     swap_instruction: bool = False
+    instructions: str = ""
 
     @property
     def tasks(self) -> list[str]:
@@ -63,12 +66,15 @@ class EvalArgs:
             kw["action_mode"] = self.action_mode
         if self.start_pose:
             kw["start_pose"] = self.start_pose
+        if self.instructions:
+            kw["instructions"] = self.instructions
         return kw or None
 
     def out_dir(self) -> Path:
         if self.out:
             return Path(self.out)
-        name = "_".join(self.tasks) + ("_swap" if self.swap_instruction else "")
+        name = "_".join(self.tasks) + ("_swap" if self.swap_instruction else "") \
+            + ("_paraphrases" if self.instructions == "paraphrases" else "")
         if self.checkpoint == "expert":
             return Path("outputs/eval/expert") / name
         return Path(self.checkpoint) / "eval" / name
