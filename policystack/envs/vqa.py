@@ -140,6 +140,18 @@ def scene_questions(objects: list[SceneObject], ee_pos: np.ndarray, drawer_open:
     return {k: v for k, v in qs.items() if v}
 
 
+def question_kind(question: str) -> str:
+    """Which of ``QUESTION_KINDS`` a question of this generator is (from its wording)."""
+    for prefix, kind in (("describe", "caption"), ("what colour", "color"), ("is there", "exists"),
+                         ("how many", "count"), ("which", "closest"), ("is the drawer open", "drawer"),
+                         ("where is", "point")):
+        if question.startswith(prefix):
+            return kind
+    if question.startswith("is the ") and " left of " in question:
+        return "relation"
+    raise ValueError(f"question {question!r} is not one `policystack vqa` asks; kinds: {QUESTION_KINDS}")
+
+
 def _balanced(pairs: list[tuple[str, str]], rng: np.random.Generator) -> tuple[str, str]:
     """One question; yes/no kinds draw the answer first (half yes, half no) when both occur."""
     answers = sorted({a for _, a in pairs})
