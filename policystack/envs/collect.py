@@ -3,7 +3,7 @@
     policystack collect env=PickPlace episodes=50 out=data/pickplace [workers=2]
         [cameras=front,wrist] [image_size=96] [seed=0] [only_success=true]
         [action_mode=ee_delta] [env_state=false] [max_attempts=N] [vcodec=libsvtav1]
-        [noise=0.1] [start_pose=random|home]
+        [noise=0.1] [start_pose=random|home] [exclude=purple,...]
     policystack collect env=Reach,PressButton,OpenDrawer episodes=100 out=data/multi [...]
     policystack collect env=metaworld/reach-v3 episodes=50 out=data/mw-reach [cameras=corner2]
         [variations=0-29] [max_steps=150] [camera_convention=lerobot]
@@ -19,6 +19,10 @@ action plus Gaussian noise of std S on its motion part while the dataset records
 action, so policies also see states off the expert's path labelled with the correction. The default 0.1
 keeps every task's expert at >= 95% success (0.2 drops Stack to 73%, docs/envs.md); ``noise=0`` records
 the plain expert. ``start_pose`` is the env's (random start poses by default, docs/envs.md).
+
+``exclude=w1,w2`` keeps no episode whose instruction contains one of these words (whole words, any
+case): a held-out study's demos (e.g. ``exclude=purple``: no Reach demo names the purple ball; purple
+balls still appear as distractors). Excluded seeds count as attempts, like failures.
 
 ``env=A,B,C`` writes ``episodes`` demos of EACH task into one dataset, task by task in the order
 given (all of A's episodes, then B's, ...); every task's seeds start at ``seed``, so the A part
@@ -69,13 +73,14 @@ class CollectConfig:
     only_success: bool = True
     action_mode: str = "ee_delta"
     env_state: bool = False  # also record observation.environment_state (object poses)
-    max_attempts: int = 0  # per task; 0: 2 * episodes + 10 (episodes with only_success=false)
+    max_attempts: int = 0  # per task; 0: 2 * episodes + 10 (episodes with only_success=false and no exclude)
     vcodec: str = "libsvtav1"
     noise: float = 0.1  # DART: std of the noise on executed (not recorded) actions; 0 = plain expert
     start_pose: str = "random"  # the env's start_pose: "random" or "home"
     variations: str = ""  # MetaWorld: pinned MT1 variations, e.g. 0-29; "": a new placement per seed
     max_steps: int = 0  # MetaWorld: episode limit; 0: MetaWorld's 500
     camera_convention: str = "lerobot"  # MetaWorld: lerobot | upright | vflip (docs/envs.md)
+    exclude: tuple[str, ...] = ()  # words: an episode whose instruction has one is not kept (held-out studies)
 
     @property
     def tasks(self) -> list[str]:
@@ -88,7 +93,8 @@ class CollectConfig:
 
     def keeps(self, ep: Episode) -> bool:
         """Whether episode ``ep`` goes into the dataset."""
-        return ep.success or not self.only_success
+        words = set(ep.task.lower().split())
+        return (ep.success or not self.only_success) and not any(w.lower() in words for w in self.exclude)
 
     def metaworld_config(self) -> dict:
         """MetaWorldConfig fields of a MetaWorld collection."""
@@ -154,7 +160,7 @@ class CollectConfig:
         if self.start_pose not in START_POSES:
             raise ValueError(f"start_pose={self.start_pose!r}: expected one of {', '.join(START_POSES)}")
         if self.max_attempts == 0:
-            self.max_attempts = 2 * self.episodes + 10 if self.only_success else self.episodes
+            self.max_attempts = 2 * self.episodes + 10 if self.only_success or self.exclude else self.episodes
         if self.max_attempts < self.episodes:
             raise ValueError(f"max_attempts={self.max_attempts} is below episodes={self.episodes}")
 

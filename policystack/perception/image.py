@@ -26,6 +26,7 @@ Shapes: uint8 [N, 3, H, W] -> float32 [N, C, g, g] (``out_channels``, ``grid``).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 from pathlib import Path
@@ -100,7 +101,7 @@ class PretrainedImageEncoder(nn.Module):
             self.load_pretrained()
         self.name, self.stages, self.image_size, self.frozen = name, stages, image_size, frozen
         self.out_channels = LITE0_CHANNELS[stages - 1]
-        self.grid = _conv_out(image_size, LITE0_STRIDES[stages - 1])
+        self.grid = lite0_grid(image_size, stages)
         if frozen:
             self.trunk.requires_grad_(False)
             self.trunk.eval()
@@ -170,20 +171,30 @@ class FeatureTransform:
     cached features and acting on live ones see the same precision."""
 
     def __init__(self, encoder: PretrainedImageEncoder, batch_size: int = 64):
-        self.encoder, self.batch_size = encoder, batch_size
+        # a copy: the loader's function stays what it was when made, whatever happens to the policy's
+        # encoder afterwards (moved to a GPU, sharded into DTensors by strategy=fsdp)
+        self.encoder, self.batch_size = copy.deepcopy(encoder), batch_size
         self.cache_id = encoder.cache_id
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
+        # identical frames (a still scene, e.g. the examples of one vision-language scene) are encoded once
+        unique, inverse = np.unique(np.asarray(frames).reshape(len(frames), -1), axis=0, return_inverse=True)
+        unique = unique.reshape(len(unique), *frames.shape[1:])
         out = []
         with torch.no_grad():
-            for i in range(0, len(frames), self.batch_size):
-                out.append(self.encoder(torch.from_numpy(np.array(frames[i:i + self.batch_size]))))
-        return torch.cat(out).to(torch.float16).numpy()
+            for i in range(0, len(unique), self.batch_size):
+                out.append(self.encoder(torch.from_numpy(np.array(unique[i:i + self.batch_size]))))
+        return torch.cat(out).to(torch.float16).numpy()[inverse.reshape(-1)]
 
 
 def round_like_cache(features: Tensor) -> Tensor:
     """Live encoder features rounded as the feature cache stores them (float16), back in float32."""
     return features.to(torch.float16).float()
+
+
+def lite0_grid(image_size: int, stages: int) -> int:
+    """Side of the feature map of an ``image_size`` frame after ``stages`` Lite0 stages (no model built)."""
+    return _conv_out(image_size, LITE0_STRIDES[stages - 1])
 
 
 def _conv_out(size: int, stride: int) -> int:

@@ -8,6 +8,7 @@ import pytest
 
 from policystack import envs
 from policystack.cli import main as cli_main
+from policystack.datasets.meta import DatasetMeta
 from policystack.envs.collect import CollectConfig, Episode, _in_order, collect, parse_args
 from policystack.envs.experts import make_expert, run_episode
 from policystack.types import ACTION, OBS_ENV_STATE, OBS_STATE, camera_key
@@ -91,6 +92,19 @@ def test_only_success_false_keeps_failures_and_workers_agree(tmp_path):
     t1 = pq.read_table(tmp_path / "w1" / "data").to_pydict()
     t2 = pq.read_table(tmp_path / "w2" / "data").to_pydict()
     assert t1[ACTION] == t2[ACTION] and t1[OBS_STATE] == t2[OBS_STATE]
+
+
+def test_exclude_keeps_no_episode_naming_the_word(tmp_path):
+    # held-out study demos: no kept instruction names the excluded colour; the other seeds are kept in order
+    cfg = CollectConfig(env="Reach", episodes=3, out=tmp_path / "ds", cameras=(), seed=0, exclude=("Red", "blue"))
+    summary = collect(cfg, progress=False)
+    names = list(DatasetMeta.load(tmp_path / "ds").tasks)
+    assert summary["episodes"] == 3 and names
+    assert not any(w in t.split() for t in names for w in ("red", "blue")), names
+    env = envs.make("Reach", cameras=())
+    named = [env.reset(seed=s)[1]["task"] for s in range(summary["attempts"])]
+    assert sum(not ({"red", "blue"} & set(t.split())) for t in named) == 3  # every other seed was kept
+    assert parse_args(["env=Reach", "episodes=1", "out=x", "exclude=purple,red"]).exclude == ("purple", "red")
 
 
 def test_env_state_is_recorded(tmp_path):
