@@ -53,7 +53,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1  # of config.json + model.safetensors; from_pretrained refuses any other
 # The families policystack ships, each ``policystack.policies.<name>`` (a module or a package).
-FAMILIES = ("bc", "rt1", "act", "diffusion")
+FAMILIES = ("bc", "rt1", "act", "diffusion", "uwm")
 
 
 @dataclass
@@ -68,6 +68,9 @@ class PolicyConfig:
 
     # a family that can train on datasets without an `action` feature (e.g. a world model on video)
     actions_optional: ClassVar[bool] = False
+    # a family whose compute_loss takes batches in which some samples have no actions (their `action` zeros,
+    # `action_is_pad` all true): co-training on action-free video through `dataset.action_free` (uwm)
+    action_free_samples: ClassVar[bool] = False
 
     n_obs_steps: int = 1  # T_obs: frames of observation history (offsets -(T_obs-1) .. 0)
     horizon: int = 1  # H: actions predicted per chunk (offsets 0 .. H-1)
