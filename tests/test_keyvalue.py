@@ -13,6 +13,7 @@ class Args:
     episodes: int = 1
     only_success: bool = True
     cameras: tuple[str, ...] | None = None
+    widths: tuple[int, ...] = ()
 
 
 def test_converts_by_annotation():
@@ -20,6 +21,7 @@ def test_converts_by_annotation():
                           required=("env", "out"))
     assert kw == {"env": "Reach", "out": Path("d"), "episodes": 5, "only_success": False, "cameras": ("front", "wrist")}
     assert parse_key_values(["cameras=none"], Args)["cameras"] == ()
+    assert parse_key_values(["widths=16,32"], Args)["widths"] == (16, 32)
 
 
 @pytest.mark.parametrize("argv, msg", [
@@ -28,6 +30,7 @@ def test_converts_by_annotation():
     (["episodes=three"], "episodes='three': expected an integer"),
     (["only_success=maybe"], "only_success='maybe': expected true or false"),
     (["env=Reach"], "missing required argument(s): out="),
+    (["widths=16,x"], "widths='16,x': expected comma-separated integers"),
 ])
 def test_errors_name_the_argument(argv, msg):
     with pytest.raises(ValueError) as e:
