@@ -536,6 +536,66 @@ class WindowedDataset(torch.utils.data.Dataset):
         return built
 
 
+# --- several datasets as one -------------------------------------------------------------------
+class MixedWindows(torch.utils.data.Dataset):
+    """Several ``WindowedDataset``s as one index space, in order (``parts[0]``'s samples first), for
+    co-training. Every sample has the keys of ``parts[0]``; a key another part lacks (the ``action`` of
+    action-free video) comes as zeros of ``parts[0]``'s shape with ``<key>_is_pad`` all true, so a
+    policy tells those samples by their padding. Other parts must give the keys they share with the
+    first one at the same shapes (checked on the first sample of each)."""
+
+    def __init__(self, parts: Sequence[WindowedDataset]):
+        if not parts:
+            raise ValueError("MixedWindows needs at least one dataset")
+        self.parts = list(parts)
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+        first = self.parts[0].get_batch([0])
+        self._template = {k: (tuple(v.shape[1:]), v.dtype) for k, v in first.items() if isinstance(v, torch.Tensor)}
+        for p in self.parts[1:]:
+            got = p.get_batch([0])
+            bad = {k: (tuple(v.shape[1:]), self._template[k][0]) for k, v in got.items()
+                   if k in self._template and tuple(v.shape[1:]) != self._template[k][0]}
+            if bad:
+                raise DataError(f"{p.root}: shapes differ from {self.parts[0].root} (key: (its shape, expected)): {bad}")
+            missing = [k for k in self._template if k not in got and not k.endswith(PAD_SUFFIX)]
+            lacking_pads = [k for k in missing if k + PAD_SUFFIX not in self._template]
+            if lacking_pads:
+                raise DataError(f"{p.root}: lacks {lacking_pads}, which {self.parts[0].root} gives without frame "
+                                f"offsets, so they cannot be marked as padding")
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def get_batch(self, indices: Sequence[int] | np.ndarray) -> dict:
+        """As ``WindowedDataset.get_batch`` over the concatenated index space."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        n = len(self)
+        if len(idx) and (idx.min() < 0 or idx.max() >= n):
+            raise IndexError(f"index out of range for {n} frames: {idx[(idx < 0) | (idx >= n)][:5].tolist()}")
+        which = np.searchsorted(self.offsets, idx, side="right") - 1
+        out = {k: torch.zeros((len(idx), *shape), dtype=dtype) for k, (shape, dtype) in self._template.items()}
+        for k in out:
+            if k.endswith(PAD_SUFFIX):
+                out[k].fill_(True)
+        tasks: list = [None] * len(idx)
+        for i in np.unique(which):
+            rows = np.flatnonzero(which == i)
+            sub = self.parts[i].get_batch(idx[rows] - self.offsets[i])
+            for k, v in sub.items():
+                if k in out:
+                    out[k][torch.from_numpy(rows)] = v
+            for r, task in zip(rows.tolist(), sub[TASK]):
+                tasks[r] = task
+        out[TASK] = tasks
+        return out
+
+    def __getitems__(self, indices: list[int]) -> WindowBatch:
+        return WindowBatch(self.get_batch(indices), len(indices))
+
+    def __getitem__(self, idx: int) -> dict:
+        return self.__getitems__([int(idx)])[0]
+
+
 # --- batches ----------------------------------------------------------------------------------
 class WindowBatch(Sequence):
     """The samples of one batch, kept stacked: ``batch`` is the dict of [B, ...] tensors and

@@ -3,7 +3,7 @@
     policystack collect env=PickPlace episodes=50 out=data/pickplace [workers=2]
         [cameras=front,wrist] [image_size=96] [seed=0] [only_success=true]
         [action_mode=ee_delta] [env_state=false] [max_attempts=N] [vcodec=libsvtav1]
-        [noise=0.1] [start_pose=random|home]
+        [noise=0.1] [start_pose=random|home] [actions=true]
     policystack collect env=Reach,PressButton,OpenDrawer episodes=100 out=data/multi [...]
     policystack collect env=metaworld/reach-v3 episodes=50 out=data/mw-reach [cameras=corner]
 
@@ -18,6 +18,9 @@ action plus Gaussian noise of std S on its motion part while the dataset records
 action, so policies also see states off the expert's path labelled with the correction. The default 0.1
 keeps every task's expert at >= 95% success (0.2 drops Stack to 73%, docs/envs.md); ``noise=0`` records
 the plain expert. ``start_pose`` is the env's (random start poses by default, docs/envs.md).
+
+``actions=false`` writes the same episodes without the ``action`` feature: action-free video, which
+a world model (uwm) co-trains on through ``policystack train ... dataset.action_free=[DIR]``.
 
 ``env=A,B,C`` writes ``episodes`` demos of EACH task into one dataset, task by task in the order
 given (all of A's episodes, then B's, ...); every task's seeds start at ``seed``, so the A part
@@ -70,6 +73,7 @@ class CollectConfig:
     vcodec: str = "libsvtav1"
     noise: float = 0.1  # DART: std of the noise on executed (not recorded) actions; 0 = plain expert
     start_pose: str = "random"  # the env's start_pose: "random" or "home"
+    actions: bool = True  # record the action; false writes action-free video (world-model co-training)
 
     @property
     def tasks(self) -> list[str]:
@@ -102,6 +106,8 @@ class CollectConfig:
             if task not in metaworld_tasks():
                 raise KeyError(f"env={self.env!r}: unknown MetaWorld task; valid: {', '.join(metaworld_tasks())}")
             self.cameras = ("corner",) if self.cameras is None else self.cameras
+            if not self.actions:
+                raise ValueError("actions=false applies to tabletop tasks; MetaWorld demos are collected with actions")
             return
         self.cameras = ("front", "wrist") if self.cameras is None else self.cameras
         names = [t.removeprefix("policystack/").removesuffix("-v0") for t in tasks]
@@ -278,6 +284,8 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict:
     from policystack.datasets.writer import DatasetWriter
 
     features, fps = common_features(cfg)  # before anything is written
+    if not cfg.actions:
+        features = {k: f for k, f in features.items() if k != ACTION}
     counts = {t: {"episodes": 0, "frames": 0, "attempts": 0} for t in cfg.tasks}
     bar = tqdm(total=cfg.episodes * len(cfg.tasks), desc=f"collect {cfg.tasks[0]}", unit="ep",
                disable=not progress)
@@ -289,7 +297,7 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict:
             keep = cfg.keeps(ep)
             if keep:
                 for t in range(len(ep)):
-                    frame = {k: v[t] for k, v in ep.frames.items()}
+                    frame = {k: v[t] for k, v in ep.frames.items() if k in features}
                     frame[TASK] = ep.task
                     writer.add_frame(frame)
                 writer.save_episode()

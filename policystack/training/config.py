@@ -44,6 +44,9 @@ class DatasetConfig:
     cache_dir: Any = None  # loader cache (None: ~/.cache/policystack/loader; false: in memory only)
     num_workers: int = 1  # DataLoader worker processes (each runs one torch thread)
     frame_cache_bytes: int = 8 * 2**30  # bound on decoded video frames kept by the loader
+    # datasets without actions (video) mixed into training after `path`'s samples, for a family whose config
+    # sets action_free_samples (uwm); each needs every observation the policy reads, at the same shapes
+    action_free: list[str] = field(default_factory=list)
 
 
 @dataclass

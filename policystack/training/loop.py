@@ -33,7 +33,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from policystack.datasets.loader import WindowedDataset, collate_windows
+from policystack.datasets.loader import MixedWindows, WindowedDataset, collate_windows
 from policystack.datasets.meta import DatasetMeta
 from policystack.io import atomic_write_json
 from policystack.policies.base import WEIGHTS_NAME, Policy, PolicyConfig, resolve_checkpoint
@@ -99,7 +99,8 @@ def dataset_features(cfg: TrainConfig, pcfg: PolicyConfig) -> tuple[DatasetMeta,
     if ACTION not in features and not pcfg.actions_optional:
         raise DataError(f"{meta.root}/meta/info.json: no {ACTION!r} feature to train on; features: {sorted(features)} "
                         f"(policy {cfg.policy['name']!r} needs actions; only a family whose config sets "
-                        f"actions_optional trains on action-free data)")
+                        f"actions_optional trains on action-free data; a world model such as uwm takes action-free "
+                        f"video beside a dataset with actions: dataset.action_free=[DIR])")
     if cfg.dataset.cameras is not None:
         have = [k.removeprefix(OBS_IMAGES + ".") for k in features if is_image_key(k)]
         missing = [c for c in cfg.dataset.cameras if camera_key(c) not in features]
@@ -112,6 +113,35 @@ def dataset_features(cfg: TrainConfig, pcfg: PolicyConfig) -> tuple[DatasetMeta,
         raise DataError(f"{meta.root}/meta/stats.json: missing; a policy needs normalisation statistics "
                         f"(run `policystack dataset stats --write {meta.root}`)")
     return meta, features
+
+
+def action_free_datasets(cfg: TrainConfig, pcfg: PolicyConfig, features: FeatureSpec,
+                         deltas: dict[str, list[int]]) -> list[WindowedDataset]:
+    """The ``dataset.action_free`` datasets (video for co-training), each giving every observation the
+    policy reads at the same offsets; refused, saying why, for a family that cannot take action-free
+    samples or a dataset that lacks an observation or has it at another shape."""
+    if not cfg.dataset.action_free:
+        return []
+    if not pcfg.action_free_samples:
+        raise ValueError(f"dataset.action_free: policy {cfg.policy['name']!r} does not train on action-free samples "
+                         f"(only a family whose config sets action_free_samples, e.g. uwm)")
+    keys = [k for k in features if k != ACTION]
+    out = []
+    for path in cfg.dataset.action_free:
+        meta = DatasetMeta.load(path)
+        missing = [k for k in keys if k not in meta.features]
+        if missing:
+            raise DataError(f"{meta.root}/meta/info.json (dataset.action_free): lacks {missing}, which the policy "
+                            f"reads; its features: {sorted(meta.features)}")
+        differ = {k: (meta.features[k].shape, features[k].shape) for k in keys
+                  if tuple(meta.features[k].shape) != tuple(features[k].shape)}
+        if differ:
+            raise DataError(f"{meta.root}/meta/info.json (dataset.action_free): shapes differ from "
+                            f"{cfg.dataset.path} (key: (its shape, expected)): {differ}")
+        out.append(WindowedDataset(meta.root, delta_indices={k: d for k, d in deltas.items() if k != ACTION},
+                                   keys=keys, cache_dir=cfg.dataset.cache_dir,
+                                   frame_cache_bytes=cfg.dataset.frame_cache_bytes))
+    return out
 
 
 def build_policy(klass: type[Policy], pcfg: PolicyConfig, features: FeatureSpec, meta: DatasetMeta) -> Policy:
@@ -254,6 +284,9 @@ def train(cfg: TrainConfig) -> Path:
     deltas = pcfg.delta_indices(features)
     dataset = WindowedDataset(meta.root, delta_indices=deltas, keys=list(features),
                               cache_dir=cfg.dataset.cache_dir, frame_cache_bytes=cfg.dataset.frame_cache_bytes)
+    extra = action_free_datasets(cfg, pcfg, features, deltas)
+    if extra:
+        dataset = MixedWindows([dataset, *extra])
     policy = build_policy(klass, pcfg, features, meta)
     eval_kwargs = check_env(cfg.env, features) if cfg.env.task is not None else None
     if cfg.eval.every and master:
@@ -311,7 +344,7 @@ def train(cfg: TrainConfig) -> Path:
         tracker = Tracker(run_dir, config_to_dict(cfg), cfg.log.wandb, name=run_dir.name,
                           resume_step=start if (resume_from is not None or cfg.resume) else None)
         print(f"policystack train: {klass.name} ({sum(p.numel() for p in policy.parameters()):,} parameters) on "
-              f"{meta.root} ({len(dataset)} frames), {world} process(es) on {device}, steps {start}->{cfg.steps}, "
+              f"{meta.root} ({len(dataset)} frames{f' with {len(dataset) - meta.total_frames} of action-free video' if extra else ''}), {world} process(es) on {device}, steps {start}->{cfg.steps}, "
               f"run {run_dir}; check step loss {check_loss:.4f}" + recipe_note(cfg), file=sys.stderr, flush=True)
     evaluator = None
     if cfg.eval.every and master:

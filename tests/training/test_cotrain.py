@@ -1,0 +1,90 @@
+"""Co-training on action-free video (``dataset.action_free``): the mixed loader and the loop with uwm."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from policystack.datasets.loader import MixedWindows, WindowedDataset
+from policystack.policies.base import Policy
+from policystack.training.config import load_config
+from policystack.training.loop import train
+from policystack.types import ACTION, PAD_SUFFIX, DataError, Feature
+
+from .conftest import FPS, SIZE, STATE_DIM, _frame, tiny_overrides
+
+
+def write_video(root: Path, episodes: int = 3, length: int = 12, camera: bool = True) -> Path:
+    """Like the training datasets, without the action (and optionally without the camera)."""
+    from policystack.datasets.writer import DatasetWriter
+
+    features = {"observation.state": Feature("float32", (STATE_DIM,))}
+    if camera:
+        features["observation.images.front"] = Feature("video", (SIZE, SIZE, 3))
+    with DatasetWriter.create(root, fps=FPS, features=features, robot_type="test", vcodec="h264") as w:
+        for ep in range(episodes):
+            for i in range(length):
+                frame = _frame(ep + 10, i, camera)
+                del frame[ACTION]
+                w.add_frame(frame)
+            w.save_episode()
+    return root
+
+
+@pytest.fixture(scope="module")
+def video_ds(tmp_path_factory) -> Path:
+    return write_video(tmp_path_factory.mktemp("video") / "video")
+
+
+def test_mixed_windows_fill_the_missing_action_as_padding(camera_ds, video_ds):
+    deltas = {"observation.state": [0, 2], "observation.images.front": [0, 2], ACTION: [0, 1, 2]}
+    demo = WindowedDataset(camera_ds, delta_indices=deltas, cache_dir=False)
+    video = WindowedDataset(video_ds, delta_indices={k: v for k, v in deltas.items() if k != ACTION}, cache_dir=False)
+    mixed = MixedWindows([demo, video])
+    assert len(mixed) == len(demo) + len(video) == 64 + 36
+    idx = [70, 3, 99, 5]  # video, demo, video, demo: the order of the request is kept
+    batch = mixed.get_batch(idx)
+    assert sorted(batch) == sorted(demo.get_batch([0]))
+    d, v = demo.get_batch([3, 5]), video.get_batch([70 - 64, 99 - 64])
+    for k in ("observation.state", "observation.images.front", "observation.state_is_pad"):
+        assert torch.equal(batch[k][[1, 3]], d[k]) and torch.equal(batch[k][[0, 2]], v[k])
+    assert torch.equal(batch[ACTION][[1, 3]], d[ACTION]) and not batch[ACTION][[0, 2]].any()
+    assert batch[ACTION + PAD_SUFFIX][[0, 2]].all() and not batch[ACTION + PAD_SUFFIX][[1, 3]].all()
+    assert batch["task"] == [v["task"][0], d["task"][0], v["task"][1], d["task"][1]]
+    with pytest.raises(IndexError):
+        mixed.get_batch([100])
+    other = WindowedDataset(video_ds, delta_indices={"observation.state": [0]}, cache_dir=False)
+    with pytest.raises(DataError, match="shapes differ"):
+        MixedWindows([demo, other])
+
+
+def uwm_overrides(ds: Path, out: Path, *extra: str) -> list[str]:
+    """A uwm small enough for a few steps on 32x32 frames (pixel latents at 1/8: 4x4, patches of 2)."""
+    keep = [o for o in tiny_overrides(ds, out) if not o.startswith("policy.")]
+    return keep + ["policy=uwm", "policy.resnet_widths=[8,8,8,8]", "policy.resnet_blocks=[1,1,1,1]",
+                   "policy.obs_embed_dim=16", "policy.d_model=32", "policy.depth=1", "policy.n_head=2",
+                   "policy.timestep_embed_dim=16", "policy.horizon=4", "policy.n_action_steps=2",
+                   "policy.text_encoder=none", "steps=4", *extra]
+
+
+def test_uwm_cotrains_on_action_free_video(camera_ds, video_ds, tmp_path):
+    run = train(load_config(uwm_overrides(camera_ds, tmp_path / "run", f"dataset.action_free=[{video_ds}]",
+                                          "batch_size=32", "log.every=1")))
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    shares = np.array([r["action_free"] for r in records])
+    assert len(records) == 4 and (shares > 0).all() and (shares < 1).all()  # both kinds in the batches
+    policy = Policy.from_pretrained(run)
+    assert policy.name == "uwm" and ACTION in policy.features
+
+
+def test_action_free_datasets_are_checked_before_training(camera_ds, video_ds, tmp_path):
+    with pytest.raises(ValueError, match="policy 'bc' does not train on action-free samples"):
+        train(load_config(tiny_overrides(camera_ds, tmp_path / "bc", f"dataset.action_free=[{video_ds}]")))
+    no_camera = write_video(tmp_path / "state_video", camera=False)
+    with pytest.raises(DataError, match=r"\(dataset.action_free\): lacks \['observation.images.front'\]"):
+        train(load_config(uwm_overrides(camera_ds, tmp_path / "uwm", f"dataset.action_free=[{no_camera}]")))
+    assert not (tmp_path / "uwm").exists() and not (tmp_path / "bc").exists()
