@@ -69,7 +69,8 @@ def load_lite0_state_dict(model: nn.Module, path: str | Path) -> None:
 
 
 @cache
-def _file_digest(path: str) -> str:
+def file_digest(path: str) -> str:
+    """A short content hash of a file (cached per path for the process): names weights in cache ids."""
     with open(path, "rb") as f:
         return hashlib.blake2b(f.read(), digest_size=6).hexdigest()
 
@@ -102,7 +103,7 @@ class PretrainedImageEncoder(nn.Module):
         if pretrained:
             path = lite0_weights_path()
             load_lite0_state_dict(net, path)
-            self.weights = f"{path.name}:{_file_digest(str(path))}"
+            self.weights = f"{path.name}:{file_digest(str(path))}"
         self.trunk = nn.Sequential(net.conv_stem, net.bn1, *net.blocks[:stages])
         self.name, self.stages, self.image_size, self.frozen = name, stages, image_size, frozen
         self.out_channels = LITE0_CHANNELS[stages - 1]

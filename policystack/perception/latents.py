@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 from policystack.io import atomic_directory
+from policystack.perception.image import file_digest
 
 AUTOENCODER_FORMAT = "policystack-autoencoder"
 AUTOENCODER_FORMAT_VERSION = 1
@@ -63,6 +64,7 @@ class LatentCodec(nn.Module):
     channels: int
     downsample: int
     source: str
+    cache_id: str  # names the function encode computes (for feature caches)
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         """(C, h, w) of a frame of height x width (ValueError when f does not divide both)."""
@@ -89,6 +91,7 @@ class PixelLatents(LatentCodec):
         if downsample < 1:
             raise ValueError(f"PixelLatents: downsample must be >= 1, got {downsample}")
         self.channels, self.downsample, self.source = 3, downsample, f"pixels/{downsample}"
+        self.cache_id = f"pixels{downsample}"
 
     def encode(self, images: Tensor) -> Tensor:
         self.latent_shape(*images.shape[-2:])
@@ -120,6 +123,7 @@ class ConvAutoencoder(LatentCodec):
             raise ValueError(f"ConvAutoencoder: channels must be >= 1 and widths positive, got {channels}, {widths}")
         self.channels, self.widths = channels, tuple(widths)
         self.downsample, self.source = 2 ** len(widths), "ConvAutoencoder (untrained)"
+        self.cache_id = "ae-untrained"
         enc: list[nn.Module] = [nn.Conv2d(3, widths[0], 3, padding=1)]
         c_in = widths[0]
         for w in widths:
@@ -201,6 +205,7 @@ class ConvAutoencoder(LatentCodec):
         model.record = {k: v for k, v in cfg.items() if k not in ("format", "format_version", "channels", "widths",
                                                                    "downsample")}
         model.source = str(directory)
+        model.cache_id = f"ae-{file_digest(str(weights))}"
         return model.requires_grad_(False).eval()
 
 
@@ -222,6 +227,8 @@ class DiffusersVAE(LatentCodec):
         self.downsample = 2 ** (len(cfg.block_out_channels) - 1)
         self.scaling_factor = float(cfg.scaling_factor)
         self.source = str(directory)
+        weights = sorted(Path(directory).glob("*.safetensors")) + sorted(Path(directory).glob("*.bin"))
+        self.cache_id = "vae-" + "-".join(file_digest(str(w)) for w in weights)
 
     def encode(self, images: Tensor) -> Tensor:
         self.latent_shape(*images.shape[-2:])

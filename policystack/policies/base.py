@@ -202,6 +202,15 @@ class Policy(nn.Module):
         has features for). A family may keep something derived instead (RT-1: image tokens)."""
         return {k: obs[k] for k in self.features if k.startswith("observation.") and k in obs}
 
+    def frame_transforms(self) -> dict[str, Any]:
+        """Camera key -> a fixed function of one episode's frames (uint8 numpy [L, 3, H, W] -> numpy
+        [L, ...], with a str ``cache_id``) that the training loader applies once per frame and caches
+        (``WindowedDataset(frame_transforms=...)``); ``compute_loss`` then gets those arrays for that
+        camera instead of uint8 images. For a frozen encoder (its features never change in training).
+        At inference the policy still gets uint8 images and computes the same function itself.
+        Default: none."""
+        return {}
+
     def load_external_weights(self) -> None:
         """Load weights that live outside policystack checkpoints (e.g. a pretrained backbone the config
         names by path). ``policystack train`` calls it once for a policy that starts from scratch; a

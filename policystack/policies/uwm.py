@@ -43,14 +43,17 @@ current observation only (the future frame is encoded whole).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from policystack.perception.image import round_like_cache
 from policystack.perception.latents import LatentCodec, load_latent_codec
 from policystack.perception.preprocess import ImagePreprocessor
 from policystack.perception.resnet import POOLS, ResNetEncoder, pooling_head
@@ -97,7 +100,7 @@ class UWMConfig(PolicyConfig):
     image_pool: str = "keypoints"  # "avg" (reference) | "keypoints" (spatial softmax, as Diffusion Policy)
     keypoints: int = 32  # spatial-softmax keypoints (image_pool=keypoints)
     obs_embed_dim: int = 64  # E: features per camera and frame (reference: 768)
-    crop_ratio: float = 0.9  # crop side / image side: random crop in training, centre crop at evaluation; 1 = off
+    crop_ratio: float = 0.9  # resnet: crop side / image side, random in training, centred at evaluation; 1 = off
     use_state: bool = True  # condition on observation.state (and environment_state) too (reference: False)
     text_encoder: str = "hashed"  # instruction encoder: "hashed", "minilm" or "none" (reference: none)
     obs_dropout: float = 0.1  # probability of the null observation in training (unconditional video)
@@ -314,7 +317,7 @@ class UWMPolicy(Policy):
         if "lite0" not in self._frozen:
             from policystack.perception.image import PretrainedImageEncoder
 
-            self._frozen["lite0"] = PretrainedImageEncoder("lite0", self.config.lite0_stages, image_size=self.crop_hw[0])
+            self._frozen["lite0"] = PretrainedImageEncoder("lite0", self.config.lite0_stages, image_size=self.image_h)
         return self._frozen["lite0"].to(self._device())
 
     def load_external_weights(self) -> None:
@@ -326,20 +329,21 @@ class UWMPolicy(Policy):
 
     # --- encoders ----------------------------------------------------------------------------------
     def encode_observation(self, obs: dict[str, Any]) -> Tensor:
-        """The condition: obs with a time axis (images uint8 [B, T, 3, H, W], state [B, T, D], task
-        list[str]) -> float [B, obs_dim]. Crops at random in training mode, at the centre otherwise."""
+        """The condition: obs with a time axis (images uint8 [B, T, 3, H, W], or the loader's cached frame
+        features [B, T, D] in lite0 mode; state [B, T, D]; task list[str]) -> float [B, obs_dim]. The resnet
+        path crops at random in training mode, at the centre otherwise; lite0 sees the whole frame."""
         parts = []
-        h, w = self.crop_hw
         for cam in self.cameras:
             if cam not in obs:
                 raise KeyError(f"uwm: the observation has no camera {cam!r} (got {sorted(obs)})")
-            img = obs[cam]  # [B, T, 3, H, W]
-            b, t = img.shape[:2]
-            flat = crop(img.flatten(0, 1).to(self._device()), h, w, random=self.training)
+            x = obs[cam].to(self._device())  # [B, T, ...]
+            b, t = x.shape[:2]
             if self.config.image_encoder == "resnet":
+                self._check_pixels(cam, x)
+                flat = crop(x.flatten(0, 1), *self.crop_hw, random=self.training)
                 feat = self.image_net(self.preprocess(flat, cam))
             else:
-                feat = self.image_net(self._lite0()(flat))
+                feat = self.image_net(self._lite0_maps(cam, x.flatten(0, 1)))
             parts.append(feat.view(b, t, -1))
         for key in self.vectors:
             if key not in obs:
@@ -356,17 +360,63 @@ class UWMPolicy(Policy):
 
     @torch.no_grad()
     def encode_frames(self, frames: dict[str, Tensor]) -> Tensor:
-        """Future frames, camera key -> uint8 [B, F, 3, H, W] -> latents float [B, V, C, F, h, w]."""
+        """Future frames, camera key -> uint8 [B, F, 3, H, W] (or the loader's cached frame features [B, F, D]
+        in lite0 mode) -> latents float [B, V, C, F, h, w]."""
         missing = [k for k in self.cameras if k not in frames]
         if missing:
             raise KeyError(f"uwm: frames for cameras {missing} are missing (got {sorted(frames)})")
-        stacked = torch.stack([frames[k] for k in self.cameras], 1).to(self._device())  # [B, V, F, 3, H, W]
-        b, v, f = stacked.shape[:3]
-        if f != self.config.future_steps or stacked.shape[3:] != (3, self.image_h, self.image_w):
-            raise ValueError(f"uwm: expected future frames uint8 [B, {self.config.future_steps}, 3, {self.image_h}, "
-                             f"{self.image_w}] per camera, got {tuple(stacked.shape[:1] + stacked.shape[2:])}")
-        z = self.codec.encode(stacked.flatten(0, 2))  # [B*V*F, C, h, w]
-        return z.view(b, v, f, *self.latent_shape).transpose(2, 3)  # [B, V, C, F, h, w]
+        out = []
+        for cam in self.cameras:
+            x = frames[cam].to(self._device())
+            if x.shape[1] != self.config.future_steps:
+                raise ValueError(f"uwm: expected {self.config.future_steps} future frame(s) of {cam!r}, got "
+                                 f"{tuple(x.shape)}")
+            if x.dtype == torch.uint8:
+                self._check_pixels(cam, x)
+                z = self.codec.encode(x.flatten(0, 1))  # [B*F, C, h, w]
+                z = round_like_cache(z) if self.config.image_encoder == "lite0" else z
+            else:
+                z = self._cached(cam, x.flatten(0, 1))[1]
+            out.append(z.view(x.shape[0], x.shape[1], *self.latent_shape))
+        return torch.stack(out, 1).transpose(2, 3)  # [B, V, C, F, h, w]
+
+    # --- the loader-side feature cache (lite0 mode) ------------------------------------------------
+    def frame_transforms(self) -> dict[str, UWMFrameTransform]:
+        """lite0 mode: every camera's frames are cached as [Lite0 map | codec latents] per frame (both frozen),
+        so a training step runs neither network; resnet mode: none (the encoder trains on pixels)."""
+        if self.config.image_encoder != "lite0":
+            return {}
+        return dict.fromkeys(self.cameras, UWMFrameTransform(self._lite0(), self.codec))
+
+    @property
+    def _lite0_shape(self) -> tuple[int, int, int]:
+        from policystack.perception.image import LITE0_CHANNELS, LITE0_STRIDES, _conv_out
+
+        g = _conv_out(self.image_h, LITE0_STRIDES[self.config.lite0_stages - 1])
+        return LITE0_CHANNELS[self.config.lite0_stages - 1], g, g
+
+    def _cached(self, cam: str, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Cached frame features [N, D] -> (Lite0 maps [N, c, g, g], latents [N, C, h, w])."""
+        n_lite = math.prod(self._lite0_shape)
+        if self.config.image_encoder != "lite0" or x.dim() != 2 or x.shape[1] != n_lite + math.prod(self.latent_shape):
+            raise ValueError(f"uwm: {cam!r} came as {x.dtype} {tuple(x.shape)}; expected uint8 frames, or in lite0 mode "
+                             f"the cached features of frame_transforms() (float, {n_lite + math.prod(self.latent_shape)} "
+                             f"per frame)")
+        x = x.float()
+        return x[:, :n_lite].view(-1, *self._lite0_shape), x[:, n_lite:].view(-1, *self.latent_shape)
+
+    def _lite0_maps(self, cam: str, x: Tensor) -> Tensor:
+        """uint8 frames [N, 3, H, W] (computed now, rounded as cached) or cached features [N, D] -> Lite0 maps."""
+        if x.dtype == torch.uint8:
+            self._check_pixels(cam, x)
+            with torch.no_grad():
+                return round_like_cache(self._lite0()(x))
+        return self._cached(cam, x)[0]
+
+    def _check_pixels(self, cam: str, x: Tensor) -> None:
+        if x.dtype != torch.uint8 or tuple(x.shape[-3:]) != (3, self.image_h, self.image_w):
+            raise ValueError(f"uwm: {cam!r} must be uint8 frames [..., 3, {self.image_h}, {self.image_w}], got "
+                             f"{x.dtype} {tuple(x.shape)}")
 
     @torch.no_grad()
     def decode_latents(self, latents: Tensor) -> dict[str, Tensor]:
@@ -516,3 +566,28 @@ class UWMPolicy(Policy):
     def predict_action_chunk(self, obs: dict[str, Any], generator: torch.Generator | None = None) -> Tensor:
         """The policy mode: one step of obs -> [B, H, A] unnormalised actions (DDIM, num_inference_steps)."""
         return self.sample(Mode.POLICY, obs, generator=generator).actions
+
+
+class UWMFrameTransform:
+    """The loader-side cache of lite0 mode: one episode's frames uint8 numpy [L, 3, H, W] -> float16 numpy
+    [L, D] (``frame_features``: the frozen Lite0 map and the codec's latents of each frame), computed on CPU
+    copies of the frozen networks; ``cache_id`` names both."""
+
+    def __init__(self, lite0: nn.Module, codec: LatentCodec, batch_size: int = 64):
+        import copy
+
+        self.lite0, self.codec = copy.deepcopy(lite0).cpu(), copy.deepcopy(codec).cpu()
+        self.batch_size = batch_size
+        self.cache_id = f"uwm-{self.lite0.cache_id}-{self.codec.cache_id}"
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        chunks = [frame_features(self.lite0, self.codec, torch.from_numpy(np.ascontiguousarray(frames[i:i + n])))
+                  for i, n in ((i, self.batch_size) for i in range(0, len(frames), self.batch_size))]
+        return torch.cat(chunks).to(torch.float16).numpy()
+
+
+@torch.no_grad()
+def frame_features(lite0: nn.Module, codec: LatentCodec, frames: Tensor) -> Tensor:
+    """What lite0 mode caches per frame: uint8 [N, 3, H, W] -> float [N, D], the frozen Lite0 map and the
+    codec's latents, flattened and concatenated, rounded to float16 as the cache stores them."""
+    return round_like_cache(torch.cat([lite0(frames).flatten(1), codec.encode(frames).flatten(1)], 1))

