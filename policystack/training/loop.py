@@ -383,8 +383,9 @@ def train(cfg: TrainConfig) -> Path:
                 sums[k] = sums.get(k, 0.0) + float(v)
             n_logged += 1
             bar.update(1)
+            last = done == cfg.steps or _out_of_time(cfg, t0, world, device)
 
-            if done % cfg.log.every == 0 or done == cfg.steps:
+            if done % cfg.log.every == 0 or last:
                 record = {k: v / n_logged for k, v in sums.items()}
                 if world > 1:  # means over the processes
                     t = torch.tensor(list(record.values()), dtype=torch.float64, device=device)
@@ -400,12 +401,12 @@ def train(cfg: TrainConfig) -> Path:
                     bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
                 sums, n_logged, t_last = {}, 0, now
 
-            if evaluator is not None and (done % cfg.eval.every == 0 or done == cfg.steps):
+            if evaluator is not None and (done % cfg.eval.every == 0 or last):
                 tracker.log(done, _evaluate(evaluator, policy, ema, run_dir, done, cfg))
-            if world > 1 and cfg.eval.every and (done % cfg.eval.every == 0 or done == cfg.steps):
+            if world > 1 and cfg.eval.every and (done % cfg.eval.every == 0 or last):
                 dist.barrier()
 
-            if done % cfg.checkpoint.every == 0 or done == cfg.steps:
+            if done % cfg.checkpoint.every == 0 or last:
                 rngs = [checkpoint.capture_rng()]
                 if world > 1:
                     rngs = [None] * world
@@ -418,6 +419,11 @@ def train(cfg: TrainConfig) -> Path:
                         keep_last=cfg.checkpoint.keep_last)
                 if world > 1:
                     dist.barrier()
+            if last:
+                if done < cfg.steps and master:
+                    print(f"policystack train: time_limit_min={cfg.time_limit_min} reached at step {done} of "
+                          f"{cfg.steps}; checkpoint {done} written", file=sys.stderr, flush=True)
+                break
     finally:
         bar.close()
         if tracker is not None:
@@ -425,6 +431,18 @@ def train(cfg: TrainConfig) -> Path:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
     return run_dir
+
+
+def _out_of_time(cfg: TrainConfig, t0: float, world: int, device: torch.device) -> bool:
+    """Whether ``cfg.time_limit_min`` has passed since ``t0`` (rank 0's clock decides for every process)."""
+    if cfg.time_limit_min is None:
+        return False
+    over = time.perf_counter() - t0 > 60.0 * cfg.time_limit_min
+    if world > 1:
+        flag = torch.tensor([float(over)], device=device)
+        dist.broadcast(flag, src=0)
+        over = bool(flag.item())
+    return over
 
 
 def _evaluate(evaluator, policy: Policy, ema: EMA | None, run_dir: Path, step: int,

@@ -267,3 +267,13 @@ def test_periodic_evaluation_in_the_env(reach_ds, tmp_path):
     evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
              if "eval/success_rate" in line]
     assert [r["step"] for r in evals] == [2, 4]
+
+
+def test_time_limit_stops_with_a_checkpoint(state_ds, tmp_path, capsys):
+    run = train(load_config(tiny_overrides(state_ds, tmp_path / "run", "steps=50", "time_limit_min=1e-9")))
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1]  # the first step is past the limit: logged, saved, stopped
+    assert checkpoint.latest_checkpoint(run).name == "000001"
+    assert "time_limit_min=1e-09 reached at step 1 of 50" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="time_limit_min=0.0: expected > 0"):
+        load_config(tiny_overrides(state_ds, tmp_path / "x", "time_limit_min=0"))
