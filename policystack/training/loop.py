@@ -362,6 +362,7 @@ def train(cfg: TrainConfig) -> Path:
                disable=not (master and cfg.log.progress))
     sums: dict[str, float] = {}
     n_logged, t_last, t0 = 0, time.perf_counter(), time.perf_counter()
+    clock0 = _budget_clock(cfg)
     try:
         for step, batch in enumerate(loader, start=start):
             batch = to_device(batch, device)
@@ -383,7 +384,7 @@ def train(cfg: TrainConfig) -> Path:
                 sums[k] = sums.get(k, 0.0) + float(v)
             n_logged += 1
             bar.update(1)
-            last = done == cfg.steps or _out_of_time(cfg, t0, world, device)
+            last = done == cfg.steps or _out_of_time(cfg, clock0, world, device)
 
             if done % cfg.log.every == 0 or last:
                 record = {k: v / n_logged for k, v in sums.items()}
@@ -421,7 +422,7 @@ def train(cfg: TrainConfig) -> Path:
                     dist.barrier()
             if last:
                 if done < cfg.steps and master:
-                    print(f"policystack train: time_limit_min={cfg.time_limit_min} reached at step {done} of "
+                    print(f"policystack train: time_limit_min={cfg.time_limit_min} ({cfg.time_limit_clock}) reached at step {done} of "
                           f"{cfg.steps}; checkpoint {done} written", file=sys.stderr, flush=True)
                 break
     finally:
@@ -433,11 +434,16 @@ def train(cfg: TrainConfig) -> Path:
     return run_dir
 
 
-def _out_of_time(cfg: TrainConfig, t0: float, world: int, device: torch.device) -> bool:
-    """Whether ``cfg.time_limit_min`` has passed since ``t0`` (rank 0's clock decides for every process)."""
+def _budget_clock(cfg: TrainConfig) -> float:
+    """Seconds on the clock ``time_limit_min`` is measured by: wall time, or this process's CPU time."""
+    return time.process_time() if cfg.time_limit_clock == "cpu" else time.perf_counter()
+
+
+def _out_of_time(cfg: TrainConfig, clock0: float, world: int, device: torch.device) -> bool:
+    """Whether ``cfg.time_limit_min`` has passed since ``clock0`` (rank 0's clock decides for every process)."""
     if cfg.time_limit_min is None:
         return False
-    over = time.perf_counter() - t0 > 60.0 * cfg.time_limit_min
+    over = _budget_clock(cfg) - clock0 > 60.0 * cfg.time_limit_min
     if world > 1:
         flag = torch.tensor([float(over)], device=device)
         dist.broadcast(flag, src=0)
