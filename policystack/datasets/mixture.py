@@ -9,8 +9,13 @@ device and the loader's workers ship it like any batch; ``split_mixture(batch)``
 
     primary, vqa = split_mixture(batch)   # two dicts of [b_k, ...] tensors (and 'task' lists)
 
-A batch without mixture keys is one part. How many samples of each dataset a batch holds is the
-sampler's choice (``training.sampler.MixtureBatchSampler``: fixed counts per step from the weights).
+A batch without mixture keys is one part. A family that reads one kind of batch whose samples may lack
+some keys (uwm: action-free video, its ``action`` absent) takes the parts back as ONE batch instead:
+
+    flat = pad_mixture(batch)   # the primary's keys; a key a part lacks: zeros, <key>_is_pad all true
+
+How many samples of each dataset a batch holds is the sampler's choice
+(``training.sampler.MixtureBatchSampler``: fixed counts per step from the weights).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from policystack.types import PAD_SUFFIX
 
 MIX_PREFIX = "mix"
 
@@ -40,6 +47,35 @@ def split_mixture(batch: dict[str, Any]) -> list[dict[str, Any]]:
         else:
             parts[0][key] = value
     return [parts[k] for k in sorted(parts) if parts[k] and _size(parts[k]) > 0]
+
+
+def pad_mixture(batch: dict[str, Any]) -> dict[str, Any]:
+    """A mixed batch as one batch in the primary's keys: the parts concatenated in dataset order (the
+    primary's samples first, [B, ...] with B the whole batch). A key a part lacks comes as zeros of the
+    primary's shape with ``<key>_is_pad`` all true (action-free video: ``action`` zeros, ``action_is_pad``
+    all true), so a policy tells those samples by their padding; keys the primary lacks are dropped. A
+    plain batch comes back as it is. Raises ValueError naming the part and key when a part lacks a key
+    that has no ``<key>_is_pad`` to mark it (a key given without frame offsets) or that is not a tensor."""
+    parts = split_mixture(batch)
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    for k, part in enumerate(parts[1:], start=1):
+        n, had = _size(part), set(part)
+        for key in [key for key in first if key not in had]:
+            value = first[key]
+            if key.endswith(PAD_SUFFIX) and isinstance(value, torch.Tensor):
+                # the padding of a key the part lacks (all true); a key it has without frame offsets: none
+                fill = key.removesuffix(PAD_SUFFIX) not in had
+                part[key] = torch.full((n, *value.shape[1:]), fill, dtype=value.dtype, device=value.device)
+            elif isinstance(value, torch.Tensor) and key + PAD_SUFFIX in first:
+                part[key] = value.new_zeros((n, *value.shape[1:]))
+            else:
+                why = f"without a {key + PAD_SUFFIX} to mark it" if isinstance(value, torch.Tensor) else "as a list"
+                raise ValueError(f"mixed batch: part {k} (dataset.mixture[{k - 1}]) lacks {key!r}, which the first "
+                                 f"dataset gives {why}; its keys: {sorted(had)}")
+    return {key: torch.cat([p[key] for p in parts]) if isinstance(value, torch.Tensor)
+            else [x for p in parts for x in p[key]] for key, value in first.items()}
 
 
 def _size(part: dict[str, Any]) -> int:

@@ -3,7 +3,7 @@
     policystack collect env=PickPlace episodes=50 out=data/pickplace [workers=2]
         [cameras=front,wrist] [image_size=96] [seed=0] [only_success=true]
         [action_mode=ee_delta] [env_state=false] [max_attempts=N] [vcodec=libsvtav1]
-        [noise=0.1] [start_pose=random|home] [exclude=purple,...]
+        [noise=0.1] [start_pose=random|home] [exclude=purple,...] [actions=true]
     policystack collect env=Reach,PressButton,OpenDrawer episodes=100 out=data/multi [...]
     policystack collect env=metaworld/reach-v3 episodes=50 out=data/mw-reach [cameras=corner2]
         [variations=0-29] [max_steps=150] [camera_convention=lerobot]
@@ -23,6 +23,9 @@ the plain expert. ``start_pose`` is the env's (random start poses by default, do
 ``exclude=w1,w2`` keeps no episode whose instruction contains one of these words (whole words, any
 case): a held-out study's demos (e.g. ``exclude=purple``: no Reach demo names the purple ball; purple
 balls still appear as distractors). Excluded seeds count as attempts, like failures.
+
+``actions=false`` writes the same episodes without the ``action`` feature: action-free video, which
+a world model (uwm) co-trains on through ``policystack train ... dataset.mixture=[DIR] dataset.mixture_weights=[W]``.
 
 ``env=A,B,C`` writes ``episodes`` demos of EACH task into one dataset, task by task in the order
 given (all of A's episodes, then B's, ...); every task's seeds start at ``seed``, so the A part
@@ -81,6 +84,7 @@ class CollectConfig:
     max_steps: int = 0  # MetaWorld: episode limit; 0: MetaWorld's 500
     camera_convention: str = "lerobot"  # MetaWorld: lerobot | upright | vflip (docs/envs.md)
     exclude: tuple[str, ...] = ()  # words: an episode whose instruction has one is not kept (held-out studies)
+    actions: bool = True  # record the action; false writes action-free video (world-model co-training)
 
     @property
     def tasks(self) -> list[str]:
@@ -128,6 +132,8 @@ class CollectConfig:
 
             self.cameras = (DEFAULT_CAMERA,) if self.cameras is None else self.cameras
             MetaWorldConfig(**self.metaworld_config())  # bad cameras / variations / convention fail here
+            if not self.actions:
+                raise ValueError("actions=false applies to tabletop tasks; MetaWorld demos are collected with actions")
             return
         if self.variations or self.max_steps or self.camera_convention != "lerobot":
             raise ValueError("variations=, max_steps= and camera_convention= apply to env=metaworld/<task> only")
@@ -306,6 +312,8 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict:
     from policystack.datasets.writer import DatasetWriter
 
     features, fps = common_features(cfg)  # before anything is written
+    if not cfg.actions:
+        features = {k: f for k, f in features.items() if k != ACTION}
     counts = {t: {"episodes": 0, "frames": 0, "attempts": 0} for t in cfg.tasks}
     bar = tqdm(total=cfg.episodes * len(cfg.tasks), desc=f"collect {cfg.tasks[0]}", unit="ep",
                disable=not progress)
@@ -317,7 +325,7 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict:
             keep = cfg.keeps(ep)
             if keep:
                 for t in range(len(ep)):
-                    frame = {k: v[t] for k, v in ep.frames.items()}
+                    frame = {k: v[t] for k, v in ep.frames.items() if k in features}
                     frame[TASK] = ep.task
                     writer.add_frame(frame)
                 writer.save_episode()

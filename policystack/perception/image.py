@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,13 @@ def load_lite0_state_dict(model: nn.Module, path: str | Path) -> None:
         if vs.shape != vd.shape:
             raise ValueError(f"{path}: tensor {ks!r} has shape {tuple(vs.shape)}, timm's {kd!r} has {tuple(vd.shape)}")
     model.load_state_dict(dict(zip(dst, src.values())), strict=True)
+
+
+@cache
+def file_digest(path: str) -> str:
+    """A short content hash of a file (cached per path for the process): names weights in cache ids."""
+    with open(path, "rb") as f:
+        return hashlib.blake2b(f.read(), digest_size=6).hexdigest()
 
 
 class PretrainedImageEncoder(nn.Module):

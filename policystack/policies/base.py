@@ -61,7 +61,7 @@ from policystack.policies.normalize import Normalizer
 from policystack.types import ACTION, FeatureSpec, Stats
 
 # The families policystack ships, each ``policystack.policies.<name>`` (a module or a package).
-FAMILIES = ("bc", "rt1", "act", "diffusion", "rt2")
+FAMILIES = ("bc", "rt1", "act", "diffusion", "rt2", "uwm")
 
 
 @dataclass

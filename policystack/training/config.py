@@ -50,8 +50,10 @@ class DatasetConfig:
     # a policy with a frozen pretrained image encoder (Policy.frame_transforms) trains on its features
     # computed once per dataset frame and kept in the loader cache; false: the encoder runs every step
     cache_features: bool = True
-    # more datasets mixed into every batch (co-training, e.g. RT-2's vision-language examples from
-    # `policystack vqa`): their paths, and each one's share of a batch (the `path` dataset gets the rest)
+    # more datasets mixed into every batch (co-training: RT-2's vision-language examples from `policystack vqa`,
+    # uwm's action-free video from `policystack collect actions=false`): their paths, and each one's share of a
+    # batch (the `path` dataset gets the rest); a key a mixed-in dataset lacks is the family's to handle
+    # (datasets/mixture.py: split_mixture, or pad_mixture: zeros with <key>_is_pad true)
     mixture: list[str] | None = None
     mixture_weights: list[float] | None = None
 
@@ -135,6 +137,12 @@ class TrainConfig:
     init_from: str | None = None  # policy checkpoint whose weights start this run (same family)
     seed: int = 0
     steps: int = 2000  # optimiser steps in all (a resumed run continues up to this)
+    # time budget: stop (with a checkpoint) after the first step past this many minutes of this session's loop;
+    # the LR schedule still spans `steps` (with optim.min_lr_ratio=1 the rate is constant after warm-up)
+    time_limit_min: float | None = None
+    # the clock of time_limit_min: "wall", or "cpu" (this process's CPU time: a compute budget that does not
+    # depend on how loaded a shared machine is; with dataset.num_workers=0 the data loading counts too)
+    time_limit_clock: str = "wall"
     batch_size: int = 64  # per process (the global batch is batch_size * world size)
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     amp: bool | None = None  # bf16 autocast; None: on for CUDA, off on CPU
@@ -363,6 +371,8 @@ def check_config(cfg: TrainConfig) -> None:
          f"policy: expected a preset with a 'name' (policy=<preset>; presets: {presets('policy')})")
     need(cfg.steps >= 1, f"steps={cfg.steps}: expected >= 1")
     need(cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: expected >= 1")
+    need(cfg.time_limit_min is None or cfg.time_limit_min > 0, f"time_limit_min={cfg.time_limit_min}: expected > 0")
+    need(cfg.time_limit_clock in ("wall", "cpu"), f"time_limit_clock={cfg.time_limit_clock!r}: expected wall or cpu")
     need(cfg.optim.lr > 0, f"optim.lr={cfg.optim.lr}: expected > 0")
     need(cfg.optim.warmup_steps >= 0, f"optim.warmup_steps={cfg.optim.warmup_steps}: expected >= 0")
     need(0 <= cfg.optim.min_lr_ratio <= 1, f"optim.min_lr_ratio={cfg.optim.min_lr_ratio}: expected in [0, 1]")

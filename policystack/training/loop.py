@@ -101,7 +101,8 @@ def dataset_features(cfg: TrainConfig, pcfg: PolicyConfig) -> tuple[DatasetMeta,
     if ACTION not in features and not pcfg.actions_optional:
         raise DataError(f"{meta.root}/meta/info.json: no {ACTION!r} feature to train on; features: {sorted(features)} "
                         f"(policy {cfg.policy['name']!r} needs actions; only a family whose config sets "
-                        f"actions_optional trains on action-free data)")
+                        f"actions_optional trains on action-free data; a world model such as uwm takes action-free "
+                        f"video beside a dataset with actions: dataset.mixture=[DIR] dataset.mixture_weights=[W])")
     if cfg.dataset.cameras is not None:
         have = [k.removeprefix(OBS_IMAGES + ".") for k in features if is_image_key(k)]
         missing = [c for c in cfg.dataset.cameras if c not in have]
@@ -200,14 +201,26 @@ def load_datasets(cfg: TrainConfig, pcfg: PolicyConfig, policy: Policy, meta: Da
     return MixtureDataset(parts)
 
 
+def batch_shares(cfg: TrainConfig) -> list[float]:
+    """Each dataset's share of a batch: ``dataset.path`` the rest after ``dataset.mixture_weights``."""
+    return [1.0 - sum(cfg.dataset.mixture_weights), *cfg.dataset.mixture_weights]
+
+
+def mixture_note(dataset: WindowedDataset | MixtureDataset, cfg: TrainConfig) -> str:
+    """What a mixture adds to the start line: each mixed-in dataset's samples and share of a batch."""
+    if not isinstance(dataset, MixtureDataset):
+        return ""
+    counts = mixture_counts(cfg.batch_size, batch_shares(cfg))
+    return f" with {', '.join(f'{n} of {p} ({c}/batch)' for n, p, c in zip(dataset.sizes[1:], cfg.dataset.mixture, counts[1:]))} mixed in"
+
+
 def make_sampler(dataset: WindowedDataset | MixtureDataset, cfg: TrainConfig, start: int, end: int, rank: int,
                  world: int) -> StepBatchSampler | MixtureBatchSampler:
     """The seeded step sampler; for a mixture, each dataset's share of every batch from ``dataset.mixture_weights``."""
     if not isinstance(dataset, MixtureDataset):
         return StepBatchSampler(n=len(dataset), batch_size=cfg.batch_size, seed=cfg.seed, start_step=start,
                                 end_step=end, rank=rank, world_size=world)
-    weights = [1.0 - sum(cfg.dataset.mixture_weights), *cfg.dataset.mixture_weights]
-    return MixtureBatchSampler(dataset.sizes, dataset.offsets.tolist(), mixture_counts(cfg.batch_size, weights),
+    return MixtureBatchSampler(dataset.sizes, dataset.offsets.tolist(), mixture_counts(cfg.batch_size, batch_shares(cfg)),
                                seed=cfg.seed, start_step=start, end_step=end, rank=rank, world_size=world)
 
 
@@ -421,7 +434,8 @@ def train(cfg: TrainConfig) -> Path:
         tracker = Tracker(run_dir, config_to_dict(cfg), cfg.log.wandb, name=run_dir.name,
                           resume_step=start if (resume_from is not None or cfg.resume) else None)
         print(f"policystack train: {klass.name} ({sum(p.numel() for p in policy.parameters()):,} parameters) on "
-              f"{meta.root} ({len(dataset)} frames), {world} process(es) on {device}, steps {start}->{cfg.steps}, "
+              f"{meta.root} ({len(dataset)} frames{mixture_note(dataset, cfg)}), {world} process(es) on {device}, "
+              f"steps {start}->{cfg.steps}, "
               f"run {run_dir}; check step loss {check_loss:.4f}" + recipe_note(cfg), file=sys.stderr, flush=True)
         if segments:
             print(f"policystack train: the first epoch also decodes {frames} camera frames ({segments} camera "
@@ -444,6 +458,7 @@ def train(cfg: TrainConfig) -> Path:
                disable=not (master and cfg.log.progress))
     sums: dict[str, float] = {}
     n_logged, t_last, t0 = 0, time.perf_counter(), time.perf_counter()
+    clock0 = _budget_clock(cfg)
     try:
         for step, batch in enumerate(loader, start=start):
             batch = to_device(batch, device)
@@ -465,8 +480,9 @@ def train(cfg: TrainConfig) -> Path:
                 sums[k] = sums.get(k, 0.0) + float(v)
             n_logged += 1
             bar.update(1)
+            last = done == cfg.steps or _out_of_time(cfg, clock0, world, device)
 
-            if done % cfg.log.every == 0 or done == cfg.steps:
+            if done % cfg.log.every == 0 or last:
                 record = {k: v / n_logged for k, v in sums.items()}
                 if world > 1:  # means over the processes
                     t = torch.tensor(list(record.values()), dtype=torch.float64, device=device)
@@ -482,12 +498,12 @@ def train(cfg: TrainConfig) -> Path:
                     bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
                 sums, n_logged, t_last = {}, 0, now
 
-            if evaluator is not None and (done % cfg.eval.every == 0 or done == cfg.steps):
+            if evaluator is not None and (done % cfg.eval.every == 0 or last):
                 tracker.log(done, _evaluate(evaluator, policy, ema, run_dir, done, cfg))
-            if world > 1 and cfg.eval.every and (done % cfg.eval.every == 0 or done == cfg.steps):
+            if world > 1 and cfg.eval.every and (done % cfg.eval.every == 0 or last):
                 dist.barrier()
 
-            if done % cfg.checkpoint.every == 0 or done == cfg.steps:
+            if done % cfg.checkpoint.every == 0 or last:
                 rngs = [checkpoint.capture_rng()]
                 if world > 1:
                     rngs = [None] * world
@@ -501,6 +517,11 @@ def train(cfg: TrainConfig) -> Path:
                         keep_last=cfg.checkpoint.keep_last, gathered=gathered)
                 if world > 1:
                     dist.barrier()
+            if last:
+                if done < cfg.steps and master:
+                    print(f"policystack train: time_limit_min={cfg.time_limit_min} ({cfg.time_limit_clock}) reached at step {done} of "
+                          f"{cfg.steps}; checkpoint {done} written", file=sys.stderr, flush=True)
+                break
     finally:
         bar.close()
         if tracker is not None:
@@ -508,6 +529,23 @@ def train(cfg: TrainConfig) -> Path:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
     return run_dir
+
+
+def _budget_clock(cfg: TrainConfig) -> float:
+    """Seconds on the clock ``time_limit_min`` is measured by: wall time, or this process's CPU time."""
+    return time.process_time() if cfg.time_limit_clock == "cpu" else time.perf_counter()
+
+
+def _out_of_time(cfg: TrainConfig, clock0: float, world: int, device: torch.device) -> bool:
+    """Whether ``cfg.time_limit_min`` has passed since ``clock0`` (rank 0's clock decides for every process)."""
+    if cfg.time_limit_min is None:
+        return False
+    over = _budget_clock(cfg) - clock0 > 60.0 * cfg.time_limit_min
+    if world > 1:
+        flag = torch.tensor([float(over)], device=device)
+        dist.broadcast(flag, src=0)
+        over = bool(flag.item())
+    return over
 
 
 def _evaluate(evaluator, policy: Policy, ema: EMA | None, run_dir: Path, step: int,

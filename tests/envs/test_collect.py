@@ -37,6 +37,7 @@ def test_parse_args_types_and_defaults(tmp_path):
     (["env=Reach,policystack/Reach-v0", "episodes=1", "out=x"], "Reach given more than once"),
     (["env=Reach,metaworld/reach-v3", "episodes=1", "out=x"], "MetaWorld tasks are collected one per dataset"),
     (["env=,", "episodes=1", "out=x"], "expected a task name"),
+    (["env=metaworld/reach-v3", "episodes=1", "out=x", "actions=false"], "actions=false applies to tabletop tasks"),
 ])
 def test_bad_arguments_exit_2_with_message(argv, message, capsys):
     assert cli_main(["collect", *argv]) == 2
@@ -120,6 +121,17 @@ def test_env_state_is_recorded(tmp_path):
                                atol=1e-6)
     stats = json.loads((out / "meta" / "stats.json").read_text())
     assert len(stats[OBS_ENV_STATE]["mean"]) == 10
+
+
+def test_actions_false_writes_the_same_episodes_as_action_free_video(tmp_path):
+    base = dict(env="Reach", episodes=1, cameras=(), seed=7)
+    collect(CollectConfig(**base, out=tmp_path / "demo"), progress=False)
+    collect(CollectConfig(**base, out=tmp_path / "video", actions=False), progress=False)
+    info = json.loads((tmp_path / "video" / "meta" / "info.json").read_text())
+    assert ACTION not in info["features"] and OBS_STATE in info["features"]
+    assert ACTION not in json.loads((tmp_path / "video" / "meta" / "stats.json").read_text())
+    demo, video = (pq.read_table(tmp_path / d / "data").to_pydict() for d in ("demo", "video"))
+    assert ACTION not in video and video[OBS_STATE] == demo[OBS_STATE] and video["task_index"] == demo["task_index"]
 
 
 # --- multi-task datasets -------------------------------------------------------------------------
