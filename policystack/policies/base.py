@@ -252,7 +252,7 @@ class Policy(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = self.state_dict() if state_dict is None else state_dict
-        tensors = {k: v.detach().cpu().contiguous() for k, v in _untied(state).items()}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in untied(state).items()}
         atomic_write_bytes(directory / WEIGHTS_NAME, save(tensors))
         atomic_write_json(directory / CONFIG_NAME, {
             "format_version": FORMAT_VERSION,
@@ -284,17 +284,15 @@ class Policy(nn.Module):
         """Load a ``save_pretrained`` weights file's tensors (``where`` names it in errors): every weight
         must be there, except the second names of tied weights, which ``save_pretrained`` writes once."""
         missing, unexpected = self.load_state_dict(state, strict=False)
-        missing = [k for k in missing if k not in _untied(self.state_dict(), keep=state)]
+        missing = [k for k in missing if k not in untied(self.state_dict(), keep=state)]
         if missing or unexpected:
             raise ValueError(f"{where}: weights do not match {type(self).__name__}{self.config}: "
                              f"missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
-def _untied(state: dict[str, Tensor], keep: dict[str, Tensor] | None = None) -> dict[str, Tensor] | set[str]:
+def tied_aliases(state: dict[str, Tensor]) -> dict[str, str]:
     """Tied weights (one tensor under several names, e.g. a language model's input embedding and output
-    layer) saved once: the state without the second and later names of a shared tensor (safetensors
-    refuses aliases; the policy ties them again by construction). With ``keep`` (a loaded file): the set
-    of names that are absent from it only because they alias a name it holds."""
+    layer): each second or later name of a shared tensor -> the first name it aliases."""
     first: dict[tuple, str] = {}
     aliases: dict[str, str] = {}
     for k, v in state.items():
@@ -303,6 +301,20 @@ def _untied(state: dict[str, Tensor], keep: dict[str, Tensor] | None = None) -> 
             aliases[k] = first[where]
         else:
             first.setdefault(where, k)
+    return aliases
+
+
+def with_tied(saved: dict[str, Tensor], model_state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A weights file's tensors plus the tied names ``save_pretrained`` wrote once: each alias of
+    ``model_state`` missing from ``saved`` gets the tensor of the name it aliases."""
+    return {**saved, **{a: saved[t] for a, t in tied_aliases(model_state).items() if a not in saved and t in saved}}
+
+
+def untied(state: dict[str, Tensor], keep: dict[str, Tensor] | None = None) -> dict[str, Tensor] | set[str]:
+    """Tied weights saved once: the state without the second and later names of a shared tensor
+    (safetensors refuses aliases; the policy ties them again by construction). With ``keep`` (a loaded
+    file): the set of names that are absent from it only because they alias a name it holds."""
+    aliases = tied_aliases(state)
     if keep is None:
         return {k: v for k, v in state.items() if k not in aliases}
     return {k for k, target in aliases.items() if target in keep}

@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from policystack.io import atomic_write_bytes, atomic_write_json, fsync_dir
-from policystack.policies.base import CONFIG_NAME, WEIGHTS_NAME, Policy
+from policystack.policies.base import CONFIG_NAME, WEIGHTS_NAME, Policy, untied, with_tied
 from policystack.training.ema import EMA
 from policystack.types import Feature
 
@@ -190,7 +190,7 @@ def save_checkpoint(run_dir: str | Path, step: int, policy: Policy, optimizer: t
     rng_tensors, rng_meta = _rng_to_files(rng_states)
     tensors.update(rng_tensors)
     if ema is not None:  # pretrained/ holds the average; the optimiser's raw weights go here
-        tensors.update({f"model.{k}": v for k, v in policy.state_dict().items()})
+        tensors.update({f"model.{k}": v for k, v in untied(policy.state_dict()).items()})  # tied weights once
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     atomic_write_bytes(tmp / STATE_TENSORS, save(tensors))
     atomic_write_json(tmp / STATE_JSON, {
@@ -239,7 +239,7 @@ def load_checkpoint(ckpt_dir: str | Path, policy: Policy, optimizer: torch.optim
         policy.load_weights(raw, ckpt_dir / (STATE_TENSORS if ema else f"pretrained/{WEIGHTS_NAME}"))
         optimizer.load_state_dict(_optimizer_from_files(tensors, meta["optimizer"]))
     if ema is not None:
-        ema.load_state_dict(saved)
+        ema.load_state_dict(with_tied(saved, policy.state_dict()))
     scheduler.load_state_dict(meta["scheduler"])
     if rank >= len(meta["rng"]):
         raise ValueError(f"{ckpt_dir / STATE_JSON}: holds RNG state of {len(meta['rng'])} processes, "

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from policystack.datasets.mixture import MixtureDataset, mixture_key, split_mixture
+from policystack.policies.base import Policy
+from policystack.training import checkpoint
 from policystack.training.config import load_config
 from policystack.training.loop import train
 from policystack.training.sampler import MixtureBatchSampler, StepBatchSampler, mixture_counts
@@ -60,6 +62,20 @@ def test_rt2_co_trains_on_robot_windows_and_vqa_examples(camera_ds, vqa_ds, tmp_
     a = load_file(run / "checkpoints" / "latest" / "pretrained" / "model.safetensors")
     b = load_file(resumed / "checkpoints" / "latest" / "pretrained" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_rt2_tied_weights_checkpoint_and_resume_with_ema(camera_ds, tmp_path):
+    """RT-2's tied embedding / output layer is written once in every file of a checkpoint, also the raw
+    weights kept beside the EMA ones, and a resumed EMA run loads them all back."""
+    run = train(load_config(rt2_overrides(camera_ds, tmp_path / "run", "steps=2", "checkpoint.every=1",
+                                          "ema.enabled=true")))
+    from policystack.policies.base import tied_aliases
+    from policystack.training.commands import main as train_main
+
+    policy = Policy.from_pretrained(run)
+    assert tied_aliases(policy.state_dict())  # the tiny text model ties its embedding and output layer
+    assert train_main([f"resume={run}", "steps=3"]) == 0
+    assert checkpoint.latest_checkpoint(run).name == "000003"
 
 
 def test_mixture_is_refused_where_it_cannot_work(camera_ds, state_ds, vqa_ds, tmp_path):

@@ -18,9 +18,9 @@ def render_gallery(assets: Sequence[Asset], path: str | Path, width: int = 1280,
     render from a camera in front of the table and write a PNG (atomically) to ``path``."""
     from PIL import Image
 
-    from policystack.io import atomic_write_bytes
     from policystack.envs import robot as rb
     from policystack.envs.scene import add_table_and_lights
+    from policystack.io import atomic_write_bytes
 
     spec = rb.load_robot_spec()
     add_table_and_lights(spec, offscreen=max(width, height))
