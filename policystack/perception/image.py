@@ -179,8 +179,8 @@ class FeatureTransform:
     cached features and acting on live ones see the same precision."""
 
     def __init__(self, encoder: PretrainedImageEncoder, batch_size: int = 64):
-        # a copy: the loader's function stays what it was when made, whatever happens to the policy's
-        # encoder afterwards (moved to a GPU, sharded into DTensors by strategy=fsdp)
+        # a copy (on the encoder's device): the loader's function stays what it was when made, whatever
+        # happens to the policy's encoder afterwards (sharded into DTensors by strategy=fsdp, moved)
         self.encoder, self.batch_size = copy.deepcopy(encoder), batch_size
         self.cache_id = encoder.cache_id
 

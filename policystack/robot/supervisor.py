@@ -477,7 +477,7 @@ class Supervisor:
                       and self._forward_chunk(msg, index, dt, t_loop)):
                     answered = answered or msg.body["obs_seq"] == request
                     # the newest plan decides: its step k (played from step obs_seq - 1) ends the episode
-                    k = msg.body["done_step"]
+                    k = msg.body.get("done_step", -1)
                     done_at = msg.body["obs_seq"] + k if k >= 0 else None
                     if answered:
                         waiting_since = np.inf

@@ -366,6 +366,7 @@ def train(cfg: TrainConfig) -> Path:
         policy.load_weights(load_file(src / WEIGHTS_NAME), src / WEIGHTS_NAME)
     else:  # a policy from scratch: the pretrained parts its config names, if any
         policy.load_external_weights()
+    policy.to(device).train()  # before the frame transforms copy a frozen encoder: it encodes on this device
     transforms = policy.frame_transforms() if cfg.dataset.cache_features else {}
     cache_dir = run_dir / "cache" if cfg.dataset.cache_dir == "run" else cfg.dataset.cache_dir
     dataset = load_datasets(cfg, pcfg, policy, meta, features, transforms, cache_dir)
@@ -373,7 +374,6 @@ def train(cfg: TrainConfig) -> Path:
     eval_kwargs = check_env(cfg.env, features) if cfg.env.task is not None else None
     if cfg.eval.every and master:
         from policystack.eval.runner import EvalRunner  # noqa: F401 -- fail now if evaluation is unavailable
-    policy.to(device).train()
     if transforms and master:  # every frame's features once, before the clock of the first step starts
         print(f"policystack train: {klass.name}'s frozen image features of {sorted(transforms)} are computed once now: "
               f"decodes {frames} camera frames ({segments} camera segments, {nbytes / 1e6:.0f} MB) into the frame cache "
