@@ -12,8 +12,10 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "dataset": ("policystack.datasets.commands", "inspect, validate, compute stats of and convert datasets"),
     "collect": ("policystack.envs.collect", "roll out a task's scripted expert into a LeRobot v3 dataset"),
+    "vqa": ("policystack.envs.vqa", "render vision-language examples (captions, VQA, pointing) of the suite's scenes"),
     "daemon": ("policystack.robot.commands", "run a checkpoint on a robot through the control daemon; status"),
     "train": ("policystack.training.commands", "train a policy on a dataset with the shared loop (Hydra overrides)"),
+    "autoencoder": ("policystack.training.autoencoder", "train the small image autoencoder whose latents a world model (uwm) predicts"),
     "eval": ("policystack.eval.commands", "evaluate a checkpoint (or the scripted expert) in simulation: success rate, videos, plot"),
     "compare": ("policystack.eval.compare", "side-by-side markdown table and bar plot of several evaluations"),
     "say": ("policystack.interaction.commands", "speak a text (piper, espeak-ng, IndexTTS2), or a running daemon's events"),

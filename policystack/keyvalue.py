@@ -2,8 +2,8 @@
 ``policystack eval``; ``policystack train`` uses Hydra overrides instead).
 
 Field annotations pick the conversion: ``int``, ``float``, ``bool`` (true/false/yes/no/on/off/1/0), ``Path``,
-``tuple[...]`` (a comma-separated list; ``none`` means empty), anything else stays a string.
-Errors name the argument and what was expected. ``parse_int_ranges`` reads lists like ``0-29,40``.
+``tuple[...]`` (a comma-separated list, of ints for ``tuple[int, ...]``; ``none`` means empty), anything else
+stays a string. Errors name the argument and what was expected. ``parse_int_ranges`` reads lists like ``0-29,40``.
 """
 
 from __future__ import annotations
@@ -83,5 +83,11 @@ def _convert(key: str, value: str, annotation: str) -> Any:
     if annotation == "Path":
         return Path(value)
     if annotation.startswith("tuple"):
-        return tuple(c for c in value.split(",") if c and c != "none")
+        items = tuple(c for c in value.split(",") if c and c != "none")
+        if annotation.startswith("tuple[int"):
+            try:
+                return tuple(int(c) for c in items)
+            except ValueError:
+                raise ValueError(f"{key}={value!r}: expected comma-separated integers") from None
+        return items
     return value

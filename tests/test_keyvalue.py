@@ -15,6 +15,7 @@ class Args:
     size: float = 0.0
     only_success: bool = True
     cameras: tuple[str, ...] | None = None
+    widths: tuple[int, ...] = ()
 
 
 def test_converts_by_annotation():
@@ -24,6 +25,7 @@ def test_converts_by_annotation():
                   "cameras": ("front", "wrist")}
     assert parse_key_values(["cameras=none"], Args)["cameras"] == ()
     assert parse_key_values(["size=0.08"], Args) == {"size": 0.08}
+    assert parse_key_values(["widths=16,32"], Args)["widths"] == (16, 32)
 
 
 @pytest.mark.parametrize("argv, msg", [
@@ -34,6 +36,7 @@ def test_converts_by_annotation():
     (["size=big"], "size='big': expected a number"),
     (["only_success=maybe"], "only_success='maybe': expected true or false"),
     (["env=Reach"], "missing required argument(s): out="),
+    (["widths=16,x"], "widths='16,x': expected comma-separated integers"),
 ])
 def test_errors_name_the_argument(argv, msg):
     with pytest.raises(ValueError) as e:

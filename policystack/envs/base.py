@@ -41,6 +41,11 @@ distances) plus ``reward_success`` (1.0 on success steps).
 Truncation after each task's ``max_episode_steps`` is done by Gymnasium's ``TimeLimit``
 (registered ids in ``policystack.envs``). ``info["is_success"]`` holds the success predicate.
 
+``instructions="paraphrases"`` words every instruction from the task's ``paraphrases`` instead of its
+``templates`` (three each, the same colour slots, drawn by the same random call: a seed gives the same
+scene and goal): wordings that ``policystack collect`` never records, to test a policy on instructions it
+was not trained on.
+
 ``reset(options={"swap_instruction": True})`` builds the seed's scene, then names another of its objects
 in the instruction (``swap_instruction``; Reach, PressButton, PickPlace, Stack) and judges success on
 that object: the same scene with another goal, to test that a policy follows the words.
@@ -87,6 +92,7 @@ WORKSPACE = np.array([[0.2, -0.45, 0.005], [0.85, 0.45, 0.55]])  # pinch-site ta
 START_BOX = np.array([[0.3, -0.2, 0.2], [0.55, 0.2, 0.4]])
 START_YAW = 0.5
 START_POSES = ("random", "home")
+INSTRUCTION_SETS = ("templates", "paraphrases")
 CAMERAS = ("front", "wrist")
 DOWN_QUAT = np.array([0.0, 1.0, 0.0, 0.0])  # gripper pointing down, fingers closing along world y
 STATE_NAMES = [f"joint{i}" for i in range(1, 8)] + ["gripper", "ee_x", "ee_y", "ee_z", "ee_qw", "ee_qx",
@@ -108,11 +114,13 @@ class TabletopEnv(gym.Env):
     name: ClassVar[str] = ""  # registered as policystack/<name>-v0
     max_episode_steps: ClassVar[int] = 100
     ENV_STATE_NAMES: ClassVar[tuple[str, ...]] = ()  # entries of object_state()
+    templates: ClassVar[tuple[str, ...]] = ()  # instruction wordings (str.format slots per task)
+    paraphrases: ClassVar[tuple[str, ...]] = ()  # other wordings of the same slots, never in demonstrations
 
     def __init__(self, action_mode: str = "ee_delta", cameras: tuple[str, ...] | list[str] | str = CAMERAS,
                  image_size: int | tuple[int, int] = 96, fps: int = 10, physics_hz: int = 500,
                  render_mode: str | None = None, terminate_on_success: bool = True, env_state: bool = False,
-                 start_pose: str = "random"):
+                 start_pose: str = "random", instructions: str = "templates"):
         if action_mode not in ("ee_delta", "joint"):
             raise ValueError(f"action_mode={action_mode!r}: expected 'ee_delta' or 'joint'")
         if isinstance(cameras, str):
@@ -130,6 +138,9 @@ class TabletopEnv(gym.Env):
         if start_pose not in START_POSES:
             raise ValueError(f"start_pose={start_pose!r}: expected one of {START_POSES}")
         self.start_pose = start_pose
+        if instructions not in INSTRUCTION_SETS:
+            raise ValueError(f"instructions={instructions!r}: expected one of {INSTRUCTION_SETS}")
+        self.instructions = instructions
         self.action_mode = action_mode
         self.cameras = tuple(cameras)
         self.image_hw = (int(h), int(w))
@@ -181,6 +192,12 @@ class TabletopEnv(gym.Env):
     def randomize(self) -> str:
         """Place and colour the objects with self.np_random; return the instruction."""
         raise NotImplementedError
+
+    def pick_template(self, rng: np.random.Generator) -> str:
+        """One instruction wording (``templates``, or ``paraphrases`` with ``instructions="paraphrases"``),
+        one random draw either way."""
+        words = self.paraphrases if self.instructions == "paraphrases" else self.templates
+        return words[int(rng.integers(len(words)))]
 
     def evaluate(self) -> tuple[bool, dict[str, float]]:
         """(success, reward terms without the 'reward_' prefix) for the current state."""

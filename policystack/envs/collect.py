@@ -3,7 +3,7 @@
     policystack collect env=PickPlace episodes=50 out=data/pickplace [workers=2]
         [cameras=front,wrist] [image_size=96] [seed=0] [only_success=true]
         [action_mode=ee_delta] [env_state=false] [max_attempts=N] [vcodec=libsvtav1]
-        [noise=0] [start_pose=random|home]
+        [noise=0] [start_pose=random|home] [exclude=purple,...] [actions=true]
     policystack collect env=Reach,PressButton,OpenDrawer episodes=100 out=data/multi [...]
     policystack collect env=metaworld/reach-v3 episodes=50 out=data/mw-reach [cameras=corner2]
         [variations=0-29] [max_steps=150] [camera_convention=lerobot]
@@ -20,6 +20,13 @@ action, so policies also see states off the expert's path labelled with the corr
 records the plain expert: on the contact-rich tasks DART labels hurt (bc from state, PickPlace 7% with
 0.1 vs 100% without, docs/results.md); 0.2 is what the Reach / PressButton camera results used (0.1 keeps
 every task's expert at >= 95% success, 0.2 drops Stack's to 73%, docs/envs.md). ``start_pose`` is the env's (random start poses by default, docs/envs.md).
+
+``exclude=w1,w2`` keeps no episode whose instruction contains one of these words (whole words, any
+case): a held-out study's demos (e.g. ``exclude=purple``: no Reach demo names the purple ball; purple
+balls still appear as distractors). Excluded seeds count as attempts, like failures.
+
+``actions=false`` writes the same episodes without the ``action`` feature: action-free video, which
+a world model (uwm) co-trains on through ``policystack train ... dataset.mixture=[DIR] dataset.mixture_weights=[W]``.
 
 ``env=A,B,C`` writes ``episodes`` demos of EACH task into one dataset, task by task in the order
 given (all of A's episodes, then B's, ...); every task's seeds start at ``seed``, so the A part
@@ -70,13 +77,15 @@ class CollectConfig:
     only_success: bool = True
     action_mode: str = "ee_delta"
     env_state: bool = False  # also record observation.environment_state (object poses)
-    max_attempts: int = 0  # per task; 0: 2 * episodes + 10 (episodes with only_success=false)
+    max_attempts: int = 0  # per task; 0: 2 * episodes + 10 (episodes with only_success=false and no exclude)
     vcodec: str = "libsvtav1"
     noise: float = 0.0  # DART: std of the noise on executed (not recorded) actions; 0 = plain expert
     start_pose: str = "random"  # the env's start_pose: "random" or "home"
     variations: str = ""  # MetaWorld: pinned MT1 variations, e.g. 0-29; "": a new placement per seed
     max_steps: int = 0  # MetaWorld: episode limit; 0: MetaWorld's 500
     camera_convention: str = "lerobot"  # MetaWorld: lerobot | upright | vflip (docs/envs.md)
+    exclude: tuple[str, ...] = ()  # words: an episode whose instruction has one is not kept (held-out studies)
+    actions: bool = True  # record the action; false writes action-free video (world-model co-training)
 
     @property
     def tasks(self) -> list[str]:
@@ -89,7 +98,8 @@ class CollectConfig:
 
     def keeps(self, ep: Episode) -> bool:
         """Whether episode ``ep`` goes into the dataset."""
-        return ep.success or not self.only_success
+        words = set(ep.task.lower().split())
+        return (ep.success or not self.only_success) and not any(w.lower() in words for w in self.exclude)
 
     def metaworld_config(self) -> dict:
         """MetaWorldConfig fields of a MetaWorld collection."""
@@ -123,6 +133,8 @@ class CollectConfig:
 
             self.cameras = (DEFAULT_CAMERA,) if self.cameras is None else self.cameras
             MetaWorldConfig(**self.metaworld_config())  # bad cameras / variations / convention fail here
+            if not self.actions:
+                raise ValueError("actions=false applies to tabletop tasks; MetaWorld demos are collected with actions")
             return
         if self.variations or self.max_steps or self.camera_convention != "lerobot":
             raise ValueError("variations=, max_steps= and camera_convention= apply to env=metaworld/<task> only")
@@ -155,7 +167,7 @@ class CollectConfig:
         if self.start_pose not in START_POSES:
             raise ValueError(f"start_pose={self.start_pose!r}: expected one of {', '.join(START_POSES)}")
         if self.max_attempts == 0:
-            self.max_attempts = 2 * self.episodes + 10 if self.only_success else self.episodes
+            self.max_attempts = 2 * self.episodes + 10 if self.only_success or self.exclude else self.episodes
         if self.max_attempts < self.episodes:
             raise ValueError(f"max_attempts={self.max_attempts} is below episodes={self.episodes}")
 
@@ -301,6 +313,8 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict:
     from policystack.datasets.writer import DatasetWriter
 
     features, fps = common_features(cfg)  # before anything is written
+    if not cfg.actions:
+        features = {k: f for k, f in features.items() if k != ACTION}
     counts = {t: {"episodes": 0, "frames": 0, "attempts": 0} for t in cfg.tasks}
     bar = tqdm(total=cfg.episodes * len(cfg.tasks), desc=f"collect {cfg.tasks[0]}", unit="ep",
                disable=not progress)
@@ -312,7 +326,7 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict:
             keep = cfg.keeps(ep)
             if keep:
                 for t in range(len(ep)):
-                    frame = {k: v[t] for k, v in ep.frames.items()}
+                    frame = {k: v[t] for k, v in ep.frames.items() if k in features}
                     frame[TASK] = ep.task
                     writer.add_frame(frame)
                 writer.save_episode()

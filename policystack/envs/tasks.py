@@ -71,7 +71,7 @@ class _NamedOneOfThree(TabletopEnv):
             self.place(i, xy[i], rng)
             self.model.geom_rgba[self.model.geom(f"{self.part}{i}").id] = COLORS[colors[i]]
         self.target = f"{self.part}{int(rng.integers(self.n_objects))}"
-        self.colors, self.template = colors, self.templates[int(rng.integers(len(self.templates)))]
+        self.colors, self.template = colors, self.pick_template(rng)
         return self.template.format(c=colors[int(self.target[-1])])
 
     def swap_instruction(self) -> str:
@@ -91,6 +91,8 @@ class ReachEnv(_NamedOneOfThree):
     max_episode_steps = 50
     templates: ClassVar[tuple[str, ...]] = ("reach the {c} ball", "move the gripper to the {c} ball",
                                             "touch the {c} sphere")
+    paraphrases: ClassVar[tuple[str, ...]] = ("go to the {c} ball", "bring your gripper to the {c} sphere",
+                                              "approach the {c} ball")
     part = "ball"
     success_dist = 0.03
 
@@ -114,6 +116,8 @@ class PressButtonEnv(_NamedOneOfThree):
     max_episode_steps = 60
     templates: ClassVar[tuple[str, ...]] = ("press the {c} button", "push the {c} button down",
                                             "hit the {c} button")
+    paraphrases: ClassVar[tuple[str, ...]] = ("push down on the {c} button", "activate the {c} button",
+                                              "press down the {c} switch")
     part = "button"
     press_depth = 0.008
     add_object = staticmethod(add_button)
@@ -139,6 +143,8 @@ class OpenDrawerEnv(TabletopEnv):
     max_episode_steps = 80
     templates: ClassVar[tuple[str, ...]] = ("open the {c} drawer", "pull the {c} drawer open",
                                             "slide the {c} drawer out")
+    paraphrases: ClassVar[tuple[str, ...]] = ("pull out the {c} drawer", "open up the {c} drawer",
+                                              "slide open the {c} drawer")
     open_dist = 0.12
 
     @classmethod
@@ -152,7 +158,7 @@ class OpenDrawerEnv(TabletopEnv):
         color = _pick_colors(rng, 1)[0]
         for part in ("front", "floor", "back", "left", "right"):
             self.model.geom_rgba[self.model.geom(f"drawer_{part}").id] = COLORS[color]
-        return self.templates[int(rng.integers(len(self.templates)))].format(c=color)
+        return self.pick_template(rng).format(c=color)
 
     @property
     def opening(self) -> float:
@@ -178,6 +184,9 @@ class PushEnv(TabletopEnv):
     templates: ClassVar[tuple[str, ...]] = ("push the {c} cube to the {z} zone",
                                             "slide the {c} cube onto the {z} target",
                                             "move the {c} cube into the {z} area")
+    paraphrases: ClassVar[tuple[str, ...]] = ("shove the {c} cube into the {z} zone",
+                                              "push the {c} block to the {z} region",
+                                              "nudge the {c} block onto the {z} area")
     zone_radius = 0.06
     success_dist = 0.04
 
@@ -197,7 +206,7 @@ class PushEnv(TabletopEnv):
         self.model.body_pos[self.model.body("zone").id] = [*xy[1], 0.001]
         self.model.geom_rgba[self.model.geom("cube").id] = COLORS[cube_c]
         self.model.geom_rgba[self.model.geom("zone").id] = COLORS[zone_c][:3] + (0.6,)
-        return self.templates[int(rng.integers(len(self.templates)))].format(c=cube_c, z=zone_c)
+        return self.pick_template(rng).format(c=cube_c, z=zone_c)
 
     def object_state(self) -> np.ndarray:
         return np.concatenate([self.body_pose("cube"), self.body_pos("zone")])
@@ -219,6 +228,9 @@ class PickPlaceEnv(TabletopEnv):
     templates: ClassVar[tuple[str, ...]] = ("put the {c} cube in the {b} bowl",
                                             "place the {c} cube into the {b} bowl",
                                             "pick up the {c} cube and drop it in the {b} bowl")
+    paraphrases: ClassVar[tuple[str, ...]] = ("drop the {c} cube into the {b} bowl",
+                                              "move the {c} block into the {b} bowl",
+                                              "grab the {c} cube and put it in the {b} bowl")
     bowl_radius = 0.075
 
     @classmethod
@@ -241,7 +253,7 @@ class PickPlaceEnv(TabletopEnv):
                 self.model.geom_rgba[gid] = COLORS[cb]
         self.target = f"cube{int(rng.integers(2))}"
         color = c0 if self.target == "cube0" else c1
-        self.colors, self.template = (c0, c1, cb), self.templates[int(rng.integers(len(self.templates)))]
+        self.colors, self.template = (c0, c1, cb), self.pick_template(rng)
         return self.template.format(c=color, b=cb)
 
     def swap_instruction(self) -> str:
@@ -270,6 +282,9 @@ class StackEnv(TabletopEnv):
     templates: ClassVar[tuple[str, ...]] = ("stack the {a} cube on the {b} cube",
                                             "put the {a} cube on top of the {b} cube",
                                             "place the {a} cube onto the {b} cube")
+    paraphrases: ClassVar[tuple[str, ...]] = ("set the {a} cube on the {b} cube",
+                                              "put the {a} block on top of the {b} block",
+                                              "place the {a} block on the {b} block")
 
     @classmethod
     def build(cls, spec: mujoco.MjSpec) -> None:
@@ -285,7 +300,7 @@ class StackEnv(TabletopEnv):
             self.model.geom_rgba[self.model.geom(f"cube{i}").id] = COLORS[colors[i]]
         top, bottom = (int(i) for i in rng.choice(3, size=2, replace=False))
         self.top, self.bottom = f"cube{top}", f"cube{bottom}"
-        self.colors, self.template = colors, self.templates[int(rng.integers(len(self.templates)))]
+        self.colors, self.template = colors, self.pick_template(rng)
         return self.template.format(a=colors[top], b=colors[bottom])
 
     def swap_instruction(self) -> str:
@@ -319,6 +334,8 @@ class PlaceObjectEnv(TabletopEnv):
     max_episode_steps = 120
     templates: ClassVar[tuple[str, ...]] = ("put the {o} in the {b} bowl", "place the {o} into the {b} bowl",
                                             "pick up the {o} and drop it in the {b} bowl")
+    paraphrases: ClassVar[tuple[str, ...]] = ("drop the {o} into the {b} bowl", "move the {o} over to the {b} bowl",
+                                              "grab the {o} and put it in the {b} bowl")
     bowl_radius = 0.08
     # the suite's area, 2 cm wider in y: three things 18 cm apart fit for every seed (0 failures of
     # rejection sampling in 5000 seeds; AREA_LOW..AREA_HIGH failed 2)
@@ -376,7 +393,7 @@ class PlaceObjectEnv(TabletopEnv):
         b = int(rng.integers(2))
         self.target, self.target_object, self.bowl = f"obj{k}/object", objects[k], f"bowl{b}"
         self._target_geoms = set(self._object_geoms(k))
-        return self.templates[int(rng.integers(len(self.templates)))].format(o=objects[k].noun, b=c_bowls[b])
+        return self.pick_template(rng).format(o=objects[k].noun, b=c_bowls[b])
 
     def grasp_height(self) -> float:
         """Pinch height above the object's bottom: its grasp hint's, raised so that the top of a tall

@@ -3,7 +3,8 @@
     policystack eval checkpoint=DIR|expert env=TASK[,TASK...] [episodes=20] [n_envs=1] [seed=1000]
         [out=DIR] [videos=2] [max_steps=N] [device=cpu] [policy=NAME] [overwrite=false]
         [cameras=front,wrist] [image_size=96] [action_mode=ee_delta] [start_pose=random|home]
-        [swap_instruction=false] [variations=30-49] [camera_convention=lerobot|upright|vflip] [threads=1]
+        [swap_instruction=false] [variations=30-49] [camera_convention=lerobot|upright|vflip]
+        [instructions=templates|paraphrases] [threads=1]
 
 checkpoint: a policy directory, a training checkpoint or a run directory (its latest checkpoint),
 or ``expert`` for the task's scripted expert. policy=NAME checks the checkpoint is of that family.
@@ -20,6 +21,8 @@ rate with its Wilson 95% interval.
 swap_instruction=true: the same seeded scenes, but each instruction names another of the scene's
 objects (the same template, another colour) and success is judged on that object: the rate printed
 is how often the policy follows the instruction (docs/evaluation.md). OUT defaults to ..._swap.
+instructions=paraphrases: the same scenes, the instructions worded by the task's paraphrases, which no
+demonstration uses (docs/envs.md). OUT defaults to ..._paraphrases.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ class EvalArgs:
     # torch threads: a small-batch rollout gains little from more, and on shared cores more threads
     # spin against each other (2 threads beside two busy processes: 37 s per PressButton episode, 1: 0.5 s)
     threads: int = 1
+    instructions: str = ""
 
     @property
     def tasks(self) -> list[str]:
@@ -75,12 +79,15 @@ class EvalArgs:
             kw["start_pose"] = self.start_pose
         if self.variations:
             kw["variations"] = tuple(parse_int_ranges(self.variations, "variations"))
+        if self.instructions:
+            kw["instructions"] = self.instructions
         return kw or None
 
     def out_dir(self) -> Path:
         if self.out:
             return Path(self.out)
-        name = "_".join(self.tasks) + ("_swap" if self.swap_instruction else "")
+        name = "_".join(self.tasks) + ("_swap" if self.swap_instruction else "") \
+            + ("_paraphrases" if self.instructions == "paraphrases" else "")
         if self.checkpoint == "expert":
             return Path("outputs/eval/expert") / name
         return Path(self.checkpoint) / "eval" / name

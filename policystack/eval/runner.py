@@ -21,6 +21,10 @@ a slot's copy when its env starts an episode. Each slot's policy is called with 
 its torch RNG stream is seeded per episode and swapped in around its calls, so even stochastic
 policies (diffusion sampling) give the same episode for any ``n_envs``. The caller's RNG state and
 the policy's train/eval mode are restored afterwards (training calls this for periodic eval).
+
+A policy that says an episode is over (``Policy.done`` after ``select_action``, RT-2's terminate token)
+ends it once that action is executed, as the daemon does on a robot; the episode's record says so
+(``policy_done``), and its success is what the env judged up to then.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ class EpisodeRecord:
     task: str  # the language instruction
     video: str | None = None  # path of its MP4, if recorded
     variation: int | None = None  # MetaWorld's pinned MT1 variation, if the env pins them
+    policy_done: bool = False  # the policy ended the episode (Policy.done, RT-2's terminate token)
 
 
 @dataclass
@@ -160,6 +165,7 @@ class _Slot:
     max_reward: float = -math.inf
     success: bool = False
     last_action: np.ndarray | None = None
+    policy_done: bool = False  # the policy said its last action ends the episode
     frames: list[np.ndarray] | None = None  # HWC frames when this episode is recorded
 
 
@@ -292,6 +298,7 @@ class EvalRunner:
                 slot.task = str(info[TASK][i]) if TASK in info else ""
                 slot.variation = int(info["variation"][i]) if "variation" in info else None
                 slot.length, slot.reward, slot.max_reward, slot.success = 0, 0.0, -math.inf, False
+                slot.policy_done = False
                 slot.policy.reset()
                 slot.rng = torch.Generator().manual_seed(slot.seed).get_state()
                 if device.type == "cuda":
@@ -312,7 +319,8 @@ class EvalRunner:
                 slot.reward += float(reward[i])
                 slot.max_reward = max(slot.max_reward, float(reward[i]))
                 slot.success |= bool(info["is_success"][i]) if "is_success" in info else False
-                done = terminated[i] or truncated[i] or (self.max_steps is not None and slot.length >= self.max_steps)
+                done = terminated[i] or truncated[i] or (self.max_steps is not None and slot.length >= self.max_steps) \
+                    or slot.policy_done
                 if done:
                     if slot.frames is not None:
                         self._capture_frames(envs, obs, [slot if j == i else None for j in range(n)])
@@ -337,6 +345,8 @@ class EvalRunner:
         if slot.cuda_rng is not None:
             torch.cuda.set_rng_state(slot.cuda_rng, device)
         action = slot.policy.select_action(batch)
+        done = getattr(slot.policy, "done", None)  # bool [1], or None for a policy that never says
+        slot.policy_done = done is not None and bool(done[0])
         slot.rng = torch.get_rng_state()
         if slot.cuda_rng is not None:
             slot.cuda_rng = torch.cuda.get_rng_state(device)
@@ -374,6 +384,6 @@ class EvalRunner:
             video = str(write_video(path, slot.frames, fps=fps))
         record = EpisodeRecord(index=slot.episode, seed=slot.seed, success=slot.success, length=slot.length,
                                reward=slot.reward, max_reward=slot.max_reward, task=slot.task, video=video,
-                               variation=slot.variation)
+                               variation=slot.variation, policy_done=slot.policy_done)
         slot.episode, slot.frames = -1, None
         return record

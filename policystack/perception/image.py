@@ -26,8 +26,10 @@ Shapes: uint8 [N, 3, H, W] -> float32 [N, C, g, g] (``out_channels``, ``grid``).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +72,13 @@ def load_lite0_state_dict(model: nn.Module, path: str | Path) -> None:
     model.load_state_dict(dict(zip(dst, src.values())), strict=True)
 
 
+@cache
+def file_digest(path: str) -> str:
+    """A short content hash of a file (cached per path for the process): names weights in cache ids."""
+    with open(path, "rb") as f:
+        return hashlib.blake2b(f.read(), digest_size=6).hexdigest()
+
+
 class PretrainedImageEncoder(nn.Module):
     """An ImageNet trunk cut after ``stages`` stages; see the module docstring.
 
@@ -100,7 +109,7 @@ class PretrainedImageEncoder(nn.Module):
             self.load_pretrained()
         self.name, self.stages, self.image_size, self.frozen = name, stages, image_size, frozen
         self.out_channels = LITE0_CHANNELS[stages - 1]
-        self.grid = _conv_out(image_size, LITE0_STRIDES[stages - 1])
+        self.grid = lite0_grid(image_size, stages)
         if frozen:
             self.trunk.requires_grad_(False)
             self.trunk.eval()
@@ -170,20 +179,30 @@ class FeatureTransform:
     cached features and acting on live ones see the same precision."""
 
     def __init__(self, encoder: PretrainedImageEncoder, batch_size: int = 64):
-        self.encoder, self.batch_size = encoder, batch_size
+        # a copy (on the encoder's device): the loader's function stays what it was when made, whatever
+        # happens to the policy's encoder afterwards (sharded into DTensors by strategy=fsdp, moved)
+        self.encoder, self.batch_size = copy.deepcopy(encoder), batch_size
         self.cache_id = encoder.cache_id
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
+        # identical frames (a still scene, e.g. the examples of one vision-language scene) are encoded once
+        unique, inverse = np.unique(np.asarray(frames).reshape(len(frames), -1), axis=0, return_inverse=True)
+        unique = unique.reshape(len(unique), *frames.shape[1:])
         out = []
         with torch.no_grad():
-            for i in range(0, len(frames), self.batch_size):
-                out.append(self.encoder(torch.from_numpy(np.array(frames[i:i + self.batch_size]))))
-        return torch.cat(out).to(torch.float16).numpy()
+            for i in range(0, len(unique), self.batch_size):
+                out.append(self.encoder(torch.from_numpy(np.array(unique[i:i + self.batch_size]))))
+        return torch.cat(out).to(torch.float16).numpy()[inverse.reshape(-1)]
 
 
 def round_like_cache(features: Tensor) -> Tensor:
     """Live encoder features rounded as the feature cache stores them (float16), back in float32."""
     return features.to(torch.float16).float()
+
+
+def lite0_grid(image_size: int, stages: int) -> int:
+    """Side of the feature map of an ``image_size`` frame after ``stages`` Lite0 stages (no model built)."""
+    return _conv_out(image_size, LITE0_STRIDES[stages - 1])
 
 
 def _conv_out(size: int, stride: int) -> int:

@@ -39,7 +39,9 @@ Weights (``VLMConfig.weights``), nothing ever downloads:
 A different vision tower (e.g. a pretrained CNN behind a projector) plugs in as ``vision_tower``:
 any module mapping float pixels in [0, 1], [N, 3, S, S] to [N, T, text hidden size], with
 attributes ``image_size`` (S) and ``num_tokens`` (T). It replaces the built-in tower (smolvlm /
-idefics3, which accept projected image features directly).
+idefics3, which accept projected image features directly). A caller that computes the projected
+features itself (from features cached per dataset frame, say) passes them as ``image_features=``
+[B, n, T, D] instead of images (``encode``, ``generate``; smolvlm / idefics3).
 
 Token utilities shared with the token-predicting families (RT-2, EMMA, Gato):
 ``VisionLanguageModel.add_tokens`` (dedicated tokens appended to the vocabulary), ``AllowedTokens``
@@ -195,6 +197,12 @@ class VLMConfig:
     text_depth: int = 4           # tiny text model layers
     text_heads: int = 4
     context_length: int = 1024    # tiny text model max positions (prompt + answer + generated)
+    text_intermediate: int | None = None    # tiny text model MLP width (None: 4 x text_width)
+    text_kv_heads: int | None = None        # tiny text model key/value heads (None: text_heads)
+    vision_intermediate: int | None = None  # vision tower MLP width (None: 4 x vision_width)
+    # tiny text model embedding rows (None: the byte tokenizer's size); larger pads the vocabulary with
+    # unused rows, so that a config can describe a real model's size (built on the meta device)
+    vocab_size: int | None = None
     scale_factor: int = 2         # smolvlm/idefics3 pixel shuffle: T = (image_size/patch_size)^2 / scale^2
     cache_dir: str | None = None  # smollm2's converted copy (None: $POLICYSTACK_CACHE or ~/.cache/policystack)
 
@@ -209,6 +217,13 @@ class VLMConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"VLMConfig.{name} must be a positive int, got {value!r}")
+        for name in ("text_intermediate", "text_kv_heads", "vision_intermediate", "vocab_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"VLMConfig.{name} must be a positive int or None, got {value!r}")
+        if self.text_kv_heads is not None and self.text_heads % self.text_kv_heads:
+            raise ValueError(f"VLMConfig.text_heads={self.text_heads} must be a multiple of "
+                             f"text_kv_heads={self.text_kv_heads} (grouped-query attention)")
         if self.weights in ("tiny", "smollm2"):
             FAMILIES[self.family].check_sizes(self)
             for width, heads in (("vision_width", "vision_heads"), ("text_width", "text_heads")):
@@ -295,7 +310,7 @@ class VLMFamily(ABC):
 
 def _vision_dict(cfg: VLMConfig, **extra: Any) -> dict[str, Any]:
     """A SigLIP-style vision config at ``cfg``'s sizes."""
-    return dict(hidden_size=cfg.vision_width, intermediate_size=4 * cfg.vision_width,
+    return dict(hidden_size=cfg.vision_width, intermediate_size=cfg.vision_intermediate or 4 * cfg.vision_width,
                 num_hidden_layers=cfg.vision_depth, num_attention_heads=cfg.vision_heads,
                 image_size=cfg.image_size, patch_size=cfg.patch_size, **extra)
 
@@ -536,13 +551,14 @@ class VLMInputs:
 
     input_ids, attention_mask int64 [B, L]; labels int64 [B, L] (``IGNORE_INDEX`` off the answers;
     ``None`` without answers); pixels float [B, n, 3, S, S] as the vision tower takes them (``None``
-    without images).
+    without images); features float [B, n, T, D]: projected image features given instead of pixels.
     """
 
     input_ids: Tensor
     attention_mask: Tensor
     labels: Tensor | None = None
     pixels: Tensor | None = None
+    features: Tensor | None = None
 
     @property
     def answer_mask(self) -> Tensor:
@@ -615,9 +631,7 @@ class VisionLanguageModel(nn.Module):
                     raise TypeError(f"vision_tower {type(vision_tower).__name__} needs an int attribute {attr!r}")
             self.image_size = vision_tower.image_size
             self.tokens_per_image = vision_tower.num_tokens
-            # the built-in tower is replaced: drop it so it neither costs memory nor sits in the optimiser
-            model.model.vision_model = None
-            model.model.connector = None
+            self.drop_builtin_tower()  # replaced: it would cost memory and sit in the optimiser
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.bos_token_id = tokenizer.bos_token_id
@@ -667,6 +681,14 @@ class VisionLanguageModel(nn.Module):
             self.model.resize_token_embeddings(len(self.tokenizer), mean_resizing=True)
         return ids
 
+    def drop_builtin_tower(self) -> None:
+        """Delete the built-in vision tower and projector (smolvlm / idefics3), for a caller that always
+        passes ``image_features=`` (or plugs in a ``vision_tower``): no memory, nothing in an optimiser."""
+        if not self.family.accepts_image_features:
+            raise ValueError(f"family {self.family.name!r} needs its own vision tower (it takes pixels, not features)")
+        self.model.model.vision_model = None
+        self.model.model.connector = None
+
     def vision_parameters(self) -> list[nn.Parameter]:
         """The vision encoder's parameters, to freeze or to give their own learning rate: the built-in
         encoder without its projector, or all of a plugged-in tower."""
@@ -697,45 +719,83 @@ class VisionLanguageModel(nn.Module):
             raise TypeError(f"{what} must be a list of strings, got {texts!r:.200}")
         return [self.tokenizer.encode(t, add_special_tokens=False) for t in texts]
 
+    def _answer_segments(self, answers: Sequence[str | Sequence[tuple[Sequence[int], bool]]]
+                         ) -> list[list[tuple[list[int], bool]]]:
+        if isinstance(answers, str):
+            raise TypeError(f"answers must be a list (one per prompt), got the string {answers!r:.200}")
+        out = []
+        for i, a in enumerate(answers):
+            if isinstance(a, str):
+                out.append([(self.tokenizer.encode(a, add_special_tokens=False), True)])
+            elif all(isinstance(seg, (tuple, list)) and len(seg) == 2 for seg in a):
+                out.append([([int(t) for t in ids], bool(in_loss)) for ids, in_loss in a])
+            else:
+                raise TypeError(f"answers[{i}] must be a string or a list of (token ids, in_loss) segments, "
+                                f"got {a!r:.200}")
+        return out
+
     def encode(self, prompts: Sequence[str], images: Tensor | None = None,
-               answers: Sequence[str] | None = None, reserve: int = 0) -> VLMInputs:
+               answers: Sequence[str | Sequence[tuple[Sequence[int], bool]]] | None = None, reserve: int = 0,
+               image_features: Tensor | None = None) -> VLMInputs:
         """Tokenise a batch: per sample the images' placeholders, the prompt and, when ``answers``
         are given, the answer + end token with labels (loss on the answers only).
 
         Args:
             prompts: B strings. images: see ``preprocess`` (the same n images for every sample).
-            answers: B strings, or None. reserve: tokens that must still fit (``generate``'s budget).
+            answers: B strings, or B lists of ``(token ids, in_loss)`` segments (e.g. dedicated action
+                tokens, with the steps of a chunk past an episode's end out of the loss), or None.
+                The end token follows each answer, in the loss.
+            reserve: tokens that must still fit (``generate``'s budget).
+            image_features: instead of ``images``, projected features float [B, n, T, D] (T tokens
+                per image of the text model's width D), e.g. from a vision tower the caller runs
+                itself (smolvlm / idefics3 only).
         """
         prompt_ids = self._text_ids(prompts, "prompts")
-        answer_ids = self._text_ids(answers, "answers") if answers is not None else None
-        if answer_ids is not None and len(answer_ids) != len(prompt_ids):
-            raise ValueError(f"{len(prompt_ids)} prompts but {len(answer_ids)} answers; expected one answer per prompt")
-        pixels, n_images = None, 0
+        answer_segments = None if answers is None else self._answer_segments(answers)
+        if answer_segments is not None and len(answer_segments) != len(prompt_ids):
+            raise ValueError(f"{len(prompt_ids)} prompts but {len(answer_segments)} answers; expected one answer "
+                             "per prompt")
+        pixels, n_images, tokens_per_image = None, 0, self.tokens_per_image
+        if images is not None and image_features is not None:
+            raise ValueError("give images or image_features, not both")
         if images is not None:
             if len(images) != len(prompt_ids):
                 raise ValueError(f"{len(prompt_ids)} prompts but images for {len(images)} samples")
             pixels = self.preprocess(images)
             n_images = pixels.shape[1]
-        image_ids = self.family.image_prefix(self.special_ids, self.tokens_per_image) * n_images
+        if image_features is not None:
+            if not self.family.accepts_image_features:
+                raise ValueError(f"image_features= needs a family that takes projected image features "
+                                 f"({[n for n, f in FAMILIES.items() if f.accepts_image_features]}), not "
+                                 f"{self.family.name!r}")
+            if image_features.dim() != 4 or len(image_features) != len(prompt_ids) \
+                    or image_features.shape[-1] != self.hidden_size:
+                raise ValueError(f"image_features must be [B={len(prompt_ids)}, n_images, T, D={self.hidden_size}], "
+                                 f"got shape {list(image_features.shape)}")
+            n_images, tokens_per_image = image_features.shape[1], image_features.shape[2]
+        image_ids = self.family.image_prefix(self.special_ids, tokens_per_image) * n_images
         samples = []
         for i, ids in enumerate(prompt_ids):
             segments = [(self.family.prompt_ids(self.tokenizer, image_ids, ids), False)]
-            if answer_ids is not None:
-                segments.append((answer_ids[i] + [self.tokenizer.eos_token_id], True))
+            if answer_segments is not None:
+                segments += answer_segments[i] + [([self.tokenizer.eos_token_id], True)]
             length = sum(len(s) for s, _ in segments) + reserve
             if length > self.context_length:
                 raise ValueError(
                     f"sample {i}: {length} tokens ({len(image_ids)} for {n_images} image(s), {len(ids)} prompt"
-                    + (f", {len(answer_ids[i]) + 1} answer" if answer_ids is not None else "")
+                    + (f", {sum(len(s) for s, _ in segments[1:])} answer" if answer_segments is not None else "")
                     + (f", {reserve} to generate" if reserve else "")
                     + f") exceed the model's context of {self.context_length} tokens "
                     "(text_config.max_position_embeddings); shorten the prompt or use fewer/smaller images")
             samples.append(segments)
         input_ids, attention_mask, labels = pack_segments(samples, self.tokenizer.pad_token_id)
-        return VLMInputs(input_ids, attention_mask, labels if answer_ids is not None else None, pixels)
+        return VLMInputs(input_ids, attention_mask, labels if answer_segments is not None else None, pixels,
+                         image_features)
 
     def _model_kwargs(self, inputs: VLMInputs, generating: bool) -> dict[str, Any]:
-        pixels, features = inputs.pixels, None
+        pixels, features = inputs.pixels, inputs.features
+        if features is not None:
+            features = features.to(self.model.dtype)
         if pixels is not None and self.vision_tower is not None:
             b, n = pixels.shape[:2]
             features = self.vision_tower(pixels.flatten(0, 1).to(self.model.dtype)).unflatten(0, (b, n))
@@ -767,14 +827,19 @@ class VisionLanguageModel(nn.Module):
         hidden = self._hidden(inputs)
         return VLMOutput(logits=self.model.lm_head(hidden), hidden=hidden)
 
-    def loss(self, inputs: VLMInputs) -> Tensor:
-        """Cross-entropy on the answer tokens (and end token) only; a scalar. Same value as
-        ``lm_loss(self(inputs).logits, inputs.labels)``, with the output layer applied only at the
-        positions in the loss (a 49k-word output layer over every prompt token costs more than the rest)."""
+    def answer_logits(self, inputs: VLMInputs) -> tuple[Tensor, Tensor, Tensor]:
+        """The logits that predict the labelled tokens, with the output layer applied only there (a
+        49k-word output layer over every prompt token costs more than the rest): logits float [N, V],
+        their target ids int64 [N] and where they sit, bool [B, L] (``next_token_targets``)."""
         if inputs.labels is None:
             raise ValueError("VisionLanguageModel.loss needs inputs encoded with answers")
         where, targets = next_token_targets(inputs.labels.to(self.model.device))
-        logits = self.model.lm_head(self._hidden(inputs)[where])  # [N, V]
+        return self.model.lm_head(self._hidden(inputs)[where]), targets, where
+
+    def loss(self, inputs: VLMInputs) -> Tensor:
+        """Cross-entropy on the answer tokens (and end token) only; a scalar. Same value as
+        ``lm_loss(self(inputs).logits, inputs.labels)`` (``answer_logits``)."""
+        logits, targets, _ = self.answer_logits(inputs)
         return F.cross_entropy(logits.float(), targets)
 
     def embed(self, prompts: Sequence[str], images: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -786,10 +851,12 @@ class VisionLanguageModel(nn.Module):
     def generate(self, prompts: Sequence[str], images: Tensor | None = None, max_new_tokens: int = 32,
                  allowed_token_ids: Iterable[int] | None = None, stop_at_eos: bool = True,
                  do_sample: bool = False, temperature: float = 1.0,
-                 logits_processors: Sequence[LogitsProcessor] = ()) -> Generation:
+                 logits_processors: Sequence[LogitsProcessor] = (),
+                 image_features: Tensor | None = None) -> Generation:
         """Continue each prompt (after its images) by up to ``max_new_tokens`` tokens.
 
         Args:
+            images / image_features: as ``encode``.
             allowed_token_ids: if given, decoding is constrained to these ids (``AllowedTokens``),
                 plus the end token when ``stop_at_eos``.
             stop_at_eos: stop a sample at the end token; if False exactly ``max_new_tokens`` come out.
@@ -798,7 +865,7 @@ class VisionLanguageModel(nn.Module):
         """
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        inputs = self.encode(prompts, images, reserve=max_new_tokens).to(self.model.device)
+        inputs = self.encode(prompts, images, reserve=max_new_tokens, image_features=image_features).to(self.model.device)
         eos = self.tokenizer.eos_token_id
         processors = LogitsProcessorList()
         if allowed_token_ids is not None:
@@ -948,9 +1015,11 @@ def build_vlm(cfg: VLMConfig) -> VisionLanguageModel:
     _, model_class = family.hf_classes()
     if cfg.weights == "tiny":
         tokenizer = byte_tokenizer(family.special_tokens)
-        text = dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=cfg.text_width,
-                    intermediate_size=4 * cfg.text_width, num_hidden_layers=cfg.text_depth,
-                    num_attention_heads=cfg.text_heads, num_key_value_heads=cfg.text_heads,
+        if cfg.vocab_size is not None and cfg.vocab_size < len(tokenizer):
+            raise ValueError(f"VLMConfig.vocab_size={cfg.vocab_size} is below the tokenizer's {len(tokenizer)} tokens")
+        text = dict(model_type="llama", vocab_size=cfg.vocab_size or len(tokenizer), hidden_size=cfg.text_width,
+                    intermediate_size=cfg.text_intermediate or 4 * cfg.text_width, num_hidden_layers=cfg.text_depth,
+                    num_attention_heads=cfg.text_heads, num_key_value_heads=cfg.text_kv_heads or cfg.text_heads,
                     max_position_embeddings=cfg.context_length, tie_word_embeddings=True,
                     pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                     eos_token_id=tokenizer.eos_token_id)

@@ -28,6 +28,11 @@ The inference contract (one history mechanism, the same in ``policystack eval`` 
       then pop one action. A caller that replans on its own (the daemon's worker) calls
       ``predict_action_chunk`` when it replans and ``observe`` at every tick.
     - ``reset()`` clears the history and the queue (every episode start).
+    - A family that can say an episode is over (RT-2's terminate token) overrides
+      ``predict_action_chunk_with_done`` to return, beside the chunk, bool [B, H]: True at a step after
+      which the episode is done. ``select_action`` then sets ``self.done`` (bool [B]) for the action it
+      returns; ``policystack eval`` and the daemon end the episode once that action is executed. For every
+      other family ``done`` stays None.
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ from policystack.policies.normalize import Normalizer
 from policystack.types import ACTION, FeatureSpec, Stats
 
 # The families policystack ships, each ``policystack.policies.<name>`` (a module or a package).
-FAMILIES = ("bc", "rt1", "act", "diffusion")
+FAMILIES = ("bc", "rt1", "act", "diffusion", "rt2", "uwm")
 
 
 @dataclass
@@ -145,6 +150,9 @@ class Policy(nn.Module):
     # what a reasoning policy (EMMA's meta-decision) decided in its last predict_action_chunk, in words
     # (batch element 0); the daemon publishes it with the chunk and its announcer reads it out
     decision: str = ""
+    # compute_loss takes mixed batches (datasets/mixture.py; the loop's dataset.mixture), e.g. RT-2's
+    # robot windows + vision-language examples; the loop refuses a mixture for any other family
+    trains_on_mixture: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -163,7 +171,8 @@ class Policy(nn.Module):
         self.normalizer = Normalizer({k: (3, 1, 1) if self.features[k].is_visual else tuple(self.features[k].shape)
                                       for k in modes if k in self.features}, modes, stats)
         self.history = ObservationHistory(config.n_obs_steps)
-        self._action_queue: deque[Tensor] = deque()
+        self._action_queue: deque[tuple[Tensor, Tensor | None]] = deque()  # (action [B, A], done [B] or None)
+        self.done: Tensor | None = None  # bool [B]: the action select_action returned last ends the episode
 
     # --- what a family declares or implements --------------------------------------------------
     def normalization_modes(self) -> dict[str, str]:
@@ -181,10 +190,10 @@ class Policy(nn.Module):
         """[B, H, A] unnormalised actions for one step of observations (and the history); no state changes."""
         raise NotImplementedError
 
-    def history_step(self, obs: dict[str, Any]) -> Any:
-        """What ``self.history`` keeps of one step (default: its ``observation.*`` tensors this policy
-        has features for). A family may keep something derived instead (RT-1: image tokens)."""
-        return {k: obs[k] for k in self.features if k.startswith("observation.") and k in obs}
+    def predict_action_chunk_with_done(self, obs: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
+        """``predict_action_chunk`` and, for a family that can end an episode, bool [B, H]: True at a step
+        after which the policy says the episode is done (RT-2's terminate). Default: (chunk, None)."""
+        return self.predict_action_chunk(obs), None
 
     def frame_transforms(self) -> dict[str, Any]:
         """Camera key -> a loader-side function of uint8 frames whose output this policy takes in place
@@ -193,6 +202,16 @@ class Policy(nn.Module):
         compute it once per dataset frame and cache it (``dataset.cache_features``). At inference the
         policy still receives uint8 frames. Default: none."""
         return {}
+
+    def history_step(self, obs: dict[str, Any]) -> Any:
+        """What ``self.history`` keeps of one step (default: its ``observation.*`` tensors this policy
+        has features for). A family may keep something derived instead (RT-1: image tokens)."""
+        return {k: obs[k] for k in self.features if k.startswith("observation.") and k in obs}
+
+    def fsdp_modules(self) -> list[nn.Module]:
+        """The submodules ``strategy=fsdp`` shards one by one (e.g. a language model's decoder layers): each
+        gathers its weights only while it runs. Default: none (the whole policy is one unit)."""
+        return []
 
     def load_external_weights(self) -> None:
         """Load weights that live outside policystack checkpoints (e.g. a pretrained backbone the config
@@ -205,10 +224,13 @@ class Policy(nn.Module):
     def select_action(self, obs: dict[str, Any]) -> Tensor:
         """[B, A]: the next action, predicting a new chunk every ``n_action_steps`` calls."""
         if not self._action_queue:
-            chunk = self.predict_action_chunk(obs)[:, : self.config.n_action_steps]  # [B, n, A]
-            self._action_queue.extend(chunk.transpose(0, 1))
+            chunk, done = self.predict_action_chunk_with_done(obs)
+            n = self.config.n_action_steps
+            steps = chunk[:, :n].transpose(0, 1)  # [n, B, A]
+            self._action_queue.extend(zip(steps, done[:, :n].transpose(0, 1) if done is not None else [None] * len(steps)))
         self.observe(obs)
-        return self._action_queue.popleft()
+        action, self.done = self._action_queue.popleft()
+        return action
 
     @torch.no_grad()
     def observe(self, obs: dict[str, Any]) -> None:
@@ -221,13 +243,16 @@ class Policy(nn.Module):
         """Clear history and queued actions (call at every episode start)."""
         self._action_queue.clear()
         self.history.clear()
+        self.done = None
 
-    def save_pretrained(self, directory: str | Path) -> Path:
+    def save_pretrained(self, directory: str | Path, state_dict: dict[str, Tensor] | None = None) -> Path:
         """Write ``config.json`` (format version, policy name, config, features) and ``model.safetensors``
-        (weights and normalisation statistics) atomically."""
+        (weights and normalisation statistics) atomically. ``state_dict``: the weights to write instead of
+        ``self.state_dict()`` (a sharded training run's gathered full weights)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        state = self.state_dict() if state_dict is None else state_dict
+        tensors = {k: v.detach().cpu().contiguous() for k, v in untied(state).items()}
         atomic_write_bytes(directory / WEIGHTS_NAME, save(tensors))
         atomic_write_json(directory / CONFIG_NAME, {
             "format_version": FORMAT_VERSION,
@@ -252,9 +277,44 @@ class Policy(nn.Module):
             raise ValueError(f"{cfg_path}: checkpoint of policy {name!r}, not {cls.name!r}")
         config = klass.config_class.from_dict(meta["config"], where=str(cfg_path))
         policy = klass(config, features, stats=None)
-        state = load_file(directory / WEIGHTS_NAME, device=str(map_location))
-        missing, unexpected = policy.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{directory / WEIGHTS_NAME}: weights do not match {klass.__name__}{config}: "
-                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        policy.load_weights(load_file(directory / WEIGHTS_NAME, device=str(map_location)), directory / WEIGHTS_NAME)
         return policy.to(map_location).eval()
+
+    def load_weights(self, state: dict[str, Tensor], where: str | Path) -> None:
+        """Load a ``save_pretrained`` weights file's tensors (``where`` names it in errors): every weight
+        must be there, except the second names of tied weights, which ``save_pretrained`` writes once."""
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if k not in untied(self.state_dict(), keep=state)]
+        if missing or unexpected:
+            raise ValueError(f"{where}: weights do not match {type(self).__name__}{self.config}: "
+                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def tied_aliases(state: dict[str, Tensor]) -> dict[str, str]:
+    """Tied weights (one tensor under several names, e.g. a language model's input embedding and output
+    layer): each second or later name of a shared tensor -> the first name it aliases."""
+    first: dict[tuple, str] = {}
+    aliases: dict[str, str] = {}
+    for k, v in state.items():
+        where = (v.device, v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()))
+        if v.numel() and where in first:
+            aliases[k] = first[where]
+        else:
+            first.setdefault(where, k)
+    return aliases
+
+
+def with_tied(saved: dict[str, Tensor], model_state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A weights file's tensors plus the tied names ``save_pretrained`` wrote once: each alias of
+    ``model_state`` missing from ``saved`` gets the tensor of the name it aliases."""
+    return {**saved, **{a: saved[t] for a, t in tied_aliases(model_state).items() if a not in saved and t in saved}}
+
+
+def untied(state: dict[str, Tensor], keep: dict[str, Tensor] | None = None) -> dict[str, Tensor] | set[str]:
+    """Tied weights saved once: the state without the second and later names of a shared tensor
+    (safetensors refuses aliases; the policy ties them again by construction). With ``keep`` (a loaded
+    file): the set of names that are absent from it only because they alias a name it holds."""
+    aliases = tied_aliases(state)
+    if keep is None:
+        return {k: v for k, v in state.items() if k not in aliases}
+    return {k for k, target in aliases.items() if target in keep}

@@ -28,6 +28,9 @@ States::
   restarted (at most ``max_restarts`` times) and the next episode starts once it says hello.
 - Loop process died: STOPPED, the worker is stopped, the daemon exits with an error.
 
+- A policy that says the episode is over (a chunk's ``done_step`` >= 0: RT-2's terminate token) ends
+  it once the chunk's actions up to that step have had their ticks (``policy_done``); a later chunk
+  replaces the plan, and with it the decision. The success check of the sim comes first.
 - Operator commands (signed ``command`` messages on the chunk socket: ``policystack daemon stop`` /
   ``end-episode``): stop ends the episode (``stopped``) and the run; end-episode ends the running
   episode (``operator``) and the next one starts. SIGTERM is a stop.
@@ -122,7 +125,7 @@ class EpisodeResult:
     index: int
     success: bool
     steps: int
-    # "success", "timeout", "worker_lost", "worker_stalled", "stopped", "operator", "sensor_fault"
+    # "success", "timeout", "policy_done", "worker_lost", "worker_stalled", "stopped", "operator", "sensor_fault"
     reason: str
     dataset_episode: int | None = None
     obs_missed: int = 0  # observations that never reached the worker (its history had gaps)
@@ -416,6 +419,7 @@ class Supervisor:
         request, requested_at, answered = 0, -np.inf, True  # obs_seq of the newest chunk request; sent when
         waiting_since = np.inf  # when the oldest unanswered request was sent
         t_loop = None  # lockstep: the simulated time of the newest request's observation
+        done_at: int | None = None  # the step at which the policy's plan ends the episode (Policy.done)
         t_next = time.monotonic()
         step = 0
         for step in range(max_steps + 1):
@@ -433,6 +437,9 @@ class Supervisor:
                 recorder.observe(obs, instruction, snap["q_cmd"])
             if success:
                 reason = "success"
+                break
+            if done_at is not None and step >= done_at:
+                reason = "policy_done"
                 break
             if step == max_steps:
                 break
@@ -469,6 +476,9 @@ class Supervisor:
                       and (not cfg.lockstep or msg.body["obs_seq"] == request)
                       and self._forward_chunk(msg, index, dt, t_loop)):
                     answered = answered or msg.body["obs_seq"] == request
+                    # the newest plan decides: its step k (played from step obs_seq - 1) ends the episode
+                    k = msg.body.get("done_step", -1)
+                    done_at = msg.body["obs_seq"] + k if k >= 0 else None
                     if answered:
                         waiting_since = np.inf
                 self.telemetry()

@@ -49,10 +49,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     # worker -> daemon: an action chunk [n, A] for the observation obs_seq; obs_missed: observations of
     # this episode that never reached the worker (its history has gaps), replans_skipped: replan
     # requests it answered with a newer one instead (it was behind); decision: what a reasoning policy
-    # (EMMA) decided for it, in words (Policy.decision), read out by the daemon's announcer
+    # (EMMA) decided for it, in words (Policy.decision), read out by the daemon's announcer; done_step:
+    # the chunk step after which the policy says the episode is over (Policy.done, RT-2's terminate
+    # token), -1 or absent if none (optional like decision: a worker from before it still speaks)
     "chunk": {"episode": "int", "obs_seq": "int", "t_obs": "float", "dt": "float",
               "actions": ("array", "float32", 2), "infer_s": "float", "obs_missed": "int", "replans_skipped": "int",
-              "decision": ("optional", "str")},
+              "decision": ("optional", "str"), "done_step": ("optional", "int")},
     # daemon -> worker, on the observation socket while the daemon waits for a hello: a worker says hello
     # only once one reached it, so its subscription is known to work before the first observation
     # (no frame of an episode is lost to ZeroMQ's slow-joiner race)

@@ -17,7 +17,9 @@ pair. A worker the supervisor starts gets both keys through its environment.
 One history mechanism, the one ``Policy.select_action`` and ``policystack eval`` use: the daemon sends
 the observation of *every* policy step; for one marked ``replan`` the worker calls
 ``predict_action_chunk`` and sends the full chunk ``[H, A]`` stamped with the observation's
-``t_obs``, with the policy's ``decision`` (what a reasoning policy decided, in words; "" for most);
+``t_obs``, with the policy's ``decision`` (what a reasoning policy decided, in words; "" for most)
+and ``done_step``: the first chunk step after which the policy says the episode is over
+(``Policy.predict_action_chunk_with_done``, RT-2's terminate token), -1 when it does not say so;
 then, for every observation, ``observe`` (a policy with history appends the frame). An
 observation with ``reset`` starts an episode (``policy.reset()``, torch seeded with the episode's seed
 as eval seeds it). So a history policy (RT-1, diffusion) sees exactly the frames it sees in eval.
@@ -96,15 +98,20 @@ class PolicySession:
         self.next_seq = body["obs_seq"] + 1
         return obs_to_batch(body)
 
-    def handle(self, body: dict, replan: bool) -> np.ndarray | None:
-        """One observation: the chunk [H, A] if ``replan``, else None; then ``observe``."""
+    def handle(self, body: dict, replan: bool) -> tuple[np.ndarray, int] | None:
+        """One observation: if ``replan``, the chunk [H, A] and its ``done_step`` (the first step after
+        which the policy says the episode is over, -1 if none), else None; then ``observe``."""
         import torch
 
         batch = self.begin(body)
+        plan = None
         with torch.no_grad():
-            chunk = self.policy.predict_action_chunk(batch)[0].float().cpu().numpy() if replan else None
+            if replan:
+                actions, done = self.policy.predict_action_chunk_with_done(batch)
+                done_step = int(done[0].int().argmax()) if done is not None and bool(done[0].any()) else -1
+                plan = actions[0].float().cpu().numpy(), done_step
             self.policy.observe(batch)
-        return chunk
+        return plan
 
 
 def serve(checkpoint: str, obs_addr: str, chunk_addr: str, token: bytes, max_bytes: int = 4 << 20,
@@ -184,16 +191,17 @@ def serve(checkpoint: str, obs_addr: str, chunk_addr: str, token: bytes, max_byt
         newest = max((i for i, b in enumerate(bodies) if b["replan"]), default=-1)
         for i, b in enumerate(bodies):
             t0 = time.perf_counter()
-            chunk = session.handle(b, replan=i == newest)
+            plan = session.handle(b, replan=i == newest)
             if b["replan"] and i != newest:
                 session.replans_skipped += 1
-            if chunk is None:
+            if plan is None:
                 continue
+            chunk, done_step = plan
             try:
                 out.send(enc.encode("chunk", episode=b["episode"], obs_seq=b["obs_seq"], t_obs=b["t_obs"], dt=b["dt"],
                                     actions=chunk, infer_s=time.perf_counter() - t0,
                                     obs_missed=session.obs_missed, replans_skipped=session.replans_skipped,
-                                    decision=str(session.policy.decision)),
+                                    decision=str(session.policy.decision), done_step=done_step),
                          zmq.NOBLOCK)
             except zmq.Again:
                 print("worker: daemon is not taking chunks (queue full); dropped one", file=sys.stderr)

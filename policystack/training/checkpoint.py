@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from policystack.io import atomic_write_bytes, atomic_write_json, fsync_dir
-from policystack.policies.base import CONFIG_NAME, WEIGHTS_NAME, Policy
+from policystack.policies.base import CONFIG_NAME, WEIGHTS_NAME, Policy, untied, with_tied
 from policystack.training.ema import EMA
 from policystack.types import Feature
 
@@ -168,11 +168,14 @@ def prune(run_dir: str | Path, keep_last: int) -> list[Path]:
 # --- save / load -----------------------------------------------------------------------------
 def save_checkpoint(run_dir: str | Path, step: int, policy: Policy, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, ema: EMA | None,
-                    rng_states: list[dict], extra: dict[str, Any], keep_last: int) -> Path:
+                    rng_states: list[dict], extra: dict[str, Any], keep_last: int,
+                    gathered: tuple[dict, dict] | None = None) -> Path:
     """Write checkpoint ``step`` (see the module docstring) and return its directory.
 
     ``rng_states``: ``capture_rng()`` of every rank, in rank order. ``extra``: JSON-able facts
-    stored in training_state.json (data-order state, world size, config, ...).
+    stored in training_state.json (data-order state, world size, config, ...). ``gathered``: a sharded
+    run's full weights and optimiser state (``training.fsdp.full_state``) in place of the policy's and
+    the optimiser's own (which hold one shard).
     """
     ckpts = Path(run_dir) / "checkpoints"
     ckpts.mkdir(parents=True, exist_ok=True)
@@ -182,12 +185,12 @@ def save_checkpoint(run_dir: str | Path, step: int, policy: Policy, optimizer: t
         shutil.rmtree(tmp)
     tmp.mkdir()
     with ema.applied(policy) if ema is not None else nullcontext():
-        policy.save_pretrained(tmp / "pretrained")
-    tensors, opt_meta = _optimizer_to_files(optimizer.state_dict())
+        policy.save_pretrained(tmp / "pretrained", state_dict=gathered[0] if gathered else None)
+    tensors, opt_meta = _optimizer_to_files(gathered[1] if gathered else optimizer.state_dict())
     rng_tensors, rng_meta = _rng_to_files(rng_states)
     tensors.update(rng_tensors)
     if ema is not None:  # pretrained/ holds the average; the optimiser's raw weights go here
-        tensors.update({f"model.{k}": v for k, v in policy.state_dict().items()})
+        tensors.update({f"model.{k}": v for k, v in untied(policy.state_dict()).items()})  # tied weights once
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     atomic_write_bytes(tmp / STATE_TENSORS, save(tensors))
     atomic_write_json(tmp / STATE_JSON, {
@@ -210,9 +213,10 @@ def save_checkpoint(run_dir: str | Path, step: int, policy: Policy, optimizer: t
 
 def load_checkpoint(ckpt_dir: str | Path, policy: Policy, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, ema: EMA | None,
-                    rank: int = 0) -> dict[str, Any]:
+                    rank: int = 0, sharded: torch.nn.Module | None = None) -> dict[str, Any]:
     """Restore weights, optimiser, scheduler, EMA and this rank's RNG from ``ckpt_dir`` into the
-    given objects (built from the same config). Returns training_state.json's content.
+    given objects (built from the same config). Returns training_state.json's content. ``sharded``:
+    the FSDP-sharded module around ``policy`` (weights and optimiser state go in through it).
 
     Raises ValueError naming the file when the checkpoint is of another policy family, config or
     features, or was written with(out) EMA when this run is not.
@@ -227,10 +231,15 @@ def load_checkpoint(ckpt_dir: str | Path, policy: Policy, optimizer: torch.optim
     tensors = load_file(ckpt_dir / STATE_TENSORS)
     saved = load_file(pre / WEIGHTS_NAME)
     raw = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")} if ema else saved
-    policy.load_state_dict(raw)
+    if sharded is not None:
+        from policystack.training.fsdp import load_full_state
+
+        load_full_state(sharded, optimizer, raw, _optimizer_from_files(tensors, meta["optimizer"]))
+    else:
+        policy.load_weights(raw, ckpt_dir / (STATE_TENSORS if ema else f"pretrained/{WEIGHTS_NAME}"))
+        optimizer.load_state_dict(_optimizer_from_files(tensors, meta["optimizer"]))
     if ema is not None:
-        ema.load_state_dict(saved)
-    optimizer.load_state_dict(_optimizer_from_files(tensors, meta["optimizer"]))
+        ema.load_state_dict(with_tied(saved, policy.state_dict()))
     scheduler.load_state_dict(meta["scheduler"])
     if rank >= len(meta["rng"]):
         raise ValueError(f"{ckpt_dir / STATE_JSON}: holds RNG state of {len(meta['rng'])} processes, "

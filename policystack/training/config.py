@@ -50,6 +50,12 @@ class DatasetConfig:
     # a policy with a frozen pretrained image encoder (Policy.frame_transforms) trains on its features
     # computed once per dataset frame and kept in the loader cache; false: the encoder runs every step
     cache_features: bool = True
+    # more datasets mixed into every batch (co-training: RT-2's vision-language examples from `policystack vqa`,
+    # uwm's action-free video from `policystack collect actions=false`): their paths, and each one's share of a
+    # batch (the `path` dataset gets the rest); a key a mixed-in dataset lacks is the family's to handle
+    # (datasets/mixture.py: split_mixture, or pad_mixture: zeros with <key>_is_pad true)
+    mixture: list[str] | None = None
+    mixture_weights: list[float] | None = None
 
 
 @dataclass
@@ -131,10 +137,19 @@ class TrainConfig:
     init_from: str | None = None  # policy checkpoint whose weights start this run (same family)
     seed: int = 0
     steps: int = 2000  # optimiser steps in all (a resumed run continues up to this)
+    # time budget: stop (with a checkpoint) after the first step past this many minutes of this session's loop;
+    # the LR schedule still spans `steps` (with optim.min_lr_ratio=1 the rate is constant after warm-up)
+    time_limit_min: float | None = None
+    # the clock of time_limit_min: "wall", or "cpu" (this process's CPU time: a compute budget that does not
+    # depend on how loaded a shared machine is; with dataset.num_workers=0 the data loading counts too)
+    time_limit_clock: str = "wall"
     batch_size: int = 64  # per process (the global batch is batch_size * world size)
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     amp: bool | None = None  # bf16 autocast; None: on for CUDA, off on CPU
     compile: bool = False  # torch.compile the loss computation
+    # under torchrun: "ddp" (a full copy per process) or "fsdp" (weights, gradients and optimiser state
+    # sharded over the processes: training/fsdp.py; no EMA, no periodic evaluation)
+    strategy: str = "ddp"
     threads: int | None = None  # torch threads per process; None: cores / processes - loader workers
     # what the policy preset's recipe set (dotted key -> value), for the record; filled by composition
     recipe: dict[str, Any] = field(default_factory=dict)
@@ -356,6 +371,8 @@ def check_config(cfg: TrainConfig) -> None:
          f"policy: expected a preset with a 'name' (policy=<preset>; presets: {presets('policy')})")
     need(cfg.steps >= 1, f"steps={cfg.steps}: expected >= 1")
     need(cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: expected >= 1")
+    need(cfg.time_limit_min is None or cfg.time_limit_min > 0, f"time_limit_min={cfg.time_limit_min}: expected > 0")
+    need(cfg.time_limit_clock in ("wall", "cpu"), f"time_limit_clock={cfg.time_limit_clock!r}: expected wall or cpu")
     need(cfg.optim.lr > 0, f"optim.lr={cfg.optim.lr}: expected > 0")
     need(cfg.optim.warmup_steps >= 0, f"optim.warmup_steps={cfg.optim.warmup_steps}: expected >= 0")
     need(0 <= cfg.optim.min_lr_ratio <= 1, f"optim.min_lr_ratio={cfg.optim.min_lr_ratio}: expected in [0, 1]")
@@ -380,12 +397,24 @@ def check_config(cfg: TrainConfig) -> None:
         need(isinstance(cfg.dataset.episodes, list) and len(cfg.dataset.episodes) > 0
              and all(isinstance(e, int) and e >= 0 for e in cfg.dataset.episodes),
              f"dataset.episodes={eps!r}: expected episode indices, e.g. [0,1,5] or '0-29,40'")
+    mix, weights = cfg.dataset.mixture or [], cfg.dataset.mixture_weights or []
+    need(len(mix) == len(weights), f"dataset.mixture has {len(mix)} dataset(s) but dataset.mixture_weights has "
+         f"{len(weights)} weight(s); give one weight (its share of each batch) per mixed-in dataset")
+    need(all(0 < w < 1 for w in weights) and sum(weights) < 1,
+         f"dataset.mixture_weights={weights}: each must be in (0, 1) and their sum below 1 (dataset.path gets "
+         "the rest of each batch; RT-2 used 50-66% robot data)")
     need(cfg.threads is None or cfg.threads >= 1, f"threads={cfg.threads}: expected >= 1 or null")
     need(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
          f"device={cfg.device!r}: expected auto, cpu, cuda or cuda:N")
     need(cfg.log.wandb.mode in (None, "online", "offline", "disabled"),
          f"log.wandb.mode={cfg.log.wandb.mode!r}: expected online, offline, disabled or null")
     need(isinstance(cfg.resume, (bool, str)), f"resume={cfg.resume!r}: expected true/false or a run directory")
+    need(cfg.strategy in ("ddp", "fsdp"), f"strategy={cfg.strategy!r}: expected ddp or fsdp")
+    need(cfg.strategy != "fsdp" or not cfg.ema.enabled,
+         "strategy=fsdp with ema.enabled=true: an EMA of sharded weights is not supported; set ema.enabled=false")
+    need(cfg.strategy != "fsdp" or not cfg.eval.every,
+         f"strategy=fsdp with eval.every={cfg.eval.every}: rank 0 alone cannot run a sharded model; set eval.every=0 "
+         "and evaluate the checkpoints with `policystack eval checkpoint=<run>/checkpoints/<step>`")
     if cfg.env.task is not None:
         from policystack.eval.envs import resolve_task
 

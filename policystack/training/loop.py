@@ -7,8 +7,9 @@ gradient clipping, AdamW step, LR schedule, EMA, logging, periodic evaluation, c
 
 Policies meet the loop only through the Policy interface: ``compute_loss(batch) -> (loss, logs)``
 and ``save_pretrained``. Under ``torchrun`` (DDP, gloo on CPU, nccl on GPU) ``compute_loss`` is
-called through ``LossModule`` wrapped in DistributedDataParallel; each process reads its own slice
-of the seeded data order (``StepBatchSampler``); rank 0 alone logs, evaluates and checkpoints.
+called through ``LossModule`` wrapped in DistributedDataParallel, or, with ``strategy=fsdp``, sharded
+by FSDP (``training/fsdp.py``); each process reads its own slice of the seeded data order
+(``StepBatchSampler``); rank 0 alone logs, evaluates and checkpoints.
 
 Exactness: the data order is a function of the step, the sanity step and the evaluations run on
 forked RNG streams, and checkpoints hold every RNG state, so a run killed and resumed reproduces
@@ -35,6 +36,7 @@ from torch import Tensor, nn
 
 from policystack.datasets.loader import WindowedDataset, collate_windows
 from policystack.datasets.meta import DatasetMeta
+from policystack.datasets.mixture import MixtureDataset
 from policystack.io import atomic_write_json
 from policystack.policies.base import WEIGHTS_NAME, Policy, PolicyConfig, resolve_checkpoint
 from policystack.training import checkpoint
@@ -47,7 +49,7 @@ from policystack.training.config import (
     save_config_yaml,
 )
 from policystack.training.ema import EMA
-from policystack.training.sampler import StepBatchSampler
+from policystack.training.sampler import MixtureBatchSampler, StepBatchSampler, mixture_counts
 from policystack.training.tracking import Tracker, truncate_metrics
 from policystack.types import (
     ACTION,
@@ -99,7 +101,8 @@ def dataset_features(cfg: TrainConfig, pcfg: PolicyConfig) -> tuple[DatasetMeta,
     if ACTION not in features and not pcfg.actions_optional:
         raise DataError(f"{meta.root}/meta/info.json: no {ACTION!r} feature to train on; features: {sorted(features)} "
                         f"(policy {cfg.policy['name']!r} needs actions; only a family whose config sets "
-                        f"actions_optional trains on action-free data)")
+                        f"actions_optional trains on action-free data; a world model such as uwm takes action-free "
+                        f"video beside a dataset with actions: dataset.mixture=[DIR] dataset.mixture_weights=[W])")
     if cfg.dataset.cameras is not None:
         have = [k.removeprefix(OBS_IMAGES + ".") for k in features if is_image_key(k)]
         missing = [c for c in cfg.dataset.cameras if c not in have]
@@ -163,6 +166,62 @@ def build_policy(klass: type[Policy], pcfg: PolicyConfig, features: FeatureSpec,
     except (KeyError, ValueError) as e:
         msg = e.args[0] if e.args else str(e)
         raise DataError(f"{meta.root}: dataset does not fit policy {klass.name!r}: {msg}") from None
+
+
+def load_datasets(cfg: TrainConfig, pcfg: PolicyConfig, policy: Policy, meta: DatasetMeta, features: FeatureSpec,
+                  transforms: dict[str, Any], cache_dir: Any) -> WindowedDataset | MixtureDataset:
+    """The dataset the loop draws from: ``dataset.path`` (its ``dataset.episodes`` / ``dataset.tasks``) as
+    windows at the policy's frame offsets, each camera through ``transforms`` (the policy's
+    ``frame_transforms``: e.g. a frozen encoder's features, computed once per frame), and, with
+    ``dataset.mixture``, the mixed-in datasets after it (each giving the features the policy reads that
+    it has: a vision-language dataset gives cameras and task, no action)."""
+    common = dict(cache_dir=cache_dir, frame_cache_bytes=cfg.dataset.frame_cache_bytes)
+    primary = WindowedDataset(meta.root, delta_indices=pcfg.delta_indices(features), keys=list(features),
+                              episodes=selected_episodes(meta, cfg.dataset.episodes, cfg.dataset.tasks),
+                              frame_transforms={k: f for k, f in transforms.items() if k in features}, **common)
+    if not cfg.dataset.mixture:
+        return primary
+    if not type(policy).trains_on_mixture:
+        raise DataError(f"dataset.mixture: policy {policy.name!r} does not train on mixed datasets (its compute_loss "
+                        "reads one kind of batch); drop dataset.mixture")
+    parts = [primary]
+    for path in cfg.dataset.mixture:
+        mix = DatasetMeta.load(path)
+        keys = [k for k in features if k in mix.features]
+        cams = [k for k in features if is_image_key(k)]
+        if not any(is_image_key(k) for k in keys) and cams:
+            raise DataError(f"{mix.root}/meta/info.json: a mixed-in dataset needs the policy's cameras {cams}; it has "
+                            f"{sorted(mix.features)}")
+        bad = [k for k in keys if mix.features[k].shape != features[k].shape]
+        if bad:
+            raise DataError(f"{mix.root}/meta/info.json: {bad} have shapes {[mix.features[k].shape for k in bad]}, the "
+                            f"policy's dataset {meta.root} {[features[k].shape for k in bad]}")
+        parts.append(WindowedDataset(mix.root, delta_indices=pcfg.delta_indices(keys), keys=keys,
+                                     frame_transforms={k: f for k, f in transforms.items() if k in keys}, **common))
+    return MixtureDataset(parts)
+
+
+def batch_shares(cfg: TrainConfig) -> list[float]:
+    """Each dataset's share of a batch: ``dataset.path`` the rest after ``dataset.mixture_weights``."""
+    return [1.0 - sum(cfg.dataset.mixture_weights), *cfg.dataset.mixture_weights]
+
+
+def mixture_note(dataset: WindowedDataset | MixtureDataset, cfg: TrainConfig) -> str:
+    """What a mixture adds to the start line: each mixed-in dataset's samples and share of a batch."""
+    if not isinstance(dataset, MixtureDataset):
+        return ""
+    counts = mixture_counts(cfg.batch_size, batch_shares(cfg))
+    return f" with {', '.join(f'{n} of {p} ({c}/batch)' for n, p, c in zip(dataset.sizes[1:], cfg.dataset.mixture, counts[1:]))} mixed in"
+
+
+def make_sampler(dataset: WindowedDataset | MixtureDataset, cfg: TrainConfig, start: int, end: int, rank: int,
+                 world: int) -> StepBatchSampler | MixtureBatchSampler:
+    """The seeded step sampler; for a mixture, each dataset's share of every batch from ``dataset.mixture_weights``."""
+    if not isinstance(dataset, MixtureDataset):
+        return StepBatchSampler(n=len(dataset), batch_size=cfg.batch_size, seed=cfg.seed, start_step=start,
+                                end_step=end, rank=rank, world_size=world)
+    return MixtureBatchSampler(dataset.sizes, dataset.offsets.tolist(), mixture_counts(cfg.batch_size, batch_shares(cfg)),
+                               seed=cfg.seed, start_step=start, end_step=end, rank=rank, world_size=world)
 
 
 def check_env(env: EnvConfig, features: FeatureSpec) -> dict[str, Any]:
@@ -296,28 +355,25 @@ def train(cfg: TrainConfig) -> Path:
     # -- data and policy, checked before anything long starts
     klass, pcfg = policy_config(cfg)
     meta, features = dataset_features(cfg, pcfg)
-    deltas = pcfg.delta_indices(features)
     policy = build_policy(klass, pcfg, features, meta)
     if resume_from is not None:  # its weights now (the optimiser state follows below): frozen parts the cache uses
         checkpoint.check_compatible(resolve_checkpoint(resume_from), policy)
-        policy.load_state_dict(load_file(resolve_checkpoint(resume_from) / WEIGHTS_NAME))
+        weights = resolve_checkpoint(resume_from) / WEIGHTS_NAME
+        policy.load_weights(load_file(weights), weights)
     elif cfg.init_from:
         src = resolve_checkpoint(cfg.init_from)  # a policy dir, a training checkpoint or a run dir
         checkpoint.check_compatible(src, policy)
-        policy.load_state_dict(load_file(src / WEIGHTS_NAME))
+        policy.load_weights(load_file(src / WEIGHTS_NAME), src / WEIGHTS_NAME)
     else:  # a policy from scratch: the pretrained parts its config names, if any
         policy.load_external_weights()
+    policy.to(device).train()  # before the frame transforms copy a frozen encoder: it encodes on this device
     transforms = policy.frame_transforms() if cfg.dataset.cache_features else {}
     cache_dir = run_dir / "cache" if cfg.dataset.cache_dir == "run" else cfg.dataset.cache_dir
-    dataset = WindowedDataset(meta.root, delta_indices=deltas, keys=list(features), cache_dir=cache_dir,
-                              frame_cache_bytes=cfg.dataset.frame_cache_bytes,
-                              episodes=selected_episodes(meta, cfg.dataset.episodes, cfg.dataset.tasks),
-                              frame_transforms=transforms)
+    dataset = load_datasets(cfg, pcfg, policy, meta, features, transforms, cache_dir)
     segments, frames, nbytes = dataset.uncached_frames()  # the first epoch's extra work, said below
     eval_kwargs = check_env(cfg.env, features) if cfg.env.task is not None else None
     if cfg.eval.every and master:
         from policystack.eval.runner import EvalRunner  # noqa: F401 -- fail now if evaluation is unavailable
-    policy.to(device).train()
     if transforms and master:  # every frame's features once, before the clock of the first step starts
         print(f"policystack train: {klass.name}'s frozen image features of {sorted(transforms)} are computed once now: "
               f"decodes {frames} camera frames ({segments} camera segments, {nbytes / 1e6:.0f} MB) into the frame cache "
@@ -326,36 +382,43 @@ def train(cfg: TrainConfig) -> Path:
         segments = 0  # done here, not in the first epoch
         dataset.warm_cache(progress=cfg.log.progress)
 
-    # -- optimiser, schedule, EMA; the module the loop calls
+    # -- the module the loop calls (sharded first under FSDP: the optimiser takes the sharded parameters);
+    # optimiser, schedule, EMA
+    model: nn.Module = LossModule(policy)
+    sharded = world > 1 and cfg.strategy == "fsdp"
+    if sharded:
+        from policystack.training import fsdp
+
+        model = fsdp.shard(model, policy)
     o = cfg.optim
     optimizer = torch.optim.AdamW(param_groups(policy, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, o.warmup_steps, cfg.steps, o.min_lr_ratio))
     ema = EMA(policy, cfg.ema.decay) if cfg.ema.enabled else None
-    model: nn.Module = LossModule(policy)
-    if world > 1:
+    if world > 1 and not sharded:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=cfg.ddp.find_unused_parameters)
     if cfg.compile:
         model = torch.compile(model)
-    first = np.arange(min(cfg.batch_size, len(dataset)))
+    first = make_sampler(dataset, cfg, 0, 1, 0, 1).batch_at(0) if isinstance(dataset, MixtureDataset) \
+        else np.arange(min(cfg.batch_size, len(dataset)))
     check_loss = _check_one_step(model, policy, to_device(dataset.get_batch(first), device), device, amp)
 
     # -- resume: weights, optimiser, schedule, EMA, RNG; the data order follows from the step
     start = 0
-    sampler_kwargs = dict(n=len(dataset), batch_size=cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world)
     if resume_from is not None:
-        state = checkpoint.load_checkpoint(resume_from, policy, optimizer, scheduler, ema, rank=rank)
+        state = checkpoint.load_checkpoint(resume_from, policy, optimizer, scheduler, ema, rank=rank,
+                                           sharded=model if sharded else None)
         start = state["step"]
-        expected = StepBatchSampler(start_step=0, end_step=0, **sampler_kwargs).state_dict()
+        expected = make_sampler(dataset, cfg, 0, 0, rank, world).state_dict()
         if state["data_order"] != expected:
             raise ValueError(f"{resume_from}: saved data order {state['data_order']} differs from this run's "
                              f"{expected}: resume with the same dataset, seed, batch_size and process count")
         if start >= cfg.steps:
             raise ValueError(f"{resume_from} is at step {start} and steps={cfg.steps}: nothing to do "
                              f"(pass a larger steps= to train further)")
-    sampler = StepBatchSampler(start_step=start, end_step=cfg.steps, **sampler_kwargs)
+    sampler = make_sampler(dataset, cfg, start, cfg.steps, rank, world)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=cfg.dataset.num_workers, collate_fn=collate_windows,
         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed))
@@ -371,7 +434,8 @@ def train(cfg: TrainConfig) -> Path:
         tracker = Tracker(run_dir, config_to_dict(cfg), cfg.log.wandb, name=run_dir.name,
                           resume_step=start if (resume_from is not None or cfg.resume) else None)
         print(f"policystack train: {klass.name} ({sum(p.numel() for p in policy.parameters()):,} parameters) on "
-              f"{meta.root} ({len(dataset)} frames), {world} process(es) on {device}, steps {start}->{cfg.steps}, "
+              f"{meta.root} ({len(dataset)} frames{mixture_note(dataset, cfg)}), {world} process(es) on {device}, "
+              f"steps {start}->{cfg.steps}, "
               f"run {run_dir}; check step loss {check_loss:.4f}" + recipe_note(cfg), file=sys.stderr, flush=True)
         if segments:
             print(f"policystack train: the first epoch also decodes {frames} camera frames ({segments} camera "
@@ -394,6 +458,7 @@ def train(cfg: TrainConfig) -> Path:
                disable=not (master and cfg.log.progress))
     sums: dict[str, float] = {}
     n_logged, t_last, t0 = 0, time.perf_counter(), time.perf_counter()
+    clock0 = _budget_clock(cfg)
     try:
         for step, batch in enumerate(loader, start=start):
             batch = to_device(batch, device)
@@ -415,8 +480,9 @@ def train(cfg: TrainConfig) -> Path:
                 sums[k] = sums.get(k, 0.0) + float(v)
             n_logged += 1
             bar.update(1)
+            last = done == cfg.steps or _out_of_time(cfg, clock0, world, device)
 
-            if done % cfg.log.every == 0 or done == cfg.steps:
+            if done % cfg.log.every == 0 or last:
                 record = {k: v / n_logged for k, v in sums.items()}
                 if world > 1:  # means over the processes
                     t = torch.tensor(list(record.values()), dtype=torch.float64, device=device)
@@ -432,24 +498,30 @@ def train(cfg: TrainConfig) -> Path:
                     bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
                 sums, n_logged, t_last = {}, 0, now
 
-            if evaluator is not None and (done % cfg.eval.every == 0 or done == cfg.steps):
+            if evaluator is not None and (done % cfg.eval.every == 0 or last):
                 tracker.log(done, _evaluate(evaluator, policy, ema, run_dir, done, cfg))
-            if world > 1 and cfg.eval.every and (done % cfg.eval.every == 0 or done == cfg.steps):
+            if world > 1 and cfg.eval.every and (done % cfg.eval.every == 0 or last):
                 dist.barrier()
 
-            if done % cfg.checkpoint.every == 0 or done == cfg.steps:
+            if done % cfg.checkpoint.every == 0 or last:
                 rngs = [checkpoint.capture_rng()]
                 if world > 1:
                     rngs = [None] * world
                     dist.all_gather_object(rngs, checkpoint.capture_rng())
+                gathered = fsdp.full_state(model, optimizer) if sharded else None  # every rank takes part
                 if master:
                     checkpoint.save_checkpoint(
                         run_dir, done, policy, optimizer, scheduler, ema, rngs,
                         extra={"data_order": sampler.state_dict(), "world_size": world,
-                               "config": config_to_dict(cfg)},
-                        keep_last=cfg.checkpoint.keep_last)
+                               "config": config_to_dict(cfg), "strategy": cfg.strategy if world > 1 else "single"},
+                        keep_last=cfg.checkpoint.keep_last, gathered=gathered)
                 if world > 1:
                     dist.barrier()
+            if last:
+                if done < cfg.steps and master:
+                    print(f"policystack train: time_limit_min={cfg.time_limit_min} ({cfg.time_limit_clock}) reached at step {done} of "
+                          f"{cfg.steps}; checkpoint {done} written", file=sys.stderr, flush=True)
+                break
     finally:
         bar.close()
         if tracker is not None:
@@ -457,6 +529,23 @@ def train(cfg: TrainConfig) -> Path:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
     return run_dir
+
+
+def _budget_clock(cfg: TrainConfig) -> float:
+    """Seconds on the clock ``time_limit_min`` is measured by: wall time, or this process's CPU time."""
+    return time.process_time() if cfg.time_limit_clock == "cpu" else time.perf_counter()
+
+
+def _out_of_time(cfg: TrainConfig, clock0: float, world: int, device: torch.device) -> bool:
+    """Whether ``cfg.time_limit_min`` has passed since ``clock0`` (rank 0's clock decides for every process)."""
+    if cfg.time_limit_min is None:
+        return False
+    over = _budget_clock(cfg) - clock0 > 60.0 * cfg.time_limit_min
+    if world > 1:
+        flag = torch.tensor([float(over)], device=device)
+        dist.broadcast(flag, src=0)
+        over = bool(flag.item())
+    return over
 
 
 def _evaluate(evaluator, policy: Policy, ema: EMA | None, run_dir: Path, step: int,

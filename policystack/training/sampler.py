@@ -66,3 +66,48 @@ class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
         """What must match for a resumed run to continue the same data order."""
         return {"n": self.n, "batch_size": self.batch_size, "seed": self.seed, "world_size": self.world_size,
                 "batches_per_epoch": self.batches_per_epoch}
+
+
+def mixture_counts(batch_size: int, weights: list[float]) -> list[int]:
+    """Samples per batch of each dataset: ``batch_size`` split by ``weights`` (largest remainder; each
+    dataset gets at least one, and a ValueError says so when the batch is too small for that)."""
+    if any(w <= 0 for w in weights) or abs(sum(weights) - 1.0) > 1e-6:
+        raise ValueError(f"mixture weights {weights} must be positive and sum to 1")
+    exact = [batch_size * w for w in weights]
+    counts = [int(x) for x in exact]
+    for i in sorted(range(len(weights)), key=lambda i: counts[i] - exact[i])[: batch_size - sum(counts)]:
+        counts[i] += 1
+    if min(counts) < 1:
+        raise ValueError(f"batch_size={batch_size} split by the mixture weights {weights} gives {counts} samples; "
+                         "every dataset needs at least one per batch: raise batch_size")
+    return counts
+
+
+class MixtureBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Batches of a ``datasets.mixture.MixtureDataset``: at every step ``counts[k]`` samples of dataset
+    k, drawn by its own ``StepBatchSampler`` (seed ``seed + 1000 * k``, its own epochs) and shifted by
+    ``offsets[k]``. Like StepBatchSampler, the data order is a function of the step alone."""
+
+    def __init__(self, sizes: list[int], offsets: list[int], counts: list[int], seed: int, start_step: int,
+                 end_step: int, rank: int = 0, world_size: int = 1):
+        if not len(sizes) == len(offsets) == len(counts):
+            raise ValueError(f"sizes, offsets and counts must have one entry per dataset, got {sizes}, {offsets}, "
+                             f"{counts}")
+        self.parts = [StepBatchSampler(n, b, seed + 1000 * k, start_step, end_step, rank, world_size)
+                      for k, (n, b) in enumerate(zip(sizes, counts))]
+        self.offsets = [int(o) for o in offsets]
+        self.start_step, self.end_step = start_step, end_step
+        self.batches_per_epoch = self.parts[0].batches_per_epoch  # epochs count the primary dataset
+
+    def __len__(self) -> int:
+        return self.end_step - self.start_step
+
+    def batch_at(self, step: int) -> list[int]:
+        return [o + i for o, p in zip(self.offsets, self.parts) for i in p.batch_at(step)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batches in zip(*self.parts):
+            yield [o + i for o, b in zip(self.offsets, batches) for i in b]
+
+    def state_dict(self) -> dict:
+        return {"parts": [p.state_dict() for p in self.parts], "offsets": self.offsets}

@@ -8,6 +8,7 @@ import pytest
 
 from policystack import envs
 from policystack.cli import main as cli_main
+from policystack.datasets.meta import DatasetMeta
 from policystack.envs.collect import CollectConfig, Episode, _in_order, collect, parse_args
 from policystack.envs.experts import make_expert, run_episode
 from policystack.types import ACTION, OBS_ENV_STATE, OBS_STATE, camera_key
@@ -36,6 +37,7 @@ def test_parse_args_types_and_defaults(tmp_path):
     (["env=Reach,policystack/Reach-v0", "episodes=1", "out=x"], "Reach given more than once"),
     (["env=Reach,metaworld/reach-v3", "episodes=1", "out=x"], "MetaWorld tasks are collected one per dataset"),
     (["env=,", "episodes=1", "out=x"], "expected a task name"),
+    (["env=metaworld/reach-v3", "episodes=1", "out=x", "actions=false"], "actions=false applies to tabletop tasks"),
 ])
 def test_bad_arguments_exit_2_with_message(argv, message, capsys):
     assert cli_main(["collect", *argv]) == 2
@@ -93,6 +95,19 @@ def test_only_success_false_keeps_failures_and_workers_agree(tmp_path):
     assert t1[ACTION] == t2[ACTION] and t1[OBS_STATE] == t2[OBS_STATE]
 
 
+def test_exclude_keeps_no_episode_naming_the_word(tmp_path):
+    # held-out study demos: no kept instruction names the excluded colour; the other seeds are kept in order
+    cfg = CollectConfig(env="Reach", episodes=3, out=tmp_path / "ds", cameras=(), seed=0, exclude=("Red", "blue"))
+    summary = collect(cfg, progress=False)
+    names = list(DatasetMeta.load(tmp_path / "ds").tasks)
+    assert summary["episodes"] == 3 and names
+    assert not any(w in t.split() for t in names for w in ("red", "blue")), names
+    env = envs.make("Reach", cameras=())
+    named = [env.reset(seed=s)[1]["task"] for s in range(summary["attempts"])]
+    assert sum(not ({"red", "blue"} & set(t.split())) for t in named) == 3  # every other seed was kept
+    assert parse_args(["env=Reach", "episodes=1", "out=x", "exclude=purple,red"]).exclude == ("purple", "red")
+
+
 def test_env_state_is_recorded(tmp_path):
     out = tmp_path / "push"
     collect(CollectConfig(env="Push", episodes=1, out=out, cameras=(), env_state=True, seed=5), progress=False)
@@ -106,6 +121,17 @@ def test_env_state_is_recorded(tmp_path):
                                atol=1e-6)
     stats = json.loads((out / "meta" / "stats.json").read_text())
     assert len(stats[OBS_ENV_STATE]["mean"]) == 10
+
+
+def test_actions_false_writes_the_same_episodes_as_action_free_video(tmp_path):
+    base = dict(env="Reach", episodes=1, cameras=(), seed=7)
+    collect(CollectConfig(**base, out=tmp_path / "demo"), progress=False)
+    collect(CollectConfig(**base, out=tmp_path / "video", actions=False), progress=False)
+    info = json.loads((tmp_path / "video" / "meta" / "info.json").read_text())
+    assert ACTION not in info["features"] and OBS_STATE in info["features"]
+    assert ACTION not in json.loads((tmp_path / "video" / "meta" / "stats.json").read_text())
+    demo, video = (pq.read_table(tmp_path / d / "data").to_pydict() for d in ("demo", "video"))
+    assert ACTION not in video and video[OBS_STATE] == demo[OBS_STATE] and video["task_index"] == demo["task_index"]
 
 
 # --- multi-task datasets -------------------------------------------------------------------------

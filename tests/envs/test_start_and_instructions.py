@@ -107,3 +107,26 @@ def test_perturb_clips_to_the_action_space_and_keeps_the_gripper():
     a = np.append(env.unwrapped.joint_high, 1.0).astype(np.float32)
     out = perturb(env, a, 5.0, np.random.default_rng(0))
     assert env.action_space.contains(out) and out[-1] == 1.0
+
+
+def test_paraphrased_instructions_keep_the_scene_and_the_goal():
+    """instructions="paraphrases": each seed's scene, goal and colour words are those of the templates,
+    worded by the task's paraphrases (which demonstrations never use)."""
+    import re
+
+    from policystack.envs.tasks import TASKS
+
+    for task, cls in TASKS.items():
+        assert len(cls.paraphrases) == len(cls.templates) and not set(cls.paraphrases) & set(cls.templates)
+        plain, para = envs.make(task, cameras=()), envs.make(task, cameras=(), instructions="paraphrases")
+        for seed in (0, 1, 2):
+            o1, i1 = plain.reset(seed=seed)
+            o2, i2 = para.reset(seed=seed)
+            np.testing.assert_array_equal(o1["observation.state"], o2["observation.state"])
+            np.testing.assert_array_equal(plain.unwrapped.object_state(), para.unwrapped.object_state())
+            slots = [re.fullmatch(re.sub(r"\\{\w\\}", r"(\\w+)", re.escape(t)), i1["task"]) for t in cls.templates]
+            k, m1 = next((k, m) for k, m in enumerate(slots) if m)  # the template used, and its colour words
+            m2 = re.fullmatch(re.sub(r"\\{\w\\}", r"(\\w+)", re.escape(cls.paraphrases[k])), i2["task"])
+            assert m2 is not None and m2.groups() == m1.groups(), (i1["task"], i2["task"])
+    with pytest.raises(ValueError, match="instructions='slang'"):
+        envs.make("Reach", cameras=(), instructions="slang")

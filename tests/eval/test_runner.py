@@ -58,6 +58,31 @@ class NoisyBC(BCPolicy):
         return chunk + 0.3 * torch.randn_like(chunk)
 
 
+class StopsAtThree(BCPolicy):
+    """bc that says the episode is over after its third action (as RT-2's terminate token does)."""
+
+    def predict_action_chunk_with_done(self, obs):
+        chunk = self.predict_action_chunk(obs)
+        first = self._planned = getattr(self, "_planned", 0)  # actions of earlier chunks (n_action_steps each)
+        self._planned += self.config.n_action_steps
+        return chunk, (first + torch.arange(1, chunk.shape[1] + 1) == 3).expand(chunk.shape[:2])
+
+    def reset(self):
+        super().reset()
+        self._planned = 0
+
+
+def test_a_policy_that_says_done_ends_its_episode(bc_state):
+    stops = StopsAtThree(bc_state.config, bc_state.features, None)
+    stops.load_state_dict(bc_state.state_dict())
+    for n_envs in (1, 2):
+        r = EvalRunner(task="Reach", episodes=3, n_envs=n_envs, seed=7, max_steps=6, progress=False).run(stops)
+        assert [(e.length, e.policy_done) for e in r.episodes] == [(3, True)] * 3
+    plain = EvalRunner(task="Reach", episodes=1, seed=7, max_steps=6, progress=False).run(bc_state)
+    assert plain.episodes[0].length == 6 and not plain.episodes[0].policy_done
+    assert EvalResult.from_dict(r.to_dict()).episodes[0].policy_done
+
+
 def test_policy_state_and_rng_untouched(bc_state):
     bc_state.train()
     torch.manual_seed(123)

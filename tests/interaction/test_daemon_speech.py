@@ -144,6 +144,7 @@ def test_a_chunks_decision_is_optional_on_the_wire():
                 obs_missed=0, replans_skipped=0)
     msg, _ = dec.decode(enc.encode("chunk", **body))
     assert "decision" not in msg.body  # a worker without decisions (or from before them) still speaks the protocol
+    assert "done_step" not in msg.body  # nor one whose policy never says an episode is over
     msg, _ = dec.decode(enc.encode("chunk", decision="Yield, then go.", **body))
     assert msg.body["decision"] == "Yield, then go."
     with pytest.raises(KeyError, match="body keys"):

@@ -57,6 +57,10 @@ def test_feature_transform_matches_live_features_after_rounding():
     # equal up to one float16 step (batched convolutions may round the float32 values differently)
     torch.testing.assert_close(torch.from_numpy(cached).float(), live, rtol=2e-3, atol=2e-3)
     assert enc.cache_id != PretrainedImageEncoder("lite0", stages=4, image_size=96).cache_id
+    # repeated frames (a still scene) are encoded once and come back in their places
+    order = [3, 0, 3, 1, 3]
+    torch.testing.assert_close(torch.from_numpy(enc.frame_transform(batch_size=2)(frames[order])).float(),
+                               torch.from_numpy(cached[order]).float(), rtol=2e-3, atol=2e-3)
 
 
 def test_bad_arguments():

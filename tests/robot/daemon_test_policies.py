@@ -58,6 +58,44 @@ def make_checkpoint(directory: str | Path, cameras: tuple[str, ...] = ("front",)
     return policy.save_pretrained(directory)
 
 
+@dataclass
+class DoneAfterConfig(BCConfig):
+    done_after: int = 3  # the chunk (counted from each reset) whose step 1 ends the episode
+
+
+class DoneAfterPolicy(BCPolicy):
+    """BC that says the episode is over after step 1 of its ``done_after``-th chunk (Policy.done)."""
+
+    name = "test_done_after"
+    config_class = DoneAfterConfig
+
+    def __init__(self, config, features, stats):
+        super().__init__(config, features, stats)
+        self.calls = 0
+
+    def reset(self):
+        super().reset()
+        self.calls = 0
+
+    def predict_action_chunk_with_done(self, obs):
+        self.calls += 1
+        chunk = self.predict_action_chunk(obs)
+        done = torch.zeros(chunk.shape[:2], dtype=torch.bool)
+        done[:, 1] = self.calls == self.config.done_after
+        return chunk, done
+
+
+def make_done_checkpoint(directory: str | Path, done_after: int) -> Path:
+    """A ``DoneAfterPolicy`` like ``make_checkpoint``'s BC (front camera 32 px, 4 actions per chunk)."""
+    make_checkpoint(directory)
+    from policystack.policies.base import Policy
+
+    bc = Policy.from_pretrained(directory)
+    policy = DoneAfterPolicy(DoneAfterConfig(**{**bc.config.to_dict(), "done_after": done_after}), bc.features, None)
+    policy.load_state_dict(bc.state_dict())
+    return policy.save_pretrained(directory)
+
+
 OBS_LOG_ENV = "POLICYSTACK_TEST_OBS_LOG"
 
 

@@ -15,7 +15,7 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
-from daemon_test_policies import make_checkpoint
+from daemon_test_policies import make_checkpoint, make_done_checkpoint
 
 from policystack.robot.config import load_robot_config
 from policystack.robot.safety import NAN, STALE
@@ -185,7 +185,7 @@ def test_hostile_network_messages_are_rejected_and_the_daemon_survives(ckpt):
     push.connect(sup.addrs["chunks"])
     try:
         body = dict(episode=0, obs_seq=1, t_obs=time.monotonic(), dt=0.1, infer_s=0.0, obs_missed=0,
-                    replans_skipped=0, actions=np.full((8, 8), 100.0, np.float32))
+                    replans_skipped=0, actions=np.full((8, 8), 100.0, np.float32), done_step=-1)
         push.send(b"\x93\x01\x02")  # garbage
         push.send(Encoder(b"wrong-token-wrong-token").encode("chunk", **body))  # unauthenticated
         enc = Encoder(TOKEN)
@@ -330,3 +330,12 @@ def test_sim_scene_is_checked_against_the_checkpoints_cameras_before_the_loop_st
         sup.start_loop()
     finally:
         sup.shutdown()
+
+
+def test_a_policy_that_says_done_ends_the_episode(tmp_path):
+    """A worker chunk with done_step = k ends the episode once its actions up to step k had their ticks
+    (RT-2's terminate token on a robot, where nothing judges success)."""
+    ckpt = make_done_checkpoint(tmp_path / "done", done_after=3)  # 4 steps per chunk: done on the 3rd chunk's step 1
+    sup = daemon(ckpt, episodes=2, max_steps=40, stall_timeout_s=30.0)  # a loaded machine: no stall verdicts
+    Running(sup).join()
+    assert [(r.reason, r.steps) for r in sup.results] == [("policy_done", 2 * 4 + 2)] * 2

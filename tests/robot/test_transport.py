@@ -16,7 +16,7 @@ TOKEN = b"0123456789abcdef-test-token"
 
 def chunk_body(**over):
     body = dict(episode=0, obs_seq=1, t_obs=1.5, dt=0.1, actions=np.arange(16, dtype=np.float32).reshape(2, 8),
-                infer_s=0.01, obs_missed=0, replans_skipped=0)
+                infer_s=0.01, obs_missed=0, replans_skipped=0, done_step=-1)
     body.update(over)
     return body
 
@@ -44,7 +44,8 @@ def _resign(payload: bytes, token: bytes = TOKEN) -> bytes:
 def _payload(**over):
     d = {"v": 1, "kind": "chunk", "sender": "s", "seq": 1, "ts": time.time(),
          "body": {"episode": 0, "obs_seq": 1, "t_obs": 1.0, "dt": 0.1, "infer_s": 0.0, "obs_missed": 0,
-                  "replans_skipped": 0, "actions": {"dtype": "float32", "shape": [1, 8], "data": b"\0" * 32}}}
+                  "replans_skipped": 0, "done_step": -1,
+                  "actions": {"dtype": "float32", "shape": [1, 8], "data": b"\0" * 32}}}
     d.update(over)
     return msgpack.packb(d, use_bin_type=True)
 

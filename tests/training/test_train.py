@@ -328,3 +328,18 @@ def test_metaworld_data_that_records_no_camera_convention(lerobot_metaworld_ds, 
     record = camera_record(Policy.from_pretrained(run).features["observation.image"])
     assert record == {"camera.name": "metaworld/corner2", "camera.convention": "lerobot", "camera.shadows": True,
                       "camera.reflections": True}  # the checkpoint now says which images it expects
+
+
+def test_time_limit_stops_with_a_checkpoint(state_ds, tmp_path, capsys):
+    run = train(load_config(tiny_overrides(state_ds, tmp_path / "run", "steps=50", "time_limit_min=1e-9")))
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1]  # the first step is past the limit: logged, saved, stopped
+    assert checkpoint.latest_checkpoint(run).name == "000001"
+    assert "time_limit_min=1e-09 (wall) reached at step 1 of 50" in capsys.readouterr().err
+    cpu = train(load_config(tiny_overrides(state_ds, tmp_path / "cpu", "steps=50", "time_limit_min=1e-9",
+                                           "time_limit_clock=cpu")))
+    assert checkpoint.latest_checkpoint(cpu).name == "000001"
+    with pytest.raises(ValueError, match="time_limit_min=0.0: expected > 0"):
+        load_config(tiny_overrides(state_ds, tmp_path / "x", "time_limit_min=0"))
+    with pytest.raises(ValueError, match="time_limit_clock='sun': expected wall or cpu"):
+        load_config(tiny_overrides(state_ds, tmp_path / "x", "time_limit_clock=sun"))

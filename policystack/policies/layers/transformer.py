@@ -21,11 +21,12 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(n_head * head_dim, d_model)
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """x [B, N, d]; mask bool [N, N] / [B, N, N] or None (every token attends to every token)."""
         B, N, _ = x.shape
         q, k, v = self.qkv(x).split(self.n_head * self.head_dim, dim=2)
         q, k, v = (t.view(B, N, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, nh, N, hs)
-        attn_mask = mask[:, None] if mask.dim() == 3 else mask  # broadcast over heads
+        attn_mask = mask[:, None] if mask is not None and mask.dim() == 3 else mask  # broadcast over heads
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                            dropout_p=self.dropout if self.training else 0.0)  # (B, nh, N, hs)
         y = y.transpose(1, 2).reshape(B, N, self.n_head * self.head_dim)

@@ -1,0 +1,140 @@
+"""RT-2 vs RT-1 on Reach from a camera, and the held-out instruction study: evaluate trained checkpoints and
+write docs/results.md's section ``rt2``.
+
+Trainings are separate runs of the shared loop (commands in docs/results.md); this script evaluates their
+checkpoints on the same seeds:
+
+- ``templates``: ``policystack eval`` on Reach, seeds 1000.., the instructions as demonstrations word them;
+  the records are split by the colour the instruction names: colours seen as goals in the demonstrations,
+  and the held-out one (the demos were collected with ``exclude=<colour>``: no demo names it).
+- ``paraphrases``: the same seeds with ``instructions=paraphrases`` (wordings no demo uses).
+- VQA / pointing accuracy on held-out scenes (``eval/vqa.py``) for checkpoints that answer in text, beside
+  the training set's majority answer.
+
+    .venv/bin/python benchmarks/bench_rt2_study.py --run "RT-2 tiny=runs/rt2" --run "RT-1=runs/rt1" \
+        --episodes 30 --held-out purple --vqa-test data/vqa_heldout --vqa-train data/vqa_reach [--no-write]
+
+``--run LABEL=CHECKPOINT`` (a run directory, a step directory or a policy directory) may repeat; ``--note``
+adds a line to the section (training commands, budgets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import write_section  # noqa: E402
+
+from policystack.eval.metrics import summarize  # noqa: E402
+from policystack.io import atomic_write_bytes  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
+
+
+def rate(successes: list[bool]) -> str:
+    if not successes:
+        return "-"
+    s = summarize(successes, [0] * len(successes), [0.0] * len(successes))
+    return f"{s['success_rate']:.0%} [{s['ci_low']:.0%}, {s['ci_high']:.0%}] ({sum(successes)}/{len(successes)})"
+
+
+def evaluate(policy, task: str, episodes: int, seed: int, instructions: str | None) -> list:
+    from policystack.eval.runner import EvalRunner
+
+    kw = {"instructions": instructions} if instructions else None
+    return EvalRunner(task=task, episodes=episodes, n_envs=1, seed=seed, env_kwargs=kw, video_dir=None,
+                      progress=False).run(policy).episodes
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", action="append", required=True, help="LABEL=CHECKPOINT (repeatable)")
+    ap.add_argument("--task", default="Reach")
+    ap.add_argument("--episodes", type=int, default=30)
+    ap.add_argument("--seed", type=int, default=1000)
+    ap.add_argument("--held-out", default="purple", help="the colour no demonstration names")
+    ap.add_argument("--no-paraphrases", action="store_true")
+    ap.add_argument("--vqa-test", default=None, help="held-out `policystack vqa` dataset")
+    ap.add_argument("--vqa-train", default=None, help="the training `policystack vqa` dataset (majority baseline)")
+    ap.add_argument("--vqa-examples", type=int, default=200)
+    ap.add_argument("--note", action="append", default=[])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=None, help="also write the raw records as JSON here")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from policystack.policies.base import Policy
+
+    load_before = os.getloadavg()[0]
+    rows, vqa_rows, raw = [], [], {}
+    for spec in args.run:
+        label, _, ckpt = spec.partition("=")
+        policy = Policy.from_pretrained(ckpt)
+        t0 = time.perf_counter()
+        eps = evaluate(policy, args.task, args.episodes, args.seed, None)
+        seen = [e.success for e in eps if args.held_out not in e.task.split()]
+        held = [e.success for e in eps if args.held_out in e.task.split()]
+        para = [] if args.no_paraphrases else evaluate(policy, args.task, args.episodes, args.seed, "paraphrases")
+        para_seen = [e.success for e in para if args.held_out not in e.task.split()]
+        rows.append(f"| {label} | {rate([e.success for e in eps])} | {rate(seen)} | {rate(held)} | "
+                    f"{rate(para_seen) if para else '-'} | {time.perf_counter() - t0:.0f} |")
+        raw[label] = {"checkpoint": ckpt, "templates": [e.__dict__ for e in eps], "paraphrases": [e.__dict__ for e in para]}
+        print(rows[-1], flush=True)
+        if args.vqa_test and hasattr(policy, "answer"):
+            from policystack.eval.vqa import evaluate_vqa
+
+            report = evaluate_vqa(policy, args.vqa_test, limit=args.vqa_examples)
+            raw[label]["vqa"] = report
+            vqa_rows.append((label, report))
+    lines = [
+        "## RT-2 on Reach from a camera, beside RT-1; held-out instructions",
+        "",
+        *args.note,
+        "",
+        f"{args.episodes} {args.task} episodes per policy and instruction set, seeds {args.seed}-{args.seed + args.episodes - 1} "
+        f"(Wilson 95% intervals), 1 torch thread, 1-minute load average {load_before:.1f} at the start. Columns: all "
+        f"episodes; split by the colour the instruction names (seen as a goal in the demos, or `{args.held_out}`, held "
+        "out of them); the same seeds with paraphrased instructions (seen colours only).",
+        "",
+        f"| policy | all | seen colours | held-out colour ({args.held_out}) | paraphrases, seen colours | eval s |",
+        "|---|---|---|---|---|---:|",
+        *rows,
+    ]
+    if vqa_rows:
+        kinds = sorted({k for _, r in vqa_rows for k in r["kinds"]})
+        base = None
+        if args.vqa_train:
+            from policystack.eval.vqa import majority_baseline
+
+            base = majority_baseline(args.vqa_train, args.vqa_test)
+        lines += ["", f"VQA / pointing on held-out scenes ({args.vqa_test}, {args.vqa_examples} examples spread over it; "
+                  "exact answers, pointing within 0.05 of the image):", "",
+                  "| policy | " + " | ".join(kinds) + " | all | pointing mean error |",
+                  "|---|" + "---|" * (len(kinds) + 2)]
+        for label, r in [*vqa_rows, *([("majority answer of the training set", base)] if base else [])]:
+            cells = [f"{r['kinds'][k]['accuracy']:.0%} ({r['kinds'][k]['n']})" if k in r["kinds"] else "-" for k in kinds]
+            err = r["kinds"].get("point", {}).get("mean_distance")
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {r['overall']:.0%} | "
+                         f"{'-' if err is None else f'{err:.3f}'} |")
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        atomic_write_bytes(args.out, json.dumps(raw, indent=1, default=str).encode())
+    if not args.no_write:
+        write_section("rt2", table, RESULTS)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
