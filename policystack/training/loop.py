@@ -380,7 +380,12 @@ def train(cfg: TrainConfig) -> Path:
               f"{dataset.cache_dir / 'frames' if dataset.cache_dir else '(in memory)'} and runs the encoder on them "
               "(dataset.cache_features=false runs it at every step instead)", file=sys.stderr, flush=True)
         segments = 0  # done here, not in the first epoch
-        dataset.warm_cache(progress=cfg.log.progress)
+        train_threads = torch.get_num_threads()  # the loader's workers are not running yet: the encoder takes their cores
+        torch.set_num_threads(cfg.threads or max(1, cores // local_world))
+        try:
+            dataset.warm_cache(progress=cfg.log.progress)
+        finally:
+            torch.set_num_threads(train_threads)
 
     # -- the module the loop calls (sharded first under FSDP: the optimiser takes the sharded parameters);
     # optimiser, schedule, EMA
