@@ -329,6 +329,9 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict:
                     frame = {k: v[t] for k, v in ep.frames.items() if k in features}
                     frame[TASK] = ep.task
                     writer.add_frame(frame)
+                # the simulator seeds training scenes come from, per task ([first, last] attempted so far):
+                # committed with info.json by save_episode; eval warns when its seeds fall in this range
+                writer.info.setdefault("sim_seeds", {})[ep.env] = [cfg.seed, ep.seed]
                 writer.save_episode()
                 c["episodes"] += 1
                 c["frames"] += len(ep)

@@ -121,6 +121,22 @@ def load_policy(checkpoint: str, policy: str = "", device: str = "cpu") -> Any:
     return klass.from_pretrained(checkpoint, map_location=device)
 
 
+def training_scenes(policy: Any, tasks: list[str], seed: int, episodes: int) -> dict[str, str]:
+    """Task -> a warning, for each task whose eval seeds ``seed .. seed + episodes - 1`` overlap the
+    simulator seeds the policy's training demos were collected with (``Policy.data_provenance``, from
+    the dataset's info.json ``sim_seeds``): those episodes replay training scenes, so their success
+    is not held-out success."""
+    data = getattr(policy, "data_provenance", None) or {}
+    out = {}
+    for task, (first, last) in (data.get("sim_seeds") or {}).items():
+        n = len(range(max(seed, first), min(seed + episodes - 1, last) + 1))
+        if task in tasks and n:
+            out[task] = (f"{task}: {n} of the eval seeds {seed}-{seed + episodes - 1} are training scenes (the demos "
+                         f"of {data.get('dataset', 'the training dataset')} used seeds {first}-{last}); pass "
+                         f"seed={last + 1} or higher for held-out scenes")
+    return out
+
+
 def evaluate(args: EvalArgs, progress: bool = True) -> dict[str, Any]:
     """Run every task of ``args``; write the report. Returns {"results", "eval_info", "plot"}."""
     import torch
@@ -141,9 +157,12 @@ def evaluate(args: EvalArgs, progress: bool = True) -> dict[str, Any]:
     policy = load_policy(args.checkpoint, args.policy, args.device)
     if (out / EVAL_INFO).exists() and not args.overwrite:
         raise FileExistsError(f"{out / EVAL_INFO} exists; pass another out= or overwrite=true")
+    seen = training_scenes(policy, args.tasks, args.seed, args.episodes)
+    for warning in seen.values():
+        print(f"policystack eval: warning: {warning}", file=sys.stderr)
     results = [runner.run(policy) for runner in runners]
     paths = write_report(out, results, args.checkpoint)
-    return {"results": results, **paths}
+    return {"results": results, "training_scenes": seen, **paths}
 
 
 def main(argv: list[str]) -> int:

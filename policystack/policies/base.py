@@ -173,6 +173,9 @@ class Policy(nn.Module):
         self.history = ObservationHistory(config.n_obs_steps)
         self._action_queue: deque[tuple[Tensor, Tensor | None]] = deque()  # (action [B, A], done [B] or None)
         self.done: Tensor | None = None  # bool [B]: the action select_action returned last ends the episode
+        # where the training data came from (saved in config.json as "data"): {"dataset": path, "sim_seeds":
+        # {task: [first, last]}}, so eval can warn when its scenes are training scenes
+        self.data_provenance: dict[str, Any] = {}
 
     # --- what a family declares or implements --------------------------------------------------
     def normalization_modes(self) -> dict[str, str]:
@@ -259,6 +262,7 @@ class Policy(nn.Module):
             "policy": self.name,
             "config": self.config.to_dict(),
             "features": {k: f.to_json() for k, f in self.features.items()},
+            **({"data": self.data_provenance} if self.data_provenance else {}),
         })
         return directory
 
@@ -278,6 +282,7 @@ class Policy(nn.Module):
         config = klass.config_class.from_dict(meta["config"], where=str(cfg_path))
         policy = klass(config, features, stats=None)
         policy.load_weights(load_file(directory / WEIGHTS_NAME, device=str(map_location)), directory / WEIGHTS_NAME)
+        policy.data_provenance = dict(meta.get("data") or {})
         return policy.to(map_location).eval()
 
     def load_weights(self, state: dict[str, Tensor], where: str | Path) -> None:

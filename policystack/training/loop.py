@@ -356,6 +356,8 @@ def train(cfg: TrainConfig) -> Path:
     klass, pcfg = policy_config(cfg)
     meta, features = dataset_features(cfg, pcfg)
     policy = build_policy(klass, pcfg, features, meta)
+    policy.data_provenance = {"dataset": str(meta.root), **({"sim_seeds": meta.info["sim_seeds"]}
+                                                            if "sim_seeds" in meta.info else {})}
     if resume_from is not None:  # its weights now (the optimiser state follows below): frozen parts the cache uses
         checkpoint.check_compatible(resolve_checkpoint(resume_from), policy)
         weights = resolve_checkpoint(resume_from) / WEIGHTS_NAME

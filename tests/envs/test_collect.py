@@ -178,6 +178,8 @@ def test_multitask_dataset_is_the_single_task_datasets_in_order(tmp_path):
     assert combined_tasks == list(dict.fromkeys(singles_tasks))
     info = json.loads((tmp_path / "all" / "meta" / "info.json").read_text())
     assert info["total_episodes"] == 6 and info["total_tasks"] == len(combined_tasks)
+    # every task's simulator seeds are recorded (first, last attempted), so eval can tell training scenes
+    assert info["sim_seeds"] == {t: [3, 4] for t in tasks}
 
 
 def test_multitask_workers_agree_and_summary_names_each_task(tmp_path, capsys):

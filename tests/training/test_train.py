@@ -48,6 +48,7 @@ def test_run_directory_and_checkpoint_that_acts(state_ds, camera_ds, tmp_path, c
 
     policy = Policy.from_pretrained(run)  # the run directory alone is enough
     assert policy.name == "bc" and ("observation.images.front" in policy.features) == camera
+    assert policy.data_provenance == {"dataset": str(ds)}  # no sim_seeds: the dataset was not collected in sim
     actions = _act(policy, camera)
     assert actions.shape == (2, 3, ACTION_DIM) and torch.isfinite(actions).all()
     # the weights trained: the step-3 and step-6 checkpoints differ
