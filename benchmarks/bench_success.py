@@ -2,7 +2,7 @@
 
 Per task: ``policystack collect`` the demos (once), then per policy ``policystack train`` with one
 shared budget (steps, batch size, learning rate schedule, seed 0), then ``policystack eval`` on the
-same evaluation seeds (1000, 1001, ...); the scripted expert is evaluated on those seeds too. Each
+same held-out evaluation seeds (5000, 5001, ...); the scripted expert is evaluated on those seeds too. Each
 cell is the success rate with its Wilson 95% interval. Every stage runs the CLI a user would run,
 and is skipped when its output exists (a finished run is reused, a killed run resumes from its
 latest checkpoint), so a grid can be built over several sittings or split across machines.
@@ -113,7 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policies", default="bc,act,diffusion")
     ap.add_argument("--demos", type=int, default=200)
     ap.add_argument("--demo-seed", type=int, default=0, help="first collect seed; the seeds collect may use "
-                    "(up to 2 * demos + 10 from it) must not reach the evaluation seeds 1000, 1001, ...")
+                    "(up to 2 * demos + 10 from it) must not reach the evaluation seeds")
+    ap.add_argument("--eval-seed", type=int, default=5000, help="first evaluation seed (held out: past every "
+                    "collect seed of up to 2490 demos from --demo-seed 0)")
+    ap.add_argument("--noise", type=float, default=0.0, help="collect noise= (DART: the expert's actions are "
+                    "perturbed by this fraction, the labels stay clean); 0 = plain expert demos")
+    ap.add_argument("--time-limit-min", type=float, default=0.0, help="equal wall-clock budget: every training "
+                    "stops after this many minutes (time_limit_min=) or at --steps, whichever comes first")
     ap.add_argument("--section", default=None, help="docs/results.md section to write (default: "
                     "success_<inputs>[_multitask])")
     ap.add_argument("--steps", type=int, default=3000)
@@ -132,19 +138,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.multitask and args.inputs == "state":
         ap.error("--multitask needs --inputs images: each task's environment_state names different objects, "
                  "so the tasks cannot share one dataset")
-    eval_seeds = range(1000, 1000 + args.eval_episodes)
+    eval_seeds = range(args.eval_seed, args.eval_seed + args.eval_episodes)
     demo_seeds = range(args.demo_seed, args.demo_seed + 2 * args.demos + 10)
     if demo_seeds.start < eval_seeds.stop and eval_seeds.start < demo_seeds.stop:
         ap.error(f"--demo-seed {args.demo_seed} with --demos {args.demos}: collect may use seeds "
                  f"{demo_seeds.start}-{demo_seeds.stop - 1}, which overlap the evaluation seeds "
-                 f"{eval_seeds.start}-{eval_seeds.stop - 1}; pass e.g. --demo-seed 100000")
+                 f"{eval_seeds.start}-{eval_seeds.stop - 1}; pass another --demo-seed or --eval-seed")
     tasks = [t for t in args.tasks.split(",") if t]
     policies = [p for p in args.policies.split(",") if p]
     work = args.work.resolve()
     (work / "logs").mkdir(parents=True, exist_ok=True)
     spec = INPUTS[args.inputs]
     budget = [f"steps={args.steps}", f"batch_size={args.batch_size}", "seed=0"]
-    evals = [f"episodes={args.eval_episodes}", "seed=1000", "n_envs=2", "videos=0"]
+    if args.time_limit_min:
+        budget.append(f"time_limit_min={args.time_limit_min}")
+    collect_args = [f"action_mode={args.action_mode}", f"noise={args.noise}", *spec["collect"]]
+    evals = [f"episodes={args.eval_episodes}", f"seed={args.eval_seed}", "n_envs=2", "videos=0"]
 
     rows: dict[str, dict[str, dict | None]] = {}
     minutes: dict[tuple[str, str], str] = {}
@@ -156,8 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             data = work / "data" / task
             if not args.multitask and not (data / "meta" / "info.json").is_file():
                 run(["collect", f"env={task}", f"episodes={args.demos}", f"seed={args.demo_seed}", f"out={data}",
-                     "workers=2",
-                     f"action_mode={args.action_mode}", *spec["collect"]], work / "logs" / f"{task}.log")
+                     "workers=2", *collect_args], work / "logs" / f"{task}.log")
             if not (expert_out / "eval_info.json").is_file():
                 run(["eval", "checkpoint=expert", f"env={task}", f"out={expert_out}",
                      f"action_mode={args.action_mode}", *evals], work / "logs" / f"{task}.log")
@@ -168,8 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         data = work / "data" / "multitask"
         if not args.table_only and not (data / "meta" / "info.json").is_file():
             run(["collect", f"env={','.join(tasks)}", f"episodes={args.demos}", f"seed={args.demo_seed}",
-                 f"out={data}", "workers=2",
-                 f"action_mode={args.action_mode}", *spec["collect"]], work / "logs" / "multitask.log")
+                 f"out={data}", "workers=2", *collect_args], work / "logs" / "multitask.log")
         jobs = [(data, tasks, "multitask")]
     else:
         jobs = [(work / "data" / t, [t], t) for t in tasks]
@@ -202,15 +209,19 @@ def main(argv: list[str] | None = None) -> int:
     kind = (f"one policy of each family trained on all {len(tasks)} tasks' demos together "
             f"(`collect env={','.join(tasks)}`), evaluated per task" if args.multitask else
             "one policy per task and family")
+    limit = f" or {args.time_limit_min:g} min of wall time, whichever came first," if args.time_limit_min else ""
     settings = (f"Inputs `{args.inputs}`; {args.demos} expert demos per task (`policystack collect`, "
-                f"action_mode={args.action_mode}); {kind}; every policy trained {args.steps} steps at batch "
-                f"size {args.batch_size}, seed 0, the loop's AdamW at each preset's recipe (lr: {lrs}; 500 warm-up "
-                f"steps, cosine); evaluated on {args.eval_episodes} episodes per task, seeds "
-                f"1000-{999 + args.eval_episodes}. Per-family overrides: {extra or 'none'}. "
+                f"action_mode={args.action_mode}, noise={args.noise:g}); {kind}; every policy trained {args.steps} "
+                f"steps{limit} at batch size {args.batch_size}, seed 0, the loop's AdamW at each preset's recipe (lr: {lrs}; its warm-up, "
+                f"then cosine); evaluated on {args.eval_episodes} episodes per task, seeds "
+                f"{eval_seeds.start}-{eval_seeds.stop - 1}. Per-family overrides: {extra or 'none'}. "
                 f"Produced by `benchmarks/bench_success.py --inputs {args.inputs} --tasks {','.join(tasks)} "
                 f"--policies {','.join(policies)} --demos {args.demos} --steps {args.steps} "
                 f"--batch-size {args.batch_size} --eval-episodes {args.eval_episodes}"
                 + (f" --demo-seed {args.demo_seed}" if args.demo_seed else "")
+                + (f" --eval-seed {args.eval_seed}" if args.eval_seed != 5000 else "")
+                + (f" --noise {args.noise:g}" if args.noise else "")
+                + (f" --time-limit-min {args.time_limit_min:g}" if args.time_limit_min else "")
                 + (f" --section {args.section}" if args.section else "")
                 + (" --multitask" if args.multitask else "")
                 + (f" --train-args '{args.train_args}'" if args.train_args else "") + "`.")
