@@ -4,7 +4,7 @@
         [out=DIR] [videos=2] [max_steps=N] [device=cpu] [policy=NAME] [overwrite=false]
         [cameras=front,wrist] [image_size=96] [action_mode=ee_delta] [start_pose=random|home]
         [swap_instruction=false] [variations=30-49] [camera_convention=lerobot|upright|vflip]
-        [instructions=templates|paraphrases] [threads=1]
+        [instructions=templates|paraphrases] [threads=1] [n_action_steps=N]
 
 checkpoint: a policy directory, a training checkpoint or a run directory (its latest checkpoint),
 or ``expert`` for the task's scripted expert. policy=NAME checks the checkpoint is of that family.
@@ -21,6 +21,8 @@ rate with its Wilson 95% interval.
 swap_instruction=true: the same seeded scenes, but each instruction names another of the scene's
 objects (the same template, another colour) and success is judged on that object: the rate printed
 is how often the policy follows the instruction (docs/evaluation.md). OUT defaults to ..._swap.
+n_action_steps=N: execute N actions of each predicted chunk before predicting again, instead of the
+checkpoint's own setting (at most its horizon): an inference-time setting, tried without retraining.
 instructions=paraphrases: the same scenes, the instructions worded by the task's paraphrases, which no
 demonstration uses (docs/envs.md). OUT defaults to ..._paraphrases.
 """
@@ -62,6 +64,7 @@ class EvalArgs:
     # spin against each other (2 threads beside two busy processes: 37 s per PressButton episode, 1: 0.5 s)
     threads: int = 1
     instructions: str = ""
+    n_action_steps: int = 0  # 0: the checkpoint's; N: execute N actions of each chunk (<= its horizon)
 
     @property
     def tasks(self) -> list[str]:
@@ -121,6 +124,18 @@ def load_policy(checkpoint: str, policy: str = "", device: str = "cpu") -> Any:
     return klass.from_pretrained(checkpoint, map_location=device)
 
 
+def set_n_action_steps(policy: Any, n: int, checkpoint: str) -> None:
+    """Execute ``n`` actions of each predicted chunk (``PolicyConfig.n_action_steps``) instead of the
+    checkpoint's own number; refused for the expert and past the policy's horizon."""
+    horizon = getattr(getattr(policy, "config", None), "horizon", None)
+    if horizon is None:
+        raise ValueError(f"n_action_steps={n}: {checkpoint} predicts no action chunks")
+    if not 1 <= n <= horizon:
+        raise ValueError(f"n_action_steps={n}: expected 1 .. {horizon} (the horizon of {checkpoint})")
+    policy.config.n_action_steps = n
+    policy.reset()
+
+
 def training_scenes(policy: Any, tasks: list[str], seed: int, episodes: int) -> dict[str, str]:
     """Task -> a warning, for each task whose eval seeds ``seed .. seed + episodes - 1`` overlap the
     simulator seeds the policy's training demos were collected with (``Policy.data_provenance``, from
@@ -155,6 +170,8 @@ def evaluate(args: EvalArgs, progress: bool = True) -> dict[str, Any]:
                           camera_convention=args.camera_convention or None)
                for t in args.tasks]  # validates all names before loading
     policy = load_policy(args.checkpoint, args.policy, args.device)
+    if args.n_action_steps:
+        set_n_action_steps(policy, args.n_action_steps, args.checkpoint)
     if (out / EVAL_INFO).exists() and not args.overwrite:
         raise FileExistsError(f"{out / EVAL_INFO} exists; pass another out= or overwrite=true")
     seen = training_scenes(policy, args.tasks, args.seed, args.episodes)
