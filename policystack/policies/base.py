@@ -198,6 +198,11 @@ class Policy(nn.Module):
         after which the policy says the episode is done (RT-2's terminate). Default: (chunk, None)."""
         return self.predict_action_chunk(obs), None
 
+    def episode_stats(self) -> dict[str, int]:
+        """Counts since the last ``reset`` that ``policystack eval`` records per episode and sums
+        (EvalResult.policy_stats), e.g. EMMA's plans, parse failures and holds. Default: none."""
+        return {}
+
     def frame_transforms(self) -> dict[str, Any]:
         """Camera key -> a loader-side function of uint8 frames whose output this policy takes in place
         of that camera's frames in ``compute_loss`` (a frozen pretrained encoder's feature maps,

@@ -9,6 +9,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from test_contract import FEATURES_FOR, stats_of
 
 from policystack.perception.vlm import byte_tokenizer
 from policystack.policies.emma import (
@@ -25,7 +26,6 @@ from policystack.policies.emma import (
     trajectory_text,
 )
 from policystack.types import OBS_STATE, PRIVILEGED_DECISION, PRIVILEGED_OBJECTS, TASK
-from tests.policies.test_contract import FEATURES_FOR, stats_of
 
 WORKSPACE = EmmaConfig().workspace
 GOOD = "Decision: move to the ball. Trajectory: [(0.42, -0.10, 0.12, 0), (0.40, -0.08, 0.05, 1)]"
