@@ -46,7 +46,8 @@ Follower: from the measured pinch point, each of the ``horizon`` steps moves tow
 by at most ``max_speed`` x ``ee_step_m`` (the env's ee_delta action: 0.05 m at |a| = 1), passing to the
 next waypoint within ``waypoint_tolerance``; rotation deltas 0; the gripper command is +1 (close) when
 the waypoint says 1, else -1. ``n_action_steps`` of them run before the next plan (replanning every N
-steps), through the ordinary Policy interface, so ``policystack eval`` and ``daemon run`` run it unchanged.
+steps), through the ordinary Policy interface, so ``policystack eval`` runs it unchanged (the control daemon
+drives joint targets: a joint-mode follower, waypoints through IK, is not written yet).
 """
 
 from __future__ import annotations
@@ -495,13 +496,16 @@ class EmmaPolicy(VLMPolicy):
                              f"(n_obs_steps + waypoints, EmmaConfig.delta_indices)")
         ee, grip = state[..., self.ee_index], state[..., self.gripper_index]
         waypoints = torch.cat([ee[:, T:], (grip[:, T:, None] > 0.5).float()], -1).numpy()  # [B, k, 4]
+        objects = decisions = None
+        if c.reasoning != "none":  # the current frame's columns: [B, 1, K*5] and [B, 1] (a [1] feature's window)
+            objects = batch[PRIVILEGED_OBJECTS].float().cpu().reshape(len(state), -1).numpy()
+            decisions = batch[PRIVILEGED_DECISION].float().cpu().reshape(len(state), -1)[:, -1].tolist()
         prompts, answers = [], []
         for b, task in enumerate(batch[TASK]):
             prompts.append(self.prompt(task, ee[b, :T]))
-            objects = batch[PRIVILEGED_OBJECTS][b, 0].float().cpu().numpy() if c.reasoning != "none" else None
-            decision = float(batch[PRIVILEGED_DECISION][b, 0, 0]) if c.reasoning != "none" else None
-            answers.append(self.answer(task, ee[b, T - 1].numpy(), float(grip[b, T - 1]), objects, decision,
-                                       waypoints[b]))
+            answers.append(self.answer(task, ee[b, T - 1].numpy(), float(grip[b, T - 1]),
+                                       None if objects is None else objects[b],
+                                       None if decisions is None else decisions[b], waypoints[b]))
         tokens = self.image_tokens({k: batch[k][:, -1:] for k in self.camera_keys})  # current frame
         inputs = self.vlm.encode(prompts, answers=answers, image_features=tokens)
         logits, targets, _ = self.vlm.answer_logits(inputs)  # [N, V], [N]

@@ -57,7 +57,8 @@ FEATURES_FOR: dict[str, FeatureSpec] = {
         "observation.images.front": Feature("video", (64, 64, 3)),
         ACTION: Feature("float32", (7,), names=["dx", "dy", "dz", "drx", "dry", "drz", "gripper"]),
         PRIVILEGED_OBJECTS: Feature("float32", (10,), info={"colors": ["red", "blue"], "kinds": ["ball", "cube"]}),
-        PRIVILEGED_DECISION: Feature("float32", (1,), info={"decisions": ["reach", "press"]}),
+        PRIVILEGED_DECISION: Feature("float32", (1,), info={"decisions": ["reach", "press"]}),  # [B, 1, 1] here,
+        # [B, 1] from the loader (a [1] feature's window): compute_loss takes both
     },
 }
 NO_PAPER_PRESET = {"bc": "policystack's own baseline: there is no published size"}
