@@ -24,7 +24,7 @@ Labels, built automatically from the demonstrations (EMMA built its labels autom
 dataset records the simulator's privileged state beside each frame (``policystack collect
 privileged=true``: every coloured object's colour, kind and true position, and the scripted expert's
 phase); the answer text is written from it in ``compute_loss``: Scene = the objects, Objects = the
-critical ones (those the instruction names) with their true coordinates, Behaviour = the gripper's
+critical ones (those the instruction names, by name or else by colour) with their true coordinates, Behaviour = the gripper's
 distance to the first of them and its state, Decision = the expert's phase in words, Trajectory = the
 recorded future pinch-point path subsampled to k waypoints. At inference nothing privileged is read
 (the policy's features drop the ``privileged.*`` columns; eval and the daemon never produce them).
@@ -453,9 +453,12 @@ class EmmaPolicy(VLMPolicy):
                 ci, ki = int(round(color)), int(round(kind))
                 if 0 <= ci < len(colors) and 0 <= ki < len(kinds):
                     scene.append((f"{colors[ci]} {kinds[ki]}", np.array(xyz)))
-            words = f" {instruction.lower()} "
-            critical = [o for o in scene if f" {o[0]} " in words or f" {o[0]}." in words] or \
-                [o for o in scene if f" {o[0].split()[1]}" in words] or scene
+            # critical: the objects the instruction names ("red ball"), else those whose colour it names
+            # ("touch the red sphere"), else those of a kind it names, else all of them
+            words = f" {instruction.lower().replace('.', ' ').replace(',', ' ')} "
+            critical = [o for o in scene if f" {o[0]} " in words] or \
+                [o for o in scene if f" {o[0].split()[0]} " in words] or \
+                [o for o in scene if f" {o[0].split()[1]} " in words] or scene
             if self.config.reasoning == "full":
                 names = [_a(n) for n, _ in scene]
                 listing = "nothing" if not names else names[0] if len(names) == 1 else \

@@ -169,6 +169,9 @@ def test_labels_are_written_from_the_privileged_columns(policy):
     assert text == ("Scene: a red ball and a blue cube. Objects: red ball at (0.42, -0.10, 0.03). "
                     "Behaviour: gripper 21 cm from it, open. Decision: reach. "
                     "Trajectory: [(0.42, -0.10, 0.12, 0), (0.42, -0.10, 0.05, 0)]")
+    # named by colour only ("sphere" is no kind of the scene): still the red ball alone
+    assert "Objects: red ball at (0.42, -0.10, 0.03). Behaviour" in policy.answer(
+        "touch the red sphere", np.array([0.42, -0.10, 0.24]), 0.0, objects, 0.0, wps)
     empty = np.full(10, -1.0)
     assert policy.answer("press the button", np.zeros(3), 1.0, empty, 1.0, wps).startswith(
         "Scene: nothing. Objects: none. Behaviour: gripper closed. Decision: press. Trajectory: [")
