@@ -5,7 +5,8 @@ that wrote no position for it.
 
     python scripts/emma_locate.py runs/emma --task Reach --scenes 20 --seed 5000
 
-Scene i is ``reset(seed=seed + i)`` of the task with the checkpoint's cameras; seeds from 5000 are not
+Scene i is ``reset(seed=seed + i)`` of the task (one whose env names a ``target`` body: Reach, PressButton,
+PickPlace) with the checkpoint's cameras; seeds from 5000 are not
 among ``policystack collect``'s training seeds of docs/policies/emma.md (300000 on).
 """
 
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.scenes):
         obs, info = env.reset(seed=args.seed + i)
         task = info.get(TASK, env.unwrapped.task)
-        target = next(o for o in scene_objects(env.unwrapped) if f" {o.name}" in f" {task}")
+        goal = env.unwrapped.body_pos(env.unwrapped.target)  # the object the instruction names
+        target = min(scene_objects(env.unwrapped), key=lambda o: float(np.linalg.norm(o.position - goal)))
         policy.reset()
         batch = {k: torch.from_numpy(np.asarray(v))[None] for k, v in obs.items()}
         batch[TASK] = [task]
