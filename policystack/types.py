@@ -26,6 +26,12 @@ OBS_ENV_STATE = "observation.environment_state"  # privileged object poses (LeRo
 OBS_IMAGES = "observation.images"  # a camera key is f"{OBS_IMAGES}.{camera}"
 OBS_IMAGE = "observation.image"  # LeRobot's key for a single camera (its MetaWorld / PushT envs and datasets)
 ACTION = "action"
+# Privileged simulator state recorded beside demonstrations (``policystack collect privileged=true``) for
+# policies that learn to reason about the scene (EMMA's automatically built labels); never an input at
+# inference: the training loop gives these columns only to a family whose config sets ``reads_privileged``.
+PRIVILEGED_PREFIX = "privileged."
+PRIVILEGED_OBJECTS = "privileged.objects"  # float32 [K*5]: per object slot colour id, kind id, x, y, z
+PRIVILEGED_DECISION = "privileged.decision"  # float32 [1]: the expert's phase, an id into its info's names
 TASK = "task"
 PAD_SUFFIX = "_is_pad"  # f"{key}{PAD_SUFFIX}" marks frames repeated at episode edges
 

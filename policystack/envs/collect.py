@@ -3,7 +3,7 @@
     policystack collect env=PickPlace episodes=50 out=data/pickplace [workers=2]
         [cameras=front,wrist] [image_size=96] [seed=0] [only_success=true]
         [action_mode=ee_delta] [env_state=false] [max_attempts=N] [vcodec=libsvtav1]
-        [noise=0] [start_pose=random|home] [exclude=purple,...] [actions=true]
+        [noise=0] [start_pose=random|home] [exclude=purple,...] [actions=true] [privileged=false]
     policystack collect env=Reach,PressButton,OpenDrawer episodes=100 out=data/multi [...]
     policystack collect env=metaworld/reach-v3 episodes=50 out=data/mw-reach [cameras=corner2]
         [variations=0-29] [max_steps=150] [camera_convention=lerobot]
@@ -27,6 +27,12 @@ balls still appear as distractors). Excluded seeds count as attempts, like failu
 
 ``actions=false`` writes the same episodes without the ``action`` feature: action-free video, which
 a world model (uwm) co-trains on through ``policystack train ... dataset.mixture=[DIR] dataset.mixture_weights=[W]``.
+
+``privileged=true`` also records the simulator's privileged state beside each frame, for a policy that
+learns to reason about the scene (EMMA's automatically built labels, docs/policies/emma.md):
+``privileged.objects`` (every coloured object's colour, kind and true position) and
+``privileged.decision`` (the expert's phase, in words via the feature's info). The training loop gives
+these columns only to a family that declares it reads them; no policy gets them at inference.
 
 ``env=A,B,C`` writes ``episodes`` demos of EACH task into one dataset, task by task in the order
 given (all of A's episodes, then B's, ...); every task's seeds start at ``seed``, so the A part
@@ -86,6 +92,7 @@ class CollectConfig:
     camera_convention: str = "lerobot"  # MetaWorld: lerobot | upright | vflip (docs/envs.md)
     exclude: tuple[str, ...] = ()  # words: an episode whose instruction has one is not kept (held-out studies)
     actions: bool = True  # record the action; false writes action-free video (world-model co-training)
+    privileged: bool = False  # also record privileged.objects / privileged.decision (EMMA's labels)
 
     @property
     def tasks(self) -> list[str]:
@@ -135,6 +142,8 @@ class CollectConfig:
             MetaWorldConfig(**self.metaworld_config())  # bad cameras / variations / convention fail here
             if not self.actions:
                 raise ValueError("actions=false applies to tabletop tasks; MetaWorld demos are collected with actions")
+            if self.privileged:
+                raise ValueError("privileged=true applies to tabletop tasks (their experts' phases and scene objects)")
             return
         if self.variations or self.max_steps or self.camera_convention != "lerobot":
             raise ValueError("variations=, max_steps= and camera_convention= apply to env=metaworld/<task> only")
@@ -222,7 +231,8 @@ def rollout(task: str, seed: int) -> Episode:
         env = _worker_state["cfg"].make_env(task)
         envs[task] = (env, make_expert(env))
     env, expert = envs[task]
-    steps, success = run_episode(env, expert, seed, _worker_state["cfg"].noise)
+    cfg = _worker_state["cfg"]
+    steps, success = run_episode(env, expert, seed, cfg.noise, privileged=cfg.privileged)
     frames = {k: np.stack([obs[k] for obs, _ in steps]) for k in steps[0][0]}
     frames[ACTION] = np.stack([a for _, a in steps]).astype(np.float32)
     return Episode(env=task, seed=seed, success=success, task=env.unwrapped.task, frames=frames)
@@ -315,6 +325,10 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict:
     features, fps = common_features(cfg)  # before anything is written
     if not cfg.actions:
         features = {k: f for k, f in features.items() if k != ACTION}
+    if cfg.privileged:
+        from policystack.envs.experts import privileged_features
+
+        features = {**features, **privileged_features()}
     counts = {t: {"episodes": 0, "frames": 0, "attempts": 0} for t in cfg.tasks}
     bar = tqdm(total=cfg.episodes * len(cfg.tasks), desc=f"collect {cfg.tasks[0]}", unit="ep",
                disable=not progress)

@@ -34,6 +34,7 @@ from policystack.envs.tasks import (
     ReachEnv,
     StackEnv,
 )
+from policystack.types import PRIVILEGED_DECISION, PRIVILEGED_OBJECTS, Feature, FeatureSpec
 
 OPEN, CLOSED = -1.0, 1.0
 
@@ -56,6 +57,8 @@ class Expert:
     """Base: phase bookkeeping and conversion of an EE target to an action."""
 
     task_class: ClassVar[type[TabletopEnv]]
+    # what each phase does, in words (the meta-decision of a reasoning policy's labels, privileged_step)
+    phases: ClassVar[tuple[str, ...]]
     max_speed = 0.5  # fraction of POS_SCALE per step (0.25 m/s at 10 Hz)
     noise = 0.05  # std of the action noise on the position components (normalised units)
 
@@ -110,6 +113,7 @@ class Expert:
 
 class ReachExpert(Expert):
     task_class = ReachEnv
+    phases = ("move to the ball",)
 
     def plan(self):
         return self.env.body_pos(self.env.target) + self.offset * 0.5, 0.0, OPEN
@@ -117,6 +121,7 @@ class ReachExpert(Expert):
 
 class PressButtonExpert(Expert):
     task_class = PressButtonEnv
+    phases = ("move above the button", "press the button")
 
     def plan(self):
         top = self.env.body_pos(self.env.target) + [0.0, 0.0, 0.016] + self.offset * [1, 1, 0]
@@ -130,6 +135,7 @@ class PressButtonExpert(Expert):
 
 class OpenDrawerExpert(Expert):
     task_class = OpenDrawerEnv
+    phases = ("move above the handle", "lower behind the handle", "pull the drawer open")
 
     def plan(self):
         env = self.env
@@ -150,6 +156,7 @@ class OpenDrawerExpert(Expert):
 
 class PushExpert(Expert):
     task_class = PushEnv
+    phases = ("move above the cube", "lower behind the cube", "push the cube to the zone")
     max_speed = 0.4
     push_height = 0.018
 
@@ -181,6 +188,9 @@ class PushExpert(Expert):
 
 class _PickExpert(Expert):
     """Shared pick-and-drop sequence: above, down, close, lift, carry, lower, open, retreat."""
+
+    phases = ("move above the object", "lower to the object", "close the gripper", "lift the object",
+              "carry it to the goal", "lower it", "open the gripper", "retreat")
 
     def grasp_pose(self, obj: str) -> tuple[np.ndarray, float]:
         """Pinch point [3] and gripper yaw that hold body ``obj``: a cube's centre, face-aligned."""
@@ -264,6 +274,38 @@ EXPERTS: dict[str, type[Expert]] = {
 }
 
 
+DECISIONS: tuple[str, ...] = tuple(dict.fromkeys(p for e in EXPERTS.values() for p in e.phases))
+MAX_OBJECTS = 8  # object slots of privileged.objects (a tabletop scene has at most 6 coloured objects)
+
+
+def privileged_features() -> FeatureSpec:
+    """The privileged columns ``policystack collect privileged=true`` adds (docs/envs.md): the scene's
+    coloured objects (``vqa.scene_objects``: colour and kind as ids into the lists in ``info``, true
+    world position in m; empty slots -1, -1, 0, 0, 0) and the expert's phase (an id into ``DECISIONS``)."""
+    from policystack.envs.scene import COLORS
+    from policystack.envs.vqa import KINDS
+
+    names = [f"object{i}.{n}" for i in range(MAX_OBJECTS) for n in ("color", "kind", "x", "y", "z")]
+    return {PRIVILEGED_OBJECTS: Feature("float32", (5 * MAX_OBJECTS,), names=names,
+                                        info={"colors": list(COLORS), "kinds": list(KINDS)}),
+            PRIVILEGED_DECISION: Feature("float32", (1,), names=["decision"], info={"decisions": list(DECISIONS)})}
+
+
+def privileged_step(env: gym.Env, expert: Expert) -> dict[str, np.ndarray]:
+    """This step's privileged columns (see ``privileged_features``); call after ``expert.act()``, so
+    the phase is the one whose target made the action."""
+    from policystack.envs.scene import COLORS
+    from policystack.envs.vqa import KINDS, scene_objects
+
+    objects = np.zeros((MAX_OBJECTS, 5), np.float32)
+    objects[:, :2] = -1
+    for i, o in enumerate(scene_objects(env.unwrapped)[:MAX_OBJECTS]):
+        objects[i] = [list(COLORS).index(o.color), KINDS.index(o.kind), *o.position]
+    phase = expert.phases[min(expert.phase, len(expert.phases) - 1)]
+    return {PRIVILEGED_OBJECTS: objects.reshape(-1),
+            PRIVILEGED_DECISION: np.array([DECISIONS.index(phase)], np.float32)}
+
+
 def make_expert(env: gym.Env, seed: int | None = None) -> Expert:
     """The scripted expert for env's task."""
     name = type(env.unwrapped).name
@@ -284,10 +326,11 @@ def perturb(env: gym.Env, action: np.ndarray, noise: float, rng: np.random.Gener
     return np.clip(out, space.low, space.high).astype(np.float32)
 
 
-def run_episode(env: gym.Env, expert: Expert, seed: int,
-                noise: float = 0.0) -> tuple[list[tuple[dict, np.ndarray]], bool]:
+def run_episode(env: gym.Env, expert: Expert, seed: int, noise: float = 0.0,
+                privileged: bool = False) -> tuple[list[tuple[dict, np.ndarray]], bool]:
     """Roll the expert out for one episode: ([(observation, action), ...], success).
     The same seed gives the same episode (env and expert noise are both seeded with it).
+    ``privileged``: each recorded observation also holds ``privileged_step``'s columns.
 
     ``noise`` > 0 is DART (Laskey et al. 2017): the env executes the expert's action plus Gaussian noise
     (``perturb``) while the recorded action stays the expert's own, so the demonstrations visit states off
@@ -298,7 +341,7 @@ def run_episode(env: gym.Env, expert: Expert, seed: int,
     frames = []
     while True:
         action = expert.act()
-        frames.append((obs, action))
+        frames.append(({**obs, **privileged_step(env, expert)} if privileged else obs, action))
         executed = perturb(env, action, noise, rng) if noise > 0 else action
         obs, _, terminated, truncated, info = env.step(executed)
         if terminated or truncated:

@@ -74,10 +74,13 @@ def _color_name(rgba: np.ndarray) -> str | None:
     return None
 
 
-def scene_objects(env, segmentation: np.ndarray) -> list[SceneObject]:
+def scene_objects(env, segmentation: np.ndarray | None = None) -> list[SceneObject]:
     """The coloured objects of a tabletop env (bodies named ball0, button1, cube, bowl, zone, drawer...),
-    with their pixels in ``segmentation`` (the front camera's [H, W, 2] segmentation render)."""
+    with their pixels in ``segmentation`` (the front camera's [H, W, 2] segmentation render; None: no
+    pixels counted, every centre None, for a caller that needs the objects and positions only)."""
     m, d = env.model, env.data
+    if segmentation is None:
+        segmentation = np.zeros((1, 1, 2), np.int32)
     geom_ids = np.where(segmentation[..., 1] == int(mujoco.mjtObj.mjOBJ_GEOM), segmentation[..., 0], -1)
     h, w = geom_ids.shape
     out = []

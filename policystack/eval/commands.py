@@ -199,6 +199,8 @@ def main(argv: list[str]) -> int:
         what = "follows the swapped instruction" if r.swap_instruction else "success"
         print(f"{r.task}: {what} {r.success_rate:.1%} [{r.ci_low:.1%}, {r.ci_high:.1%}] "
               f"({r.successes}/{r.n_episodes}), mean length {r.mean_length:.1f}, mean reward {r.mean_reward:.2f}")
+        if r.policy_stats:
+            print("  policy: " + ", ".join(f"{k} {v}" for k, v in r.policy_stats.items()))
         for v in r.videos:
             print(f"  video: {v}")
     print(f"eval_info: {report['eval_info']}")

@@ -73,6 +73,8 @@ class EpisodeRecord:
     video: str | None = None  # path of its MP4, if recorded
     variation: int | None = None  # MetaWorld's pinned MT1 variation, if the env pins them
     policy_done: bool = False  # the policy ended the episode (Policy.done, RT-2's terminate token)
+    # what the policy counted over the episode (Policy.episode_stats; EMMA: plans, parse_failures, holds)
+    policy_stats: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -106,10 +108,20 @@ class EvalResult:
     def videos(self) -> list[str]:
         return [e.video for e in self.episodes if e.video]
 
+    @property
+    def policy_stats(self) -> dict[str, int]:
+        """Each of the policy's episode counts summed over the episodes (empty for most families)."""
+        total: dict[str, int] = {}
+        for e in self.episodes:
+            for k, v in e.policy_stats.items():
+                total[k] = total.get(k, 0) + int(v)
+        return total
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["env_kwargs"] = _jsonable(self.env_kwargs)
         d["n_episodes"], d["successes"], d["videos"] = self.n_episodes, self.successes, self.videos
+        d["policy_stats"] = self.policy_stats
         return d
 
     @classmethod
@@ -384,6 +396,7 @@ class EvalRunner:
             video = str(write_video(path, slot.frames, fps=fps))
         record = EpisodeRecord(index=slot.episode, seed=slot.seed, success=slot.success, length=slot.length,
                                reward=slot.reward, max_reward=slot.max_reward, task=slot.task, video=video,
-                               variation=slot.variation, policy_done=slot.policy_done)
+                               variation=slot.variation, policy_done=slot.policy_done,
+                               policy_stats=dict(getattr(slot.policy, "episode_stats", dict)()))
         slot.episode, slot.frames = -1, None
         return record

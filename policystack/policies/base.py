@@ -61,7 +61,7 @@ from policystack.policies.normalize import Normalizer
 from policystack.types import ACTION, FeatureSpec, Stats
 
 # The families policystack ships, each ``policystack.policies.<name>`` (a module or a package).
-FAMILIES = ("bc", "rt1", "act", "diffusion", "rt2", "uwm")
+FAMILIES = ("bc", "rt1", "act", "diffusion", "rt2", "uwm", "emma")
 
 
 @dataclass
@@ -76,6 +76,9 @@ class PolicyConfig:
 
     # a family that can train on datasets without an `action` feature (e.g. a world model on video)
     actions_optional: ClassVar[bool] = False
+    # a family that builds training targets from the privileged simulator columns (``privileged.*``,
+    # ``policystack collect privileged=true``; EMMA's labels); the loop drops them for every other family
+    reads_privileged: ClassVar[bool] = False
 
     n_obs_steps: int = 1  # T_obs: frames of observation history (offsets -(T_obs-1) .. 0)
     horizon: int = 1  # H: actions predicted per chunk (offsets 0 .. H-1)
@@ -197,6 +200,11 @@ class Policy(nn.Module):
         """``predict_action_chunk`` and, for a family that can end an episode, bool [B, H]: True at a step
         after which the policy says the episode is done (RT-2's terminate). Default: (chunk, None)."""
         return self.predict_action_chunk(obs), None
+
+    def episode_stats(self) -> dict[str, int]:
+        """Counts since the last ``reset`` that ``policystack eval`` records per episode and sums
+        (EvalResult.policy_stats), e.g. EMMA's plans, parse failures and holds. Default: none."""
+        return {}
 
     def frame_transforms(self) -> dict[str, Any]:
         """Camera key -> a loader-side function of uint8 frames whose output this policy takes in place

@@ -55,6 +55,7 @@ from policystack.types import (
     ACTION,
     DEFAULT_FEATURE_KEYS,
     OBS_IMAGES,
+    PRIVILEGED_PREFIX,
     DataError,
     FeatureSpec,
     camera_key,
@@ -92,12 +93,14 @@ def param_groups(policy: nn.Module, weight_decay: float) -> list[dict]:
 
 def dataset_features(cfg: TrainConfig, pcfg: PolicyConfig) -> tuple[DatasetMeta, FeatureSpec]:
     """The dataset's metadata and the features a policy trains on: every feature but LeRobot's
-    default columns and strings, cameras limited to ``dataset.cameras`` when given. A dataset without
+    default columns and strings (and the privileged simulator columns, ``privileged.*``, unless the
+    family's config sets ``reads_privileged``: EMMA builds its labels from them), cameras limited to ``dataset.cameras`` when given. A dataset without
     ``action`` (action-free video) suits only a family whose config has ``actions_optional``."""
     if not cfg.dataset.path:
         raise ValueError("dataset.path is required: policystack train dataset.path=<LeRobot v3 dataset dir>")
     meta = DatasetMeta.load(cfg.dataset.path)
-    features = {k: f for k, f in meta.features.items() if k not in DEFAULT_FEATURE_KEYS and f.dtype != "string"}
+    features = {k: f for k, f in meta.features.items() if k not in DEFAULT_FEATURE_KEYS and f.dtype != "string"
+                and (pcfg.reads_privileged or not k.startswith(PRIVILEGED_PREFIX))}
     if ACTION not in features and not pcfg.actions_optional:
         raise DataError(f"{meta.root}/meta/info.json: no {ACTION!r} feature to train on; features: {sorted(features)} "
                         f"(policy {cfg.policy['name']!r} needs actions; only a family whose config sets "

@@ -234,3 +234,39 @@ def test_attempt_order_with_failures_does_not_depend_on_look_ahead(window):
                    ("Stack", 0), ("Stack", 1), ("Stack", 2)]
     assert sorted(log) == sorted(got)  # no attempt started that was not needed
     assert in_flight[1] == window  # the look-ahead is used (across tasks), never exceeded
+
+
+def test_privileged_columns_name_the_scene_and_the_expert_phase(tmp_path):
+    """collect privileged=true: every coloured object with its true position and the expert's phase in
+    words, per frame; the training loop hands them to a family that reads them (emma) and to no other."""
+    from policystack.envs.experts import DECISIONS
+    from policystack.envs.scene import COLORS
+    from policystack.envs.vqa import KINDS
+    from policystack.policies.emma import EmmaConfig
+    from policystack.policies.rt2 import RT2Config
+    from policystack.training.config import DatasetConfig, TrainConfig
+    from policystack.training.loop import dataset_features
+    from policystack.types import PRIVILEGED_DECISION, PRIVILEGED_OBJECTS
+
+    env = envs.make("PressButton", cameras=())
+    frames, success = run_episode(env, make_expert(env), seed=4, privileged=True)
+    assert success
+    phases = [DECISIONS[int(obs[PRIVILEGED_DECISION][0])] for obs, _ in frames]
+    assert phases[0] == "move above the button" and phases[-1] == "press the button"
+    objects = frames[0][0][PRIVILEGED_OBJECTS].reshape(-1, 5)
+    named = {f"{list(COLORS)[int(c)]} {KINDS[int(k)]}": xyz for c, k, *xyz in objects if c >= 0}
+    target = env.unwrapped.target
+    color = env.unwrapped.task.split()[-2]  # "press the <colour> button"
+    # the first frame's position of the named button; it has been pressed down since, so compare x and y
+    np.testing.assert_allclose(named[f"{color} button"][:2], env.unwrapped.body_pos(target)[:2], atol=1e-6)
+    assert len(named) == 3 and np.all(objects[3:, :2] == -1)
+    env.close()
+
+    out = tmp_path / "priv"
+    collect(CollectConfig(env="Reach", episodes=1, out=out, cameras=(), seed=3, privileged=True), progress=False)
+    meta = DatasetMeta.load(out)
+    assert meta.features[PRIVILEGED_OBJECTS].info["colors"] == list(COLORS)
+    assert meta.features[PRIVILEGED_DECISION].info["decisions"] == list(DECISIONS)
+    cfg = TrainConfig(policy={"name": "x"}, dataset=DatasetConfig(path=str(out)))
+    assert PRIVILEGED_OBJECTS in dataset_features(cfg, EmmaConfig())[1]
+    assert not any(k.startswith("privileged.") for k in dataset_features(cfg, RT2Config())[1])

@@ -83,6 +83,33 @@ def test_a_policy_that_says_done_ends_its_episode(bc_state):
     assert EvalResult.from_dict(r.to_dict()).episodes[0].policy_done
 
 
+class CountsCalls(BCPolicy):
+    """bc that counts its chunk predictions per episode (as EMMA counts plans, parse failures and holds)."""
+
+    def predict_action_chunk(self, obs):
+        self.calls = getattr(self, "calls", 0) + 1
+        return super().predict_action_chunk(obs)
+
+    def episode_stats(self):
+        return {"calls": getattr(self, "calls", 0)}
+
+    def reset(self):
+        super().reset()
+        self.calls = 0
+
+
+def test_policy_episode_stats_are_recorded_and_summed(bc_state):
+    counting = CountsCalls(bc_state.config, bc_state.features, None)
+    counting.load_state_dict(bc_state.state_dict())
+    r = EvalRunner(task="Reach", episodes=2, n_envs=1, seed=7, max_steps=5, progress=False).run(counting)
+    per_chunk = bc_state.config.n_action_steps
+    expected = -(-5 // per_chunk)  # chunks predicted in a 5-step episode
+    assert [e.policy_stats for e in r.episodes] == [{"calls": expected}] * 2
+    assert r.policy_stats == {"calls": 2 * expected} and r.to_dict()["policy_stats"] == r.policy_stats
+    assert EvalResult.from_dict(r.to_dict()).episodes[1].policy_stats == {"calls": expected}
+    assert EvalRunner(task="Reach", episodes=1, seed=7, max_steps=2, progress=False).run(bc_state).policy_stats == {}
+
+
 def test_policy_state_and_rng_untouched(bc_state):
     bc_state.train()
     torch.manual_seed(123)

@@ -29,7 +29,17 @@ from omegaconf import OmegaConf
 
 from policystack.policies.base import FAMILIES, Policy, get_policy_class
 from policystack.training.config import CONFIG_DIR, load_preset
-from policystack.types import ACTION, PAD_SUFFIX, TASK, Feature, FeatureSpec, Stats, is_image_key
+from policystack.types import (
+    ACTION,
+    PAD_SUFFIX,
+    PRIVILEGED_DECISION,
+    PRIVILEGED_OBJECTS,
+    TASK,
+    Feature,
+    FeatureSpec,
+    Stats,
+    is_image_key,
+)
 
 # What every family is checked on: the tabletop suite's inputs (state, a camera, the instruction).
 FEATURES: FeatureSpec = {
@@ -37,7 +47,20 @@ FEATURES: FeatureSpec = {
     "observation.images.front": Feature("video", (64, 64, 3)),
     ACTION: Feature("float32", (4,)),
 }
-FEATURES_FOR: dict[str, FeatureSpec] = {}  # family -> its own inputs, where FEATURES do not fit it
+# family -> its own inputs, where FEATURES do not fit it
+FEATURES_FOR: dict[str, FeatureSpec] = {
+    # emma reads the pinch point from the tabletop suite's named state, drives its named ee_delta action and
+    # builds its labels from the privileged columns (policystack collect privileged=true)
+    "emma": {
+        "observation.state": Feature("float32", (15,), names=[f"joint{i}" for i in range(1, 8)] + [
+            "gripper", "ee_x", "ee_y", "ee_z", "ee_qw", "ee_qx", "ee_qy", "ee_qz"]),
+        "observation.images.front": Feature("video", (64, 64, 3)),
+        ACTION: Feature("float32", (7,), names=["dx", "dy", "dz", "drx", "dry", "drz", "gripper"]),
+        PRIVILEGED_OBJECTS: Feature("float32", (10,), info={"colors": ["red", "blue"], "kinds": ["ball", "cube"]}),
+        PRIVILEGED_DECISION: Feature("float32", (1,), info={"decisions": ["reach", "press"]}),  # [B, 1, 1] here,
+        # [B, 1] from the loader (a [1] feature's window): compute_loss takes both
+    },
+}
 NO_PAPER_PRESET = {"bc": "policystack's own baseline: there is no published size"}
 # tiny preset -> {field: why its value is not the config dataclass default}
 PRESET_DIFFERS_ON_PURPOSE: dict[str, dict[str, str]] = {}

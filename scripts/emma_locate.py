@@ -1,0 +1,67 @@
+"""EMMA's weights used as an object locator ("where is the red ball?"): on held-out scenes, one plan per
+scene and the coordinates its "Objects:" step writes for the object the instruction names, against the
+simulator's true position of that object (privileged, read only here to score). Also counts the plans
+that wrote no position for it.
+
+    python scripts/emma_locate.py runs/emma --task Reach --scenes 20 --seed 5000
+
+Scene i is ``reset(seed=seed + i)`` of the task (one whose env names a ``target`` body: Reach, PressButton,
+PickPlace) with the checkpoint's cameras; seeds from 5000 are not
+among ``policystack collect``'s training seeds of docs/policies/emma.md (300000 on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+import torch
+
+from policystack.envs import make
+from policystack.envs.vqa import scene_objects
+from policystack.eval.commands import load_policy
+from policystack.eval.envs import env_kwargs_from_features
+from policystack.policies.emma import objects_in
+from policystack.types import TASK
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoint")
+    ap.add_argument("--task", default="Reach")
+    ap.add_argument("--scenes", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=5000)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    policy = load_policy(args.checkpoint)
+    if policy.name != "emma":
+        print(f"{args.checkpoint}: an {policy.name!r} checkpoint; this locates objects with an emma one", file=sys.stderr)
+        return 2
+    env = make(args.task, **env_kwargs_from_features(args.task, policy.features))
+    errors, missing = [], 0
+    for i in range(args.scenes):
+        obs, info = env.reset(seed=args.seed + i)
+        task = info.get(TASK, env.unwrapped.task)
+        goal = env.unwrapped.body_pos(env.unwrapped.target)  # the object the instruction names
+        target = min(scene_objects(env.unwrapped), key=lambda o: float(np.linalg.norm(o.position - goal)))
+        policy.reset()
+        batch = {k: torch.from_numpy(np.asarray(v))[None] for k, v in obs.items()}
+        batch[TASK] = [task]
+        text = policy.plan(batch)[0]
+        found = objects_in(text).get(target.name)
+        if found is None:
+            missing += 1
+        else:
+            errors.append(100 * float(np.linalg.norm(found - target.position)))
+        print(f"scene {args.seed + i}: {task!r}: true {np.round(target.position, 2).tolist()}, written "
+              f"{None if found is None else found.tolist()}", flush=True)
+    env.close()
+    e = np.array(errors)
+    print(f"{args.task}: {len(e)}/{args.scenes} plans located the named object; error {np.median(e) if len(e) else float('nan'):.1f} cm median, "
+          f"{e.mean() if len(e) else float('nan'):.1f} cm mean (3-D); {missing} wrote no position for it")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

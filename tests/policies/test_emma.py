@@ -1,0 +1,237 @@
+"""EMMA's own parts: the parser (malformed, truncated, NaN, huge outputs -> hold, never a crash), the
+trajectory grammar (no token outside it can come out), the waypoint follower (holds), the labels built
+from privileged columns, the counts eval reports, and the privileged columns reaching only EMMA."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from test_contract import FEATURES_FOR, stats_of
+
+from policystack.perception.vlm import byte_tokenizer
+from policystack.policies.emma import (
+    TRAJECTORY,
+    EmmaConfig,
+    EmmaPolicy,
+    TrajectoryGrammar,
+    advance,
+    follow,
+    objects_in,
+    parse_trajectory,
+    section,
+    trajectory_template,
+    trajectory_text,
+)
+from policystack.types import OBS_STATE, PRIVILEGED_DECISION, PRIVILEGED_OBJECTS, TASK
+
+WORKSPACE = EmmaConfig().workspace
+GOOD = "Decision: move to the ball. Trajectory: [(0.42, -0.10, 0.12, 0), (0.40, -0.08, 0.05, 1)]"
+
+
+# --- the parser --------------------------------------------------------------------------------------
+def test_parser_reads_a_well_formed_answer():
+    wps, why = parse_trajectory(GOOD, WORKSPACE)
+    assert why == "ok"
+    np.testing.assert_allclose(wps, [[0.42, -0.10, 0.12, 0], [0.40, -0.08, 0.05, 1]])
+    wps, why = parse_trajectory(trajectory_text(np.array([[0.5, 0.0, 0.3, 0.9]])), WORKSPACE)
+    assert why == "ok" and wps.tolist() == [[0.5, 0.0, 0.3, 1.0]]
+
+
+@pytest.mark.parametrize("text,reason", [
+    ("", "malformed"),
+    ("Scene: a red ball. Objects: red ball at (0.42, -0.10, 0.03).", "malformed"),  # no trajectory
+    ("Trajectory: [(0.42, -0.10, 0.12, 0), (0.40, -0.0", "malformed"),  # truncated
+    ("Trajectory: [(0.42, -0.10, 0.12, 0)", "malformed"),  # no closing bracket
+    ("Trajectory: [(0.42, -0.10, 0.12)]", "malformed"),  # three numbers
+    ("Trajectory: [(0.42, -0.10, 0.12, 0, 1)]", "malformed"),  # five
+    ("Trajectory: []", "malformed"),
+    ("Trajectory: [(0.4.2, -0.10, 0.12, 0)]", "malformed"),
+    ("Trajectory: [(abc, -0.10, 0.12, 0)]", "malformed"),
+    ("Trajectory: [(0.42, -0.10, 0.12, 0.5)]", "malformed"),  # gripper neither 0 nor 1
+    ("Trajectory: [(0.42, -0.10, 0.12, 0)] and more", "malformed"),
+    ("Trajectory: [(nan, -0.10, 0.12, 0)]", "non-finite"),
+    ("Trajectory: [(0.42, NaN, 0.12, 0)]", "non-finite"),
+    ("Trajectory: [(0.42, -0.10, inf, 0)]", "non-finite"),
+    ("Trajectory: [(0.42, -0.10, -Infinity, 0)]", "non-finite"),
+    ("Trajectory: [(1e308, -0.10, 0.12, 0)]", "huge"),
+    ("Trajectory: [(0.42, 123456789012345678901234567890, 0.12, 0)]", "huge"),
+    ("Trajectory: [(9.99, -0.10, 0.12, 0)]", "out of workspace"),
+    ("Trajectory: [(0.42, -0.10, -0.01, 0)]", "out of workspace"),  # under the table
+])
+def test_parser_holds_on_bad_output(text, reason):
+    assert parse_trajectory(text, WORKSPACE) == (None, reason)
+
+
+def test_parser_never_raises_on_random_text():
+    rng = random.Random(0)
+    alphabet = "Trajectory: [(0123456789.-, )]naefNI\x00\n\u00e9"
+    for _ in range(2000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 80)))
+        wps, why = parse_trajectory(text, WORKSPACE)
+        assert (wps is None) == (why != "ok")
+        if wps is not None:
+            assert np.all(np.isfinite(wps)) and wps.shape[1] == 4
+
+
+def test_sections_and_objects_are_read_back():
+    text = ("Scene: a red ball and a blue ball. Objects: red ball at (0.42, -0.10, 0.03); blue ball at (nan, 0, 0). "
+            "Behaviour: gripper 21 cm from it, open. Decision: move to the ball. " + TRAJECTORY + " [(0.4, 0, 0.1, 0)]")
+    assert section(text, "Decision") == "move to the ball"
+    assert section(text, "Behaviour") == "gripper 21 cm from it, open"
+    assert section("no sections here", "Decision") == ""
+    found = objects_in(text)
+    assert list(found) == ["red ball"]  # the NaN entry is left out
+    np.testing.assert_allclose(found["red ball"], [0.42, -0.10, 0.03])
+
+
+# --- the grammar -------------------------------------------------------------------------------------
+def _grammar(k: int, budget: int):
+    tok = byte_tokenizer(["<image>"])
+    strings = [tok.decode([i]) for i in range(len(tok))]
+    enc = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
+    return tok, TrajectoryGrammar(strings, tok.eos_token_id, k, budget, enc(" " + TRAJECTORY), enc(TRAJECTORY),
+                                  tok.all_special_ids)
+
+
+@pytest.mark.parametrize("budget", [0, 5])
+def test_grammar_only_lets_well_formed_trajectories_out(budget):
+    """Random logits (any token could win) through the processor, greedily: every answer parses into
+    exactly k waypoints; at every trajectory step the ids left are exactly those that continue the template."""
+    k = 3
+    atoms = trajectory_template(k)
+    g = torch.Generator().manual_seed(budget)
+    for trial in range(20):
+        tok, grammar = _grammar(k, budget)
+        ids = torch.zeros(1, 4, dtype=torch.long)  # a "prompt"
+        for _ in range(grammar.max_tokens()):
+            scores = grammar(ids, torch.randn(1, len(tok), generator=g) * 5)
+            allowed = torch.isfinite(scores[0]).nonzero()[:, 0].tolist()
+            row = grammar._rows[0]
+            if row["mode"] == "traj":
+                for i in range(len(tok)):
+                    continues = i in grammar.candidates and advance(atoms, row["pos"], grammar.strings[i]) is not None
+                    assert (i in allowed) == (continues or (row["pos"] == len(atoms) and i == tok.eos_token_id))
+            assert tok.convert_tokens_to_ids("<image>") not in allowed and tok.pad_token_id not in allowed
+            nxt = int(scores[0].argmax())
+            if nxt == tok.eos_token_id:
+                break
+            ids = torch.cat([ids, torch.tensor([[nxt]])], 1)
+        else:
+            pytest.fail("the grammar never let the end token out within max_tokens")
+        text = tok.decode(ids[0, 4:])
+        assert TRAJECTORY in text
+        body = text[text.rfind(TRAJECTORY):]
+        # numbers are well formed (a NaN or a huge number cannot be written); only the workspace can fail
+        wps, why = parse_trajectory(body, [[-10, -10, -10], [10, 10, 10]])
+        assert why == "ok" and wps.shape == (k, 4), (trial, text)
+
+
+def test_grammar_accepts_the_labels_it_was_trained_on():
+    text = trajectory_text(np.array([[0.42, -0.10, 0.12, 0], [-0.004, 0.0, 0.5, 1]]))
+    assert text.endswith("[(0.42, -0.10, 0.12, 0), (0.00, 0.00, 0.50, 1)]")
+    atoms = trajectory_template(2)
+    assert advance(atoms, 0, text[len(TRAJECTORY):]) == len(atoms)
+    assert advance(atoms, 0, " [(nan") is None and advance(atoms, 0, " [(12.") is None
+
+
+# --- the follower -----------------------------------------------------------------------------------
+def test_follower_holds_without_a_plan():
+    hold = follow(None, np.array([0.4, 0.0, 0.3]), closure=0.9, steps=3, step_m=0.05, max_speed=0.5, tolerance=0.01)
+    assert hold[:, :3].tolist() == [[0, 0, 0]] * 3 and hold[:, 3].tolist() == [1, 1, 1]  # stays closed
+    assert follow(None, np.zeros(3), 0.1, 2, 0.05, 0.5, 0.01)[:, 3].tolist() == [-1, -1]  # stays open
+
+
+def test_follower_moves_along_the_waypoints_at_bounded_speed():
+    wps = np.array([[0.5, 0.0, 0.3, 0], [0.5, 0.0, 0.2, 1]])
+    steps = follow(wps, np.array([0.4, 0.0, 0.3]), 0.0, 8, step_m=0.05, max_speed=0.5, tolerance=0.01)
+    assert np.all(np.linalg.norm(steps[:, :3], axis=1) <= 0.5 + 1e-9)
+    np.testing.assert_allclose(steps[0], [0.5, 0, 0, -1])  # toward the first waypoint, gripper open
+    pos = np.array([0.4, 0.0, 0.3]) + 0.05 * steps[:, :3].sum(0)
+    np.testing.assert_allclose(pos, [0.5, 0.0, 0.2], atol=1e-9)  # reached the last one
+    assert steps[-1, 3] == 1  # closing as the last waypoint says
+
+
+# --- the policy's labels and counts -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def policy() -> EmmaPolicy:
+    torch.manual_seed(0)
+    features = FEATURES_FOR["emma"]
+    return EmmaPolicy(EmmaConfig(), features, stats_of(features)).eval()
+
+
+def test_labels_are_written_from_the_privileged_columns(policy):
+    objects = np.array([0, 0, 0.42, -0.10, 0.03, 1, 1, 0.5, 0.2, 0.02], dtype=np.float32)  # red ball, blue cube
+    wps = np.array([[0.42, -0.1, 0.12, 0], [0.42, -0.1, 0.05, 0]])
+    text = policy.answer("reach the red ball", np.array([0.42, -0.10, 0.24]), 0.0, objects, 0.0, wps)
+    assert text == ("Scene: a red ball and a blue cube. Objects: red ball at (0.42, -0.10, 0.03). "
+                    "Behaviour: gripper 21 cm from it, open. Decision: reach. "
+                    "Trajectory: [(0.42, -0.10, 0.12, 0), (0.42, -0.10, 0.05, 0)]")
+    # named by colour only ("sphere" is no kind of the scene): still the red ball alone
+    assert "Objects: red ball at (0.42, -0.10, 0.03). Behaviour" in policy.answer(
+        "touch the red sphere", np.array([0.42, -0.10, 0.24]), 0.0, objects, 0.0, wps)
+    empty = np.full(10, -1.0)
+    assert policy.answer("press the button", np.zeros(3), 1.0, empty, 1.0, wps).startswith(
+        "Scene: nothing. Objects: none. Behaviour: gripper closed. Decision: press. Trajectory: [")
+    assert policy.prompt("reach the red ball.", torch.tensor([[0.4, 0.0, 0.3], [0.41, -0.004, 0.29]])) == \
+        "In: reach the red ball. Gripper path: (0.40, 0.00, 0.30), (0.41, 0.00, 0.29).\nOut:"
+
+
+@pytest.mark.parametrize("reasoning,starts", [("objects", "Objects: red ball at"), ("none", "Trajectory: [")])
+def test_chain_of_thought_ablations_write_less(reasoning, starts):
+    features = FEATURES_FOR["emma"]
+    p = EmmaPolicy(EmmaConfig(reasoning=reasoning, text_depth=1), features, None)
+    objects = np.array([0, 0, 0.42, -0.10, 0.03, -1, -1, 0, 0, 0])
+    text = p.answer("reach the red ball", np.zeros(3), 0.0, objects if reasoning != "none" else None,
+                    0.0 if reasoning != "none" else None, np.array([[0.4, 0.0, 0.1, 0]]))
+    assert text.startswith(starts) and "Decision" not in text and "Scene" not in text
+
+
+def test_bad_plans_hold_and_are_counted(policy):
+    policy.reset()
+    state = torch.zeros(3, 15)
+    state[:, 7] = torch.tensor([0.0, 0.0, 1.0])  # gripper closure
+    state[:, 8:11] = torch.tensor([0.4, 0.0, 0.3])
+    texts = [GOOD, "Trajectory: [(nan, 0.1, 0.2, 0)]", "Trajectory: [(0.42, -0.10, 0.90, 0)]"]
+    actions = policy.actions_from_text(texts, state)
+    assert actions.shape == (3, policy.config.horizon, 7)
+    assert actions[0, 0, :3].abs().sum() > 0  # follows
+    assert torch.all(actions[1:, :, :6] == 0)  # holds: no motion, no rotation
+    assert actions[1, 0, 6] == -1 and actions[2, 0, 6] == 1  # the gripper kept as it was
+    assert policy.episode_stats() == {"plans": 3, "parse_failures": 1, "out_of_workspace": 1, "holds": 2}
+    policy.reset()
+    assert policy.episode_stats()["plans"] == 0
+
+
+def test_a_plan_from_the_model_is_decoded_under_the_grammar(policy):
+    policy.reset()
+    obs = {OBS_STATE: torch.zeros(1, 15), "observation.images.front": torch.zeros(1, 3, 64, 64, dtype=torch.uint8),
+           TASK: ["reach the red ball"]}
+    obs[OBS_STATE][0, 8:11] = torch.tensor([0.4, 0.0, 0.3])
+    texts = policy.plan(obs)
+    assert TRAJECTORY in texts[0]
+    body = texts[0][texts[0].rfind(TRAJECTORY):]
+    assert parse_trajectory(body, [[-10] * 3, [10] * 3])[1] == "ok"  # well formed (an untrained model's numbers)
+    chunk = policy.predict_action_chunk(obs)
+    assert chunk.shape == (1, 5, 7) and torch.isfinite(chunk).all() and policy.episode_stats()["plans"] == 1
+
+
+def test_labels_need_the_privileged_columns(policy):
+    no_vocab = EmmaPolicy(EmmaConfig(text_depth=1), {k: f for k, f in FEATURES_FOR["emma"].items()
+                                                      if k not in (PRIVILEGED_OBJECTS, PRIVILEGED_DECISION)}, None)
+    with pytest.raises(KeyError, match="privileged=true"):
+        no_vocab.compute_loss({TASK: ["x"]})
+    assert PRIVILEGED_OBJECTS not in policy.features  # nothing privileged among its inputs (eval, daemon)
+
+
+def test_config_errors_say_what_to_fix():
+    with pytest.raises(ValueError, match="reasoning is 'some'"):
+        EmmaConfig(reasoning="some")
+    with pytest.raises(ValueError, match="workspace must be"):
+        EmmaConfig(workspace=[[0, 0, 0], [0, 1, 1]])
+    with pytest.raises(ValueError, match="must hold \\['dx', 'dy', 'dz', 'gripper'\\]"):
+        features = dict(FEATURES_FOR["emma"])
+        features["action"] = type(features["action"])("float32", (8,), names=[f"joint{i}" for i in range(8)])
+        EmmaPolicy(EmmaConfig(text_depth=1), features, None)
