@@ -407,18 +407,19 @@ class GatoPolicy(Policy):
                                     self._text_piece(q_ids + self.text_ids(" " + a), True)])
                     kinds.append(False)
         x, targets, mask = self.pack(samples)
-        logits = self.logits(self.transformer(x, mask))  # [B, L, V]
         where = targets != IGNORE
-        ce = F.cross_entropy(logits[where].float(), targets[where], reduction="none")
+        logits = self.logits(self.transformer(x, mask)[where])  # [n, V]: only where a target is
+        targets = targets[where]
+        ce = F.cross_entropy(logits.float(), targets, reduction="none")
         loss = ce.mean()
         with torch.no_grad():
-            is_action = (targets[where] >= self.value_block.start) & (targets[where] < self.separator)
+            is_action = (targets >= self.value_block.start) & (targets < self.separator)
             logs = {"loss": loss.item()}
             if is_action.any():
                 logs["action_loss"] = ce[is_action].mean().item()
-                block = logits[where][is_action][:, self.value_block.start:self.separator]
+                block = logits[is_action][:, self.value_block.start:self.separator]
                 logs["action_accuracy"] = (block.argmax(-1) + self.value_block.start
-                                           == targets[where][is_action]).float().mean().item()
+                                           == targets[is_action]).float().mean().item()
             if (~is_action).any():
                 logs["text_loss"] = ce[~is_action].mean().item()
         return loss, logs
