@@ -54,7 +54,9 @@ SmolLM2's BPE cut to 32000 ids in the paper presets (Gato: a 32000-piece Sentenc
 
 from __future__ import annotations
 
+import copy
 import functools
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -275,6 +277,19 @@ class GatoPolicy(Policy):
             self.config.embodiments[emb] = {k: f.to_json() for k, f in spec.items()}
         return list(feats)
 
+    def for_embodiment(self, emb: str) -> GatoPolicy:
+        """This policy with the same weights (shared tensors) presenting embodiment ``emb``'s features as
+        its ``features``: what ``policystack eval`` and the daemon check an env against, so one checkpoint
+        acts on each of its robots. Prompts are copied; history and queue are its own."""
+        if emb not in self.embodiments:
+            raise KeyError(f"GatoPolicy: no embodiment {emb!r}; this policy has {sorted(self.embodiments)}")
+        memo = {id(t): t for t in itertools.chain(self.parameters(), self.buffers())}
+        memo[id(self.text)] = self.text
+        view = copy.deepcopy(self, memo)
+        view.features = dict(self.embodiments[emb])
+        view.reset()
+        return view
+
     # --- tokens ----------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
@@ -380,33 +395,7 @@ class GatoPolicy(Policy):
     def compute_loss(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
         """Next-token cross-entropy on the text and action tokens of every sample of every batch part
         (robot windows of any embodiment; vision-language examples), one packed batch."""
-        samples, kinds = [], []
-        for p, part in enumerate(split_mixture(batch)):
-            tasks = list(part[TASK])
-            if ACTION in part:
-                x = {k: v[:, 0] if isinstance(v, Tensor) and v.dim() >= 2 and (k.startswith("observation.") or k in
-                                                                               (ACTION, ACTION + PAD_SUFFIX)) else v
-                     for k, v in part.items()}
-                emb = self.embodiment_of(x, f"batch part {p}")
-                e, ids, loss = self.timestep(emb, x, with_action=True)
-                prompts = self._training_prompts(emb, x, tasks)
-                for i, task in enumerate(tasks):
-                    samples.append(prompts[i] + [self._text_piece(self.text_ids(task), True), (e[i], ids[i], loss[i])])
-                    kinds.append(True)
-            else:
-                cams = sorted(k for k in part if is_image_key(k) and not k.endswith(PAD_SUFFIX))
-                if not cams:
-                    raise KeyError(f"GatoPolicy.compute_loss: batch part {p} has neither {ACTION!r} nor a camera; "
-                                   f"got {sorted(part)}")
-                patches = torch.cat([self.patches(part[k][:, -1].to(self.device), k) for k in cams], 1)
-                for i, task in enumerate(tasks):
-                    q, a = split_vl_task(task)
-                    q_ids = self.text.encode(q, add_special_tokens=False).ids
-                    no_id = torch.full((patches.shape[1],), -1, dtype=torch.long, device=self.device)
-                    samples.append([(patches[i] + self.obs_pos.weight[:patches.shape[1]], no_id, no_id >= 0),
-                                    self._text_piece(q_ids + self.text_ids(" " + a), True)])
-                    kinds.append(False)
-        x, targets, mask = self.pack(samples)
+        x, targets, mask = self.pack(self.samples(batch))
         where = targets != IGNORE
         logits = self.logits(self.transformer(x, mask)[where])  # [n, V]: only where a target is
         targets = targets[where]
@@ -423,6 +412,35 @@ class GatoPolicy(Policy):
             if (~is_action).any():
                 logs["text_loss"] = ce[~is_action].mean().item()
         return loss, logs
+
+    def samples(self, batch: dict[str, Any]) -> list[list[tuple[Tensor, Tensor, Tensor]]]:
+        """Every sample of every batch part as (embeddings [l, d], ids [l], in_loss [l]) pieces (``pack``):
+        robot windows [prompt] [instruction] [timestep]; vision-language examples [patches] [question answer]."""
+        samples = []
+        for p, part in enumerate(split_mixture(batch)):
+            tasks = list(part[TASK])
+            if ACTION in part:
+                x = {k: v[:, 0] if isinstance(v, Tensor) and v.dim() >= 2 and (k.startswith("observation.") or k in
+                                                                               (ACTION, ACTION + PAD_SUFFIX)) else v
+                     for k, v in part.items()}
+                emb = self.embodiment_of(x, f"batch part {p}")
+                e, ids, loss = self.timestep(emb, x, with_action=True)
+                prompts = self._training_prompts(emb, x, tasks)
+                for i, task in enumerate(tasks):
+                    samples.append(prompts[i] + [self._text_piece(self.text_ids(task), True), (e[i], ids[i], loss[i])])
+            else:
+                cams = sorted(k for k in part if is_image_key(k) and not k.endswith(PAD_SUFFIX))
+                if not cams:
+                    raise KeyError(f"GatoPolicy.compute_loss: batch part {p} has neither {ACTION!r} nor a camera; "
+                                   f"got {sorted(part)}")
+                patches = torch.cat([self.patches(part[k][:, -1].to(self.device), k) for k in cams], 1)
+                for i, task in enumerate(tasks):
+                    q, a = split_vl_task(task)
+                    q_ids = self.text.encode(q, add_special_tokens=False).ids
+                    no_id = torch.full((patches.shape[1],), -1, dtype=torch.long, device=self.device)
+                    samples.append([(patches[i] + self.obs_pos.weight[:patches.shape[1]], no_id, no_id >= 0),
+                                    self._text_piece(q_ids + self.text_ids(" " + a), True)])
+        return samples
 
     # --- inference --------------------------------------------------------------------------------
     def set_prompt(self, task: str, demo: dict[str, Tensor] | None) -> None:
