@@ -29,6 +29,7 @@ from policystack.datasets.meta import DatasetMeta  # noqa: E402
 from policystack.eval.runner import EvalRunner  # noqa: E402
 from policystack.io import atomic_write_json  # noqa: E402
 from policystack.policies.base import Policy  # noqa: E402
+from policystack.types import TASK  # noqa: E402
 
 
 def prompts_from(root: str, keys: list[str], steps: int) -> dict[str, dict[str, torch.Tensor]]:
