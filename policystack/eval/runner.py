@@ -294,8 +294,10 @@ class EvalRunner:
         next_episode = 0
         bar = tqdm(total=self.episodes, desc=f"eval {self.task}", unit="ep", disable=not self.progress)
 
-        def start(mask: np.ndarray) -> dict[str, np.ndarray]:
-            """Reset the envs in ``mask`` with the next episodes' seeds; returns the batched obs."""
+        def start(mask: np.ndarray, park: np.ndarray | None = None) -> dict[str, np.ndarray]:
+            """Reset the envs in ``mask`` with the next episodes' seeds, and those in ``park`` (slots with no
+            episode left, whose env ended: an idle env is still stepped, and MetaWorld refuses a step after
+            its episode's end) unseeded; returns the batched obs."""
             nonlocal next_episode
             seeds: list[int | None] = [None] * n
             for i in np.flatnonzero(mask):
@@ -303,7 +305,8 @@ class EvalRunner:
                 slot.episode, slot.seed = next_episode, self.seed + next_episode
                 next_episode += 1
                 seeds[i] = slot.seed
-            options = {"reset_mask": mask, **({"swap_instruction": True} if self.swap_instruction else {})}
+            reset = mask if park is None else mask | park
+            options = {"reset_mask": reset, **({"swap_instruction": True} if self.swap_instruction else {})}
             obs, info = envs.reset(seed=seeds, options=options)
             for i in np.flatnonzero(mask):
                 slot = slots[i]
@@ -323,7 +326,7 @@ class EvalRunner:
             self._capture_frames(envs, obs, slots)
             actions = np.stack([self._act(slot, obs, i, device) for i, slot in enumerate(slots)])
             obs, reward, terminated, truncated, info = envs.step(actions)
-            restart = np.zeros(n, bool)
+            restart, park = np.zeros(n, bool), np.zeros(n, bool)
             for i, slot in enumerate(slots):
                 if slot.episode < 0:
                     continue
@@ -341,8 +344,10 @@ class EvalRunner:
                     bar.update(1)
                     if next_episode + restart.sum() < self.episodes:  # episodes left to start
                         restart[i] = True
-            if restart.any():
-                obs = start(restart)
+                    else:
+                        park[i] = True
+            if restart.any() or park.any():
+                obs = start(restart, park)
         bar.close()
         return sorted(records, key=lambda r: r.index)
 

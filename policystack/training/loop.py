@@ -190,15 +190,7 @@ def load_datasets(cfg: TrainConfig, pcfg: PolicyConfig, policy: Policy, meta: Da
     parts = [primary]
     for path in cfg.dataset.mixture:
         mix = DatasetMeta.load(path)
-        keys = [k for k in features if k in mix.features]
-        cams = [k for k in features if is_image_key(k)]
-        if not any(is_image_key(k) for k in keys) and cams:
-            raise DataError(f"{mix.root}/meta/info.json: a mixed-in dataset needs the policy's cameras {cams}; it has "
-                            f"{sorted(mix.features)}")
-        bad = [k for k in keys if mix.features[k].shape != features[k].shape]
-        if bad:
-            raise DataError(f"{mix.root}/meta/info.json: {bad} have shapes {[mix.features[k].shape for k in bad]}, the "
-                            f"policy's dataset {meta.root} {[features[k].shape for k in bad]}")
+        keys = policy.mixture_keys(mix.features, f"{mix.root}/meta/info.json")
         parts.append(WindowedDataset(mix.root, delta_indices=pcfg.delta_indices(keys), keys=keys,
                                      frame_transforms={k: f for k, f in transforms.items() if k in keys}, **common))
     return MixtureDataset(parts)

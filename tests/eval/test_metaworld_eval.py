@@ -92,3 +92,12 @@ def test_eval_command_pins_variations(tmp_path):
         parse_args(["checkpoint=x", "env=Reach", "variations=1-3"])
     with pytest.raises(ValueError, match="variations='3-1'"):
         parse_args(["checkpoint=x", f"env={TASK}", "variations=3-1"])
+
+
+def test_a_slot_left_without_an_episode_is_reset_not_stepped_past_its_end():
+    """n_envs=2, 3 episodes truncated at 3 steps: when one slot has no episode left, its ended env is
+    reset (MetaWorld refuses a step after an episode's end) and the other slot's episode finishes."""
+    from policystack.eval.expert import ScriptedExpert
+
+    r = EvalRunner(task=TASK, episodes=3, n_envs=2, max_steps=3, seed=11, progress=False).run(ScriptedExpert())
+    assert [e.seed for e in r.episodes] == [11, 12, 13] and all(e.length == 3 for e in r.episodes)

@@ -28,3 +28,21 @@ def test_mask_must_be_bool_and_fit():
         net(torch.randn(1, 3, 8), torch.ones(3, 3))
     with pytest.raises(ValueError, match="N=3"):
         net(torch.randn(1, 3, 8), torch.ones(4, 4, dtype=torch.bool))
+
+
+def test_kv_cache_gives_the_outputs_of_the_full_causal_pass():
+    from policystack.policies.layers.transformer import KVCache
+
+    torch.manual_seed(0)
+    net = DecoderStack(n_layer=2, d_model=16, n_head=2, head_dim=8, mlp_hidden=32).eval()
+    x = torch.randn(2, 7, 16)
+    full = net(x, torch.ones(7, 7, dtype=torch.bool).tril())
+    cache = KVCache(2)
+    first = net(x[:, :4], torch.ones(4, 4, dtype=torch.bool).tril(), cache)  # the prefix, then one token a step
+    steps = [net(x[:, t:t + 1], torch.ones(1, t + 1, dtype=torch.bool), cache) for t in range(4, 7)]
+    torch.testing.assert_close(torch.cat([first, *steps], 1), full, rtol=1e-5, atol=1e-5)
+    assert len(cache) == 7
+    with pytest.raises(ValueError, match="M=8 keys"):
+        net(x[:, :1], torch.ones(1, 7, dtype=torch.bool), cache)
+    with pytest.raises(ValueError, match="KVCache has 3 layers"):
+        net(x[:, :1], torch.ones(1, 1, dtype=torch.bool), KVCache(3))
