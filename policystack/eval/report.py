@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from policystack.eval.metrics import summarize
+from policystack.eval.metrics import detector_summary, summarize
 from policystack.eval.runner import EvalResult
 from policystack.io import atomic_write_bytes, atomic_write_json
 
@@ -45,12 +45,15 @@ def overall(results: Sequence[EvalResult]) -> dict[str, Any]:
 def eval_info(results: Sequence[EvalResult], checkpoint: str) -> dict[str, Any]:
     if not results:
         raise ValueError("eval_info needs at least one EvalResult")
+    eps = [e for r in results for e in r.episodes]
     return {
         "format_version": FORMAT_VERSION,
         "policy": results[0].policy,
         "checkpoint": checkpoint,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "overall": overall(results),
+        **({"detector": detector_summary([e.detector_done for e in eps], [e.success for e in eps])}
+           if all(r.detector is not None for r in results) else {}),
         "per_task": [r.to_dict() for r in results],
     }
 
