@@ -6,7 +6,8 @@ the runner with ``policystack.io.write_video``).
     {"format_version": 1, "policy": "bc", "checkpoint": "runs/x/checkpoints/002000/pretrained",
      "created": "2025-01-01T12:00:00+00:00",
      "overall": {"episodes", "successes", "success_rate", "ci_low", "ci_high", "mean_length", "mean_reward"},
-     "per_task": [EvalResult.to_dict(), ...]}      # one entry per task, with its episode records
+     "per_task": [EvalResult.to_dict(), ...],     # one entry per task, with its episode records
+     "detector": {...}}   # with eval detector=DIR only: eval.metrics.detector_summary over every episode
 
 Every file is written atomically (temp file, fsync, rename). Plots use matplotlib's object API
 (``matplotlib.figure.Figure``, no pyplot global state, no display needed).

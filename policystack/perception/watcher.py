@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from policystack.keyvalue import parse_key_values
@@ -74,10 +74,7 @@ class DetectorConfig:
 
 def parse_detector_args(argv: list[str]) -> DetectorConfig:
     """``key=value`` arguments (checkpoint and the ``detector.`` options without their prefix)."""
-    try:
-        return DetectorConfig(**parse_key_values(argv, DetectorConfig, required=("checkpoint",)))
-    except KeyError as e:
-        raise ValueError(f"{e.args[0]} (detector options: {', '.join(f.name for f in fields(DetectorConfig))})") from None
+    return DetectorConfig(**parse_key_values(argv, DetectorConfig, required=("checkpoint",)))
 
 
 class EpisodeJudge:
@@ -101,16 +98,22 @@ class EpisodeJudge:
         return False
 
 
-def load_detector(cfg: DetectorConfig):
-    """The describer of ``cfg.checkpoint`` in eval mode; a clear ValueError / FileNotFoundError otherwise."""
-    from policystack.policies.base import Policy
+def check_detector(cfg: DetectorConfig) -> None:
+    """That ``cfg.checkpoint`` is a describer checkpoint, read without torch (so a missing one is said
+    within a second of the daemon's start); a clear ValueError / FileNotFoundError otherwise."""
     from policystack.policies.files import read_checkpoint_meta
 
-    meta, _ = read_checkpoint_meta(cfg.checkpoint)  # a missing directory or config.json fails here, naming it
-    name = meta["policy"]
-    if name != "describer":
-        raise ValueError(f"{cfg.checkpoint}: a {name!r} checkpoint; the detector needs a 'describer' one "
+    meta, _ = read_checkpoint_meta(cfg.checkpoint)  # a missing directory, config.json or weights file, named
+    if meta["policy"] != "describer":
+        raise ValueError(f"{cfg.checkpoint}: a {meta['policy']!r} checkpoint; the detector needs a 'describer' one "
                          "(policystack train policy=describer ...)")
+
+
+def load_detector(cfg: DetectorConfig):
+    """The describer of ``cfg.checkpoint`` in eval mode (``check_detector`` first)."""
+    from policystack.policies.base import Policy
+
+    check_detector(cfg)
     return Policy.from_pretrained(cfg.checkpoint, map_location=cfg.device).eval()
 
 
@@ -223,10 +226,11 @@ def main(argv: list[str] | None = None) -> int:
             os.sched_setaffinity(0, others)
     except OSError:
         pass
-    import torch
-
-    torch.set_num_threads(cfg.threads)
     try:
+        check_detector(cfg)
+        import torch
+
+        torch.set_num_threads(cfg.threads)
         detector = load_detector(cfg)
     except Exception as e:  # a missing directory, no weights, another family, a broken file
         log_line(f"detector off: cannot load {cfg.checkpoint}: {e}"[:500])

@@ -75,13 +75,13 @@ def test_training_on_success_and_caption_examples_lowers_the_loss_and_moves_the_
     batch = {**{k: torch.from_numpy(m)[:, None] for k, m in maps.items()}, TASK: tasks}  # [B, 1, C, g, g]
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     first = None
-    for _ in range(30):
+    for _ in range(60):  # the text comes first (about 40 steps), then the frames that tell the answers apart
         loss, logs = model.compute_loss(batch)
         first = first if first is not None else loss.item()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert logs["loss"] < 0.2 * first
+    assert logs["loss"] < 0.1 * first
     p = model.eval().success_probability({k: v[:2] for k, v in images.items()}, ["reach the red ball"] * 2)
     assert p[0] > 0.5 > p[1]  # it learned these frames' answers
     assert model.describe({k: v[2:] for k, v in images.items()}) == ["a red ball"]

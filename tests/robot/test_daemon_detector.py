@@ -60,7 +60,7 @@ def test_bad_detector_options_name_the_fix():
     assert parse_detector_args(["checkpoint=d", "threshold=0.8", "consecutive=3"]).consecutive == 3
     for argv, message in ((["checkpoint=d", "threshold=1.5"], "threshold=1.5: expected a probability"),
                           (["checkpoint=d", "consecutive=0"], "consecutive=0: expected >= 1"),
-                          (["checkpoint=d", "tresh=1"], "detector options: checkpoint, threshold"),
+                          (["checkpoint=d", "tresh=1"], "unknown argument 'tresh'; valid: checkpoint, threshold"),
                           (["checkpoint="], "expected a describer checkpoint")):
         with pytest.raises(ValueError, match=message):
             parse_detector_args(argv)
@@ -88,6 +88,7 @@ def test_the_watcher_judges_the_newest_frame_and_asks_once_per_episode():
         time.sleep(0.5)  # the subscription is up
         pub.send(enc.encode("obs", **obs(4, 1, cameras=("wrist",))))  # not a camera it knows: said once, skipped
         pub.send(enc.encode("obs", **obs(4, 2, cameras=("wrist",))))
+        time.sleep(1.0)  # judged (and refused) before the burst replaces it
         for seq in range(3, 60):  # a burst much faster than the 0.3 s judgement
             pub.send(enc.encode("obs", **obs(4, seq)))
             time.sleep(0.01)
@@ -172,7 +173,7 @@ def test_a_missing_detector_is_one_line_and_the_daemon_runs_on(ckpt, tmp_path):
     env = {**os.environ, "POLICYSTACK_DAEMON_TOKEN": TOKEN.decode(), "MUJOCO_GL": "egl"}
     missing = tmp_path / "no-such-detector"
     out = subprocess.run([sys.executable, "-m", "policystack.cli", "daemon", "run", "robot=sim", f"checkpoint={ckpt}",
-                          "task=Reach", "episodes=2", "max_steps=10", "image_size=32", "port=0",
+                          "task=Reach", "episodes=2", "max_steps=30", "image_size=32", "port=0",
                           "import=daemon_test_policies", "no_rt=true", f"detector={missing}"],
                          env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
