@@ -58,13 +58,13 @@ class DescriberConfig(PolicyConfig):
 
     vlm_family: str = "smolvlm"  # smolvlm or idefics3 (they take projected image features)
     vlm_weights: str = "tiny"  # "tiny" (random init at the sizes below), "smollm2" or a local VLM directory
-    text_width: int = 256
-    text_depth: int = 4
+    text_width: int = 128
+    text_depth: int = 3
     text_heads: int = 4
     context_length: int = 512
     image_size: int = 96  # frames are resized to this square side before Lite0
     lite0_stages: int = 5  # 112 channels at stride 16: a 6 x 6 map per 96 px frame
-    image_grid: int | None = None  # pool the map to grid x grid tokens per camera (None: as it is)
+    image_grid: int | None = 3  # pool the map to grid x grid tokens per camera (None: as it is)
     normalization: dict[str, str] = field(default_factory=dict)  # nothing to normalise (images, text)
 
     def __post_init__(self):

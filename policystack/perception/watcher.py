@@ -128,7 +128,7 @@ def frames_of(body: dict[str, Any], camera_keys: list[str]) -> dict[str, Any] | 
     images = {camera_key(c): img for c, img in body["images"].items()}
     if any(k not in images for k in camera_keys):
         return None
-    return {k: torch.from_numpy(np.ascontiguousarray(images[k], dtype=np.uint8))[None] for k in camera_keys}
+    return {k: torch.from_numpy(np.array(images[k], dtype=np.uint8))[None] for k in camera_keys}  # a copy: decoded arrays are read-only
 
 
 def watch(detector, obs_addr: str, commands_addr: str, token: bytes, cfg: DetectorConfig, curve=None,
