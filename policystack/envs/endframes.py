@@ -33,7 +33,13 @@ import mujoco
 import numpy as np
 
 from policystack.datasets.vqa import vl_task
-from policystack.envs.vqa import CAPTION_QUESTION, scene_objects, scene_questions, success_question
+from policystack.envs.vqa import (
+    CAPTION_QUESTION,
+    scene_objects,
+    scene_questions,
+    success_question,
+    tabletop_tasks,
+)
 from policystack.keyvalue import parse_key_values
 from policystack.types import TASK, Feature, camera_key
 
@@ -56,14 +62,10 @@ class EndFramesConfig:
 
     @property
     def tasks(self) -> list[str]:
-        return [t.strip().removeprefix("policystack/").removesuffix("-v0") for t in self.env.split(",") if t.strip()]
+        return tabletop_tasks(self.env)
 
     def __post_init__(self):
-        from policystack.envs import task_names
-
-        unknown = [t for t in self.tasks if t not in task_names()]
-        if unknown or not self.tasks:
-            raise KeyError(f"env={self.env!r}: unknown task(s) {unknown}; valid tasks: {', '.join(task_names())}")
+        tabletop_tasks(self.env)  # unknown names fail here
         for name in ("episodes", "image_size", "group"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: expected >= 1")

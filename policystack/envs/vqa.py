@@ -228,6 +228,17 @@ class SceneRenderer:
 
 
 # --- the command --------------------------------------------------------------------------------------
+def tabletop_tasks(env: str) -> list[str]:
+    """``env="Reach,policystack/PressButton-v0"`` -> ["Reach", "PressButton"]; a KeyError naming unknown ones."""
+    from policystack.envs import task_names
+
+    tasks = [t.strip().removeprefix("policystack/").removesuffix("-v0") for t in env.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in task_names()]
+    if unknown or not tasks:
+        raise KeyError(f"env={env!r}: unknown task(s) {unknown}; valid tasks: {', '.join(task_names())}")
+    return tasks
+
+
 @dataclass
 class VQAConfig:
     env: str  # tabletop tasks "A,B,C"
@@ -241,14 +252,10 @@ class VQAConfig:
 
     @property
     def tasks(self) -> list[str]:
-        return [t.strip().removeprefix("policystack/").removesuffix("-v0") for t in self.env.split(",") if t.strip()]
+        return tabletop_tasks(self.env)
 
     def __post_init__(self):
-        from policystack.envs import task_names
-
-        unknown = [t for t in self.tasks if t not in task_names()]
-        if unknown or not self.tasks:
-            raise KeyError(f"env={self.env!r}: unknown task(s) {unknown}; valid tasks: {', '.join(task_names())}")
+        tabletop_tasks(self.env)  # unknown names fail here
         for name in ("scenes", "questions", "image_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: expected >= 1")

@@ -45,7 +45,7 @@ from typing import Any
 from policystack.interaction.audio import OUTPUTS, AudioSink, open_sink
 from policystack.interaction.speaker import SPEAKERS, Speaker, Style, make_speaker, speaker_class
 from policystack.keyvalue import parse_key_values
-from policystack.robot.processes import SideProcess
+from policystack.robot.processes import SideProcess, side_process_start, yield_cpu
 
 EXIT_NO_SPEECH = 3  # the announcer could not speak and has said why (one line)
 DEFAULT_TELEMETRY = "tcp://127.0.0.1:5557"
@@ -360,13 +360,7 @@ FOLLOW_KEYS = ("telemetry", "server_key", "client_key", "exit_with_parent")
 def start_speaking(cfg: SpeechConfig, options: list[str]) -> tuple[Speaker, AudioSink]:
     """This process as a speaker runs: at ``cfg.nice``, off the control loop's CPU, the backend loaded
     and warmed up (which also proves it works before the first event), its sink open."""
-    try:
-        os.nice(cfg.nice)
-        others = os.sched_getaffinity(0) - {cfg.avoid_cpu}
-        if others:  # (a one-CPU machine has no other)
-            os.sched_setaffinity(0, others)
-    except OSError:
-        pass
+    yield_cpu(cfg.nice, cfg.avoid_cpu)
     speaker = make_speaker(cfg.backend, options)
     speaker.synthesize("Ready.")
     return speaker, open_sink(cfg.output, cfg.out_dir, cfg.player, cfg.keep, log_line)
@@ -377,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     [exit_with_parent=true] [speech options]`` (also ``policystack say --follow ...``); the daemon's
     token from ``$POLICYSTACK_DAEMON_TOKEN``, curve keys from files or the environment the daemon gives."""
     from policystack.robot.config import token_from_env
-    from policystack.robot.curve import CLIENT_SECRET_ENV, SERVER_PUBLIC_ENV, ClientCurve
+    from policystack.robot.curve import ClientCurve
 
     argv = sys.argv[1:] if argv is None else argv
     conn = {k: v for k, _, v in (a.partition("=") for a in argv) if k in FOLLOW_KEYS}
@@ -388,12 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError) as e:
         log_line(f"speech off: {e.args[0] if isinstance(e, KeyError) else e}")
         return 2
-    for name in (SERVER_PUBLIC_ENV, CLIENT_SECRET_ENV):
-        os.environ.pop(name, None)
-    if conn.get("exit_with_parent", "").lower() in ("1", "true", "yes"):
-        from policystack.robot.loop import _die_with_parent
-
-        _die_with_parent()
+    side_process_start(conn)
     try:
         speaker, sink = start_speaking(cfg, options)
     except Exception as e:  # SpeechError, a bad option, or whatever a backend's library raises

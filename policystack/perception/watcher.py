@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     [server_key=F] [client_key=F] checkpoint=DIR [options]`` (the daemon starts it: ``detector=DIR``);
     the token from ``$POLICYSTACK_DAEMON_TOKEN``, curve keys from files or the environment the daemon gives."""
     from policystack.robot.config import token_from_env
-    from policystack.robot.curve import CLIENT_SECRET_ENV, SERVER_PUBLIC_ENV, ClientCurve
+    from policystack.robot.curve import ClientCurve
+    from policystack.robot.processes import side_process_start, yield_cpu
 
     argv = sys.argv[1:] if argv is None else argv
     conn = {k: v for k, _, v in (a.partition("=") for a in argv) if k in CONNECTION_KEYS}
@@ -213,19 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError) as e:
         log_line(f"detector off: {e.args[0] if isinstance(e, KeyError) else e}")
         return 2
-    for name in (SERVER_PUBLIC_ENV, CLIENT_SECRET_ENV):
-        os.environ.pop(name, None)
-    if conn.get("exit_with_parent", "").lower() in ("1", "true", "yes"):
-        from policystack.robot.loop import _die_with_parent
-
-        _die_with_parent()
-    try:
-        os.nice(cfg.nice)
-        others = os.sched_getaffinity(0) - {cfg.avoid_cpu}
-        if others:
-            os.sched_setaffinity(0, others)
-    except OSError:
-        pass
+    side_process_start(conn)
+    yield_cpu(cfg.nice, cfg.avoid_cpu)
     try:
         check_detector(cfg)
         import torch

@@ -225,6 +225,31 @@ class WorkerProcess:
                 self.kill()
 
 
+def side_process_start(conn: dict[str, str]) -> None:
+    """First steps of a side process's ``main`` once its arguments are read: the CurveZMQ keys the daemon
+    passed in the environment are dropped from it (they were read), and with ``exit_with_parent=true`` in
+    ``conn`` the process dies with the daemon."""
+    from policystack.robot.curve import CLIENT_SECRET_ENV, SERVER_PUBLIC_ENV
+
+    for name in (SERVER_PUBLIC_ENV, CLIENT_SECRET_ENV):
+        os.environ.pop(name, None)
+    if conn.get("exit_with_parent", "").lower() in ("1", "true", "yes"):
+        from policystack.robot.loop import _die_with_parent
+
+        _die_with_parent()
+
+
+def yield_cpu(nice: int, avoid_cpu: int) -> None:
+    """Run at niceness ``nice`` and never on CPU ``avoid_cpu`` (the control loop's; -1: none). Best effort."""
+    try:
+        os.nice(nice)
+        others = os.sched_getaffinity(0) - {avoid_cpu}
+        if others:  # (a one-CPU machine has no other)
+            os.sched_setaffinity(0, others)
+    except OSError:
+        pass
+
+
 class SideProcess:
     """``python -m module exit_with_parent=true args...`` beside the daemon, e.g. the speech announcer
     (``interaction/announcer.py``) or the success detector (``perception/watcher.py``): the token (and,
