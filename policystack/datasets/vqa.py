@@ -14,6 +14,7 @@ is everything before the last ``"\\nA: "``, the answer everything after. Keeping
 from __future__ import annotations
 
 ANSWER_MARK = "\nA: "
+VL_PROMPT = "In: {question}\nOut:"  # a VLM's prompt for one question (RT-2 co-training, the describer)
 
 
 def vl_task(question: str, answer: str) -> str:

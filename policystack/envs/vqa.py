@@ -22,6 +22,10 @@ come from the simulator (a segmentation render of the front camera for what is v
 | drawer | is the drawer open? | yes / no |
 | point | where is the red ball? | (0.42, 0.61): the object's centre in the front image, x right, y down, in [0, 1] |
 
+One more kind is not drawn here but asked of end-of-episode frames (``policystack endframes``,
+``envs/endframes.py``): "success", ``success_question(instruction)`` ("has the robot done this: reach the
+red ball?"), answered "yes" / "no" by the simulator's ``is_success``.
+
 "Left", "right" and "where" refer to the front camera's image; an object counts as visible with at least
 ``MIN_PIXELS`` pixels there. Each scene's examples are drawn from every question its scene allows, kinds
 first (uniform over the kinds it has), then a question of that kind, all seeded by the scene's seed.
@@ -43,7 +47,9 @@ from policystack.types import TASK, Feature, camera_key
 
 USAGE = __doc__.split("\n\n")[1]
 KINDS = ("ball", "button", "cube", "bowl", "zone", "drawer")
-QUESTION_KINDS = ("caption", "color", "exists", "count", "relation", "closest", "drawer", "point")
+QUESTION_KINDS = ("caption", "color", "exists", "count", "relation", "closest", "drawer", "point", "success")
+CAPTION_QUESTION = "describe the scene."
+SUCCESS_PREFIX = "has the robot done this: "
 NUMBERS = ("zero", "one", "two", "three", "four", "five")
 MIN_PIXELS = 4  # pixels of an object in the front image for it to count as visible
 DRAWER_CLOSED, DRAWER_OPEN = (0.0, 0.02), (0.10, 0.20)  # openings (m) of the two drawer states rendered
@@ -114,7 +120,7 @@ def scene_questions(objects: list[SceneObject], ee_pos: np.ndarray, drawer_open:
 
     visible = sorted((o for o in objects if o.center is not None), key=lambda o: o.center[0])
     qs: dict[str, list[tuple[str, str]]] = {k: [] for k in QUESTION_KINDS}
-    qs["caption"].append(("describe the scene.", _listing([_a(o.name) for o in visible]) if visible else "nothing"))
+    qs["caption"].append((CAPTION_QUESTION, _listing([_a(o.name) for o in visible]) if visible else "nothing"))
     for kind in dict.fromkeys(o.kind for o in objects):
         seen = [o for o in visible if o.kind == kind]
         everywhere = [o for o in objects if o.kind == kind]
@@ -143,11 +149,19 @@ def scene_questions(objects: list[SceneObject], ee_pos: np.ndarray, drawer_open:
     return {k: v for k, v in qs.items() if v}
 
 
+def success_question(instruction: str) -> str:
+    """The success question of a task, worded from its instruction alone (what a real robot has too)."""
+    instruction = " ".join(instruction.split()).rstrip(".?!")
+    if not instruction:
+        raise ValueError("success_question: the instruction is empty; expected the task's words, e.g. 'reach the red ball'")
+    return f"{SUCCESS_PREFIX}{instruction}?"
+
+
 def question_kind(question: str) -> str:
     """Which of ``QUESTION_KINDS`` a question of this generator is (from its wording)."""
     for prefix, kind in (("describe", "caption"), ("what colour", "color"), ("is there", "exists"),
                          ("how many", "count"), ("which", "closest"), ("is the drawer open", "drawer"),
-                         ("where is", "point")):
+                         ("where is", "point"), (SUCCESS_PREFIX, "success")):
         if question.startswith(prefix):
             return kind
     if question.startswith("is the ") and " left of " in question:
@@ -217,6 +231,17 @@ class SceneRenderer:
 
 
 # --- the command --------------------------------------------------------------------------------------
+def tabletop_tasks(env: str) -> list[str]:
+    """``env="Reach,policystack/PressButton-v0"`` -> ["Reach", "PressButton"]; a KeyError naming unknown ones."""
+    from policystack.envs import task_names
+
+    tasks = [t.strip().removeprefix("policystack/").removesuffix("-v0") for t in env.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in task_names()]
+    if unknown or not tasks:
+        raise KeyError(f"env={env!r}: unknown task(s) {unknown}; valid tasks: {', '.join(task_names())}")
+    return tasks
+
+
 @dataclass
 class VQAConfig:
     env: str  # tabletop tasks "A,B,C"
@@ -230,14 +255,10 @@ class VQAConfig:
 
     @property
     def tasks(self) -> list[str]:
-        return [t.strip().removeprefix("policystack/").removesuffix("-v0") for t in self.env.split(",") if t.strip()]
+        return tabletop_tasks(self.env)
 
     def __post_init__(self):
-        from policystack.envs import task_names
-
-        unknown = [t for t in self.tasks if t not in task_names()]
-        if unknown or not self.tasks:
-            raise KeyError(f"env={self.env!r}: unknown task(s) {unknown}; valid tasks: {', '.join(task_names())}")
+        tabletop_tasks(self.env)  # unknown names fail here
         for name in ("scenes", "questions", "image_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: expected >= 1")

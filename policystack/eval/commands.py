@@ -5,6 +5,7 @@
         [cameras=front,wrist] [image_size=96] [action_mode=ee_delta] [start_pose=random|home]
         [swap_instruction=false] [variations=30-49] [camera_convention=lerobot|upright|vflip]
         [instructions=templates|paraphrases] [threads=1] [n_action_steps=N]
+        [detector=DIR] [detector_threshold=0.5]
 
 checkpoint: a policy directory, a training checkpoint or a run directory (its latest checkpoint),
 or ``expert`` for the task's scripted expert. policy=NAME checks the checkpoint is of that family.
@@ -17,6 +18,12 @@ before issue 14) were made (docs/envs.md). max_steps=150 matches demos capped at
 Writes OUT/eval_info.json, OUT/eval.png and OUT/videos/<task>/*.mp4 (OUT
 defaults to CHECKPOINT/eval/<tasks>, or outputs/eval/expert/<tasks>); prints each task's success
 rate with its Wilson 95% interval.
+
+detector=DIR: a success detector (a ``describer`` checkpoint, ``policystack train policy=describer``;
+docs/perception.md) judges each episode's last frame from the instruction; its verdict is recorded beside
+the simulator's is_success and each task's agreement, precision and recall (Wilson 95% intervals) are
+printed and written to eval_info.json (``detector`` per task and overall). The env then also renders the
+detector's cameras (checkpoint=expert included).
 
 swap_instruction=true: the same seeded scenes, but each instruction names another of the scene's
 objects (the same template, another colour) and success is judged on that object: the rate printed
@@ -65,6 +72,8 @@ class EvalArgs:
     threads: int = 1
     instructions: str = ""
     n_action_steps: int = 0  # 0: the checkpoint's; N: execute N actions of each chunk (<= its horizon)
+    detector: str = ""  # a describer checkpoint judging each episode's last frame
+    detector_threshold: float = 0.5  # its verdict: P(done) >= this
 
     @property
     def tasks(self) -> list[str]:
@@ -167,11 +176,16 @@ def evaluate(args: EvalArgs, progress: bool = True) -> dict[str, Any]:
                           max_steps=args.max_steps or None, env_kwargs=args.env_overrides(),
                           video_dir=out / "videos" / t if args.videos else None, n_videos=args.videos,
                           progress=progress, swap_instruction=args.swap_instruction,
-                          camera_convention=args.camera_convention or None)
+                          camera_convention=args.camera_convention or None,
+                          detector_threshold=args.detector_threshold)
                for t in args.tasks]  # validates all names before loading
     policy = load_policy(args.checkpoint, args.policy, args.device)
     if args.n_action_steps:
         set_n_action_steps(policy, args.n_action_steps, args.checkpoint)
+    if args.detector:
+        detector = load_policy(args.detector, "describer", args.device).eval()
+        for runner in runners:
+            runner.detector = detector
     if (out / EVAL_INFO).exists() and not args.overwrite:
         raise FileExistsError(f"{out / EVAL_INFO} exists; pass another out= or overwrite=true")
     seen = training_scenes(policy, args.tasks, args.seed, args.episodes)
@@ -180,6 +194,15 @@ def evaluate(args: EvalArgs, progress: bool = True) -> dict[str, Any]:
     results = [runner.run(policy) for runner in runners]
     paths = write_report(out, results, args.checkpoint)
     return {"results": results, "training_scenes": seen, **paths}
+
+
+def detector_line(d: dict[str, Any]) -> str:
+    """One line of a detector summary (eval.metrics.detector_summary)."""
+    def rate(name: str) -> str:
+        low, high = d[f"{name}_ci"]
+        return f"{name} " + ("n/a" if d[name] is None else f"{d[name]:.1%} [{low:.1%}, {high:.1%}]")
+    return (f"{rate('agreement')}, {rate('precision')}, {rate('recall')} over {d['episodes']} episodes "
+            f"(tp {d['tp']}, fp {d['fp']}, tn {d['tn']}, fn {d['fn']}; majority answer {d['majority']:.1%})")
 
 
 def main(argv: list[str]) -> int:
@@ -201,6 +224,8 @@ def main(argv: list[str]) -> int:
               f"({r.successes}/{r.n_episodes}), mean length {r.mean_length:.1f}, mean reward {r.mean_reward:.2f}")
         if r.policy_stats:
             print("  policy: " + ", ".join(f"{k} {v}" for k, v in r.policy_stats.items()))
+        if r.detector is not None:
+            print(f"  detector: {detector_line(r.detector)}")
         for v in r.videos:
             print(f"  video: {v}")
     print(f"eval_info: {report['eval_info']}")

@@ -48,3 +48,25 @@ def summarize(successes: Sequence[bool], lengths: Sequence[int], rewards: Sequen
         "mean_length": float(sum(lengths) / n) if n else 0.0,
         "mean_reward": float(sum(rewards) / n) if n else 0.0,
     }
+
+
+def detector_summary(verdicts: Sequence[bool], truths: Sequence[bool]) -> dict[str, Any]:
+    """A success detector's verdicts against the simulator's ``is_success``, episode by episode:
+    counts (tp, fp, tn, fn) and agreement, precision (of the "done" verdicts, how many were successes)
+    and recall (of the successes, how many it called done), each with its Wilson 95% interval
+    (``<name>_ci``); a rate with no denominator (no "done" verdict, no success) is None, interval (0, 1).
+    ``majority`` is the agreement of always answering the more frequent truth (the floor to beat)."""
+    if len(verdicts) != len(truths):
+        raise ValueError(f"detector_summary: {len(verdicts)} verdicts but {len(truths)} truths; expected one each")
+    pairs = [(bool(v), bool(t)) for v, t in zip(verdicts, truths)]
+    tp = sum(v and t for v, t in pairs)
+    fp = sum(v and not t for v, t in pairs)
+    tn = sum(not v and not t for v, t in pairs)
+    fn = sum(not v and t for v, t in pairs)
+    out: dict[str, Any] = {"episodes": len(pairs), "tp": tp, "fp": fp, "tn": tn, "fn": fn}
+    for name, k, n in (("agreement", tp + tn, len(pairs)), ("precision", tp, tp + fp), ("recall", tp, tp + fn)):
+        out[name] = k / n if n else None
+        out[f"{name}_ci"] = list(wilson_interval(k, n))
+    positives = tp + fn
+    out["majority"] = max(positives, len(pairs) - positives) / len(pairs) if pairs else None
+    return out

@@ -6,7 +6,8 @@ the runner with ``policystack.io.write_video``).
     {"format_version": 1, "policy": "bc", "checkpoint": "runs/x/checkpoints/002000/pretrained",
      "created": "2025-01-01T12:00:00+00:00",
      "overall": {"episodes", "successes", "success_rate", "ci_low", "ci_high", "mean_length", "mean_reward"},
-     "per_task": [EvalResult.to_dict(), ...]}      # one entry per task, with its episode records
+     "per_task": [EvalResult.to_dict(), ...],     # one entry per task, with its episode records
+     "detector": {...}}   # with eval detector=DIR only: eval.metrics.detector_summary over every episode
 
 Every file is written atomically (temp file, fsync, rename). Plots use matplotlib's object API
 (``matplotlib.figure.Figure``, no pyplot global state, no display needed).
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from policystack.eval.metrics import summarize
+from policystack.eval.metrics import detector_summary, summarize
 from policystack.eval.runner import EvalResult
 from policystack.io import atomic_write_bytes, atomic_write_json
 
@@ -45,12 +46,15 @@ def overall(results: Sequence[EvalResult]) -> dict[str, Any]:
 def eval_info(results: Sequence[EvalResult], checkpoint: str) -> dict[str, Any]:
     if not results:
         raise ValueError("eval_info needs at least one EvalResult")
+    eps = [e for r in results for e in r.episodes]
     return {
         "format_version": FORMAT_VERSION,
         "policy": results[0].policy,
         "checkpoint": checkpoint,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "overall": overall(results),
+        **({"detector": detector_summary([e.detector_done for e in eps], [e.success for e in eps])}
+           if all(r.detector is not None for r in results) else {}),
         "per_task": [r.to_dict() for r in results],
     }
 

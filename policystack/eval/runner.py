@@ -25,6 +25,12 @@ the policy's train/eval mode are restored afterwards (training calls this for pe
 A policy that says an episode is over (``Policy.done`` after ``select_action``, RT-2's terminate token)
 ends it once that action is executed, as the daemon does on a robot; the episode's record says so
 (``policy_done``), and its success is what the env judged up to then.
+
+A success detector (``detector=``: a ``describer`` checkpoint, ``perception/describe.py``) looks at each
+episode's last observation and the instruction; its probability and verdict go into the episode's record
+(``detector_p``, ``detector_done``) beside the env's ``success``, and the result's ``detector`` holds
+their agreement, precision and recall with Wilson intervals (``eval.metrics.detector_summary``). The env
+then also renders the detector's cameras, at the size the detector was trained on.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ from policystack.eval.envs import (
     resolve_task,
 )
 from policystack.eval.expert import ScriptedExpert
-from policystack.eval.metrics import summarize
+from policystack.eval.metrics import detector_summary, summarize
 from policystack.io import write_video
 from policystack.types import TASK, FeatureSpec, is_image_key
 
@@ -75,6 +81,8 @@ class EpisodeRecord:
     policy_done: bool = False  # the policy ended the episode (Policy.done, RT-2's terminate token)
     # what the policy counted over the episode (Policy.episode_stats; EMMA: plans, parse_failures, holds)
     policy_stats: dict[str, int] = field(default_factory=dict)
+    detector_p: float | None = None  # a success detector's P(done) on the last observation (EvalRunner.detector)
+    detector_done: bool | None = None  # its verdict (detector_p >= detector_threshold)
 
 
 @dataclass
@@ -95,6 +103,8 @@ class EvalResult:
     # the episodes ran with swapped instructions (EvalRunner.swap_instruction): success = the policy went for
     # the other object the instruction named, i.e. the "follows the instruction" rate
     swap_instruction: bool = False
+    # a success detector's verdicts against `success` (eval.metrics.detector_summary); None without one
+    detector: dict[str, Any] | None = None
 
     @property
     def n_episodes(self) -> int:
@@ -130,7 +140,8 @@ class EvalResult:
             episodes = [EpisodeRecord(**e) for e in d["episodes"]]
             keys = ("task", "policy", "seed", "success_rate", "ci_low", "ci_high", "mean_length", "mean_reward")
             return cls(**{k: d[k] for k in keys}, episodes=episodes, env_kwargs=d.get("env_kwargs", {}),
-                       eval_s=d.get("eval_s", 0.0), swap_instruction=d.get("swap_instruction", False))
+                       eval_s=d.get("eval_s", 0.0), swap_instruction=d.get("swap_instruction", False),
+                       detector=d.get("detector"))
         except (KeyError, TypeError) as e:
             raise ValueError(f"{where}: not an eval result ({e}); expected the keys written by EvalResult.to_dict") from None
 
@@ -178,6 +189,8 @@ class _Slot:
     success: bool = False
     last_action: np.ndarray | None = None
     policy_done: bool = False  # the policy said its last action ends the episode
+    detector_p: float | None = None  # the detector on the episode's last observation
+    detector_done: bool | None = None
     frames: list[np.ndarray] | None = None  # HWC frames when this episode is recorded
 
 
@@ -206,6 +219,8 @@ class EvalRunner:
     progress: bool = True
     swap_instruction: bool = False
     camera_convention: str | None = None  # MetaWorld: how the checkpoint's images were made, if it does not say
+    detector: Any = None  # a success detector (DescriberPolicy) judging each episode's last observation
+    detector_threshold: float = 0.5
 
     def __post_init__(self):
         resolve_task(self.task)  # unknown names fail here, listing the valid ones
@@ -217,6 +232,8 @@ class EvalRunner:
             raise ValueError(f"max_steps={self.max_steps}: expected >= 1 or None")
         if self.n_videos < 0:
             raise ValueError(f"n_videos={self.n_videos}: expected >= 0")
+        if not 0.0 <= self.detector_threshold <= 1.0:
+            raise ValueError(f"detector_threshold={self.detector_threshold}: expected a probability in [0, 1]")
 
     # -- setup --
     def policy_features(self, policy: Any) -> FeatureSpec:
@@ -233,9 +250,22 @@ class EvalRunner:
         if isinstance(policy, ScriptedExpert) and "cameras" not in (self.env_kwargs or {}):
             derived = {"cameras": ()}  # the expert needs no images: fastest
         kwargs = {**derived, **(self.env_kwargs or {})}
+        if self.detector is not None:
+            kwargs = self._with_detector_cameras(kwargs)
         if self.max_steps is not None:
             kwargs["max_episode_steps"] = self.max_steps
         return kwargs
+
+    def _with_detector_cameras(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``kwargs`` with the detector's cameras added, at the image size it was trained on (a policy that
+        needs another size cannot share the renders: an error saying so)."""
+        need = env_kwargs_from_features(self.task, self.detector.features)
+        cameras = tuple(kwargs.get("cameras") or ())
+        if cameras and kwargs.get("image_size", need["image_size"]) != need["image_size"]:
+            raise ValueError(f"detector: trained on {need['image_size']} px frames, but the env renders "
+                             f"{kwargs['image_size']} px for the policy; evaluate with a detector trained at that size")
+        return {**kwargs, "image_size": need["image_size"],
+                "cameras": cameras + tuple(c for c in need.get("cameras", ()) if c not in cameras)}
 
     def make_envs(self, policy: Any, env_kwargs: dict[str, Any]) -> gym.vector.VectorEnv:
         n = min(self.n_envs, self.episodes)
@@ -277,11 +307,13 @@ class EvalRunner:
             if was_training:
                 policy.train()
         s = summarize([r.success for r in records], [r.length for r in records], [r.reward for r in records])
+        judged = None if self.detector is None else \
+            detector_summary([r.detector_done for r in records], [r.success for r in records])
         return EvalResult(task=self.task, policy=getattr(policy, "name", type(policy).__name__), seed=self.seed,
                           success_rate=s["success_rate"], ci_low=s["ci_low"], ci_high=s["ci_high"],
                           mean_length=s["mean_length"], mean_reward=s["mean_reward"], episodes=records,
                           env_kwargs=env_kwargs, eval_s=time.perf_counter() - start,
-                          swap_instruction=self.swap_instruction)
+                          swap_instruction=self.swap_instruction, detector=judged)
 
     def _rollouts(self, envs: gym.vector.VectorEnv, policy: Any, device: torch.device) -> list[EpisodeRecord]:
         from tqdm import tqdm
@@ -314,6 +346,7 @@ class EvalRunner:
                 slot.variation = int(info["variation"][i]) if "variation" in info else None
                 slot.length, slot.reward, slot.max_reward, slot.success = 0, 0.0, -math.inf, False
                 slot.policy_done = False
+                slot.detector_p = slot.detector_done = None
                 slot.policy.reset()
                 slot.rng = torch.Generator().manual_seed(slot.seed).get_state()
                 if device.type == "cuda":
@@ -337,6 +370,8 @@ class EvalRunner:
                 done = terminated[i] or truncated[i] or (self.max_steps is not None and slot.length >= self.max_steps) \
                     or slot.policy_done
                 if done:
+                    if self.detector is not None:
+                        self._judge(slot, obs, i, device)
                     if slot.frames is not None:
                         self._capture_frames(envs, obs, [slot if j == i else None for j in range(n)])
                     records.append(self._finish(slot, fps))
@@ -374,6 +409,12 @@ class EvalRunner:
         slot.last_action = a
         return a
 
+    def _judge(self, slot: _Slot, obs: dict[str, np.ndarray], i: int, device: torch.device) -> None:
+        """The detector's probability and verdict on env i's last observation (its episode just ended)."""
+        images = {k: torch.from_numpy(np.asarray(obs[k][i:i + 1])).to(device) for k in self.detector.camera_keys}
+        p = float(self.detector.success_probability(images, [slot.task])[0])
+        slot.detector_p, slot.detector_done = p, p >= self.detector_threshold
+
     def _records_video(self, episode: int) -> bool:
         return self.video_dir is not None and episode < self.n_videos
 
@@ -402,6 +443,7 @@ class EvalRunner:
         record = EpisodeRecord(index=slot.episode, seed=slot.seed, success=slot.success, length=slot.length,
                                reward=slot.reward, max_reward=slot.max_reward, task=slot.task, video=video,
                                variation=slot.variation, policy_done=slot.policy_done,
-                               policy_stats=dict(getattr(slot.policy, "episode_stats", dict)()))
+                               policy_stats=dict(getattr(slot.policy, "episode_stats", dict)()),
+                               detector_p=slot.detector_p, detector_done=slot.detector_done)
         slot.episode, slot.frames = -1, None
         return record

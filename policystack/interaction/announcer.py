@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -46,6 +45,7 @@ from typing import Any
 from policystack.interaction.audio import OUTPUTS, AudioSink, open_sink
 from policystack.interaction.speaker import SPEAKERS, Speaker, Style, make_speaker, speaker_class
 from policystack.keyvalue import parse_key_values
+from policystack.robot.processes import SideProcess, side_process_start, yield_cpu
 
 EXIT_NO_SPEECH = 3  # the announcer could not speak and has said why (one line)
 DEFAULT_TELEMETRY = "tcp://127.0.0.1:5557"
@@ -238,7 +238,8 @@ class Announcer:
 # --- what the telemetry says -------------------------------------------------------------------------
 RESULT_WORDS = {"timeout": "time is up", "worker_lost": "the policy worker was lost",
                 "worker_stalled": "the policy worker stalled", "stopped": "stopped",
-                "operator": "ended by the operator", "sensor_fault": "sensor fault"}
+                "operator": "ended by the operator", "sensor_fault": "sensor fault",
+                "detector_done": "the detector says the task is done"}
 FAULT_WORDS = {"stale": "Holding: no fresh command from the policy.",
                "nan": "Holding: the policy sent an invalid action.",
                "workspace": "Holding: the target is outside the workspace.",
@@ -359,13 +360,7 @@ FOLLOW_KEYS = ("telemetry", "server_key", "client_key", "exit_with_parent")
 def start_speaking(cfg: SpeechConfig, options: list[str]) -> tuple[Speaker, AudioSink]:
     """This process as a speaker runs: at ``cfg.nice``, off the control loop's CPU, the backend loaded
     and warmed up (which also proves it works before the first event), its sink open."""
-    try:
-        os.nice(cfg.nice)
-        others = os.sched_getaffinity(0) - {cfg.avoid_cpu}
-        if others:  # (a one-CPU machine has no other)
-            os.sched_setaffinity(0, others)
-    except OSError:
-        pass
+    yield_cpu(cfg.nice, cfg.avoid_cpu)
     speaker = make_speaker(cfg.backend, options)
     speaker.synthesize("Ready.")
     return speaker, open_sink(cfg.output, cfg.out_dir, cfg.player, cfg.keep, log_line)
@@ -376,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     [exit_with_parent=true] [speech options]`` (also ``policystack say --follow ...``); the daemon's
     token from ``$POLICYSTACK_DAEMON_TOKEN``, curve keys from files or the environment the daemon gives."""
     from policystack.robot.config import token_from_env
-    from policystack.robot.curve import CLIENT_SECRET_ENV, SERVER_PUBLIC_ENV, ClientCurve
+    from policystack.robot.curve import ClientCurve
 
     argv = sys.argv[1:] if argv is None else argv
     conn = {k: v for k, _, v in (a.partition("=") for a in argv) if k in FOLLOW_KEYS}
@@ -387,12 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError) as e:
         log_line(f"speech off: {e.args[0] if isinstance(e, KeyError) else e}")
         return 2
-    for name in (SERVER_PUBLIC_ENV, CLIENT_SECRET_ENV):
-        os.environ.pop(name, None)
-    if conn.get("exit_with_parent", "").lower() in ("1", "true", "yes"):
-        from policystack.robot.loop import _die_with_parent
-
-        _die_with_parent()
+    side_process_start(conn)
     try:
         speaker, sink = start_speaking(cfg, options)
     except Exception as e:  # SpeechError, a bad option, or whatever a backend's library raises
@@ -415,51 +405,16 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_NO_SPEECH if announcer.gave_up else 0
 
 
-class AnnouncerProcess:
+class AnnouncerProcess(SideProcess):
     """The announcer as the daemon's child process (``daemon run speech=...``): started beside the
-    supervisor, stopped after the run. If it dies on its own, one line goes to ``log`` and the daemon
-    goes on without speech."""
+    supervisor, stopped after the run (``SideProcess``: if it dies on its own, one line goes to ``log``
+    and the daemon goes on without speech)."""
 
     def __init__(self, telemetry: str, token: bytes, argv: list[str], log: Callable[[str], None],
                  server_curve=None, allow_list=None):
-        from policystack.robot.config import TOKEN_ENV
-        from policystack.robot.curve import CLIENT_SECRET_ENV, SERVER_PUBLIC_ENV, KeyPair
-
-        self.log = log
-        env = dict(os.environ)
-        env[TOKEN_ENV] = token.decode()
-        env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
-        if server_curve is not None:  # a key pair of its own, admitted like a local worker's
-            keys = KeyPair.generate()
-            if allow_list is not None:
-                allow_list.add(keys.public)
-            env[SERVER_PUBLIC_ENV] = server_curve.keys.public.decode()
-            env[CLIENT_SECRET_ENV] = keys.secret.decode()
-        self._stopping = False
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "policystack.interaction.announcer", f"telemetry={telemetry}",
-             "exit_with_parent=true", *argv], env=env, stdout=2)  # its chatter stays off the daemon's JSON stdout
-        self._watch = threading.Thread(target=self._watcher, name="announcer-watch", daemon=True)
-        self._watch.start()
-
-    def _watcher(self) -> None:
-        code = self.proc.wait()
-        if self._stopping or code in (0, EXIT_NO_SPEECH, 2):
-            return  # stopped by us, finished, or it has said why itself
-        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"code {code}"
-        self.log(f"speech announcer (pid {self.proc.pid}) died ({how}); the daemon goes on without speech")
-
-    def stop(self, timeout: float = 15.0) -> int:
-        """Let it say what is queued (it drains for up to its ``drain_s``), then end it; its exit code."""
-        self._stopping = True
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        super().__init__("speech announcer", "speech", "policystack.interaction.announcer",
+                         [f"telemetry={telemetry}", *argv], token, log, (0, EXIT_NO_SPEECH, 2), server_curve,
+                         allow_list)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,9 @@ from policystack.types import ACTION, DataError, FeatureSpec, Stats, is_image_ke
 
 # The families policystack ships, each ``policystack.policies.<name>`` (a module or a package).
 FAMILIES = ("bc", "rt1", "act", "diffusion", "rt2", "uwm", "emma", "gato")
+# Models the shared loop trains that do not act (no predict_action_chunk; not in the policy contract
+# tests): name -> module. The describer / success detector of perception/describe.py.
+NON_ACTING = {"describer": "policystack.perception.describe"}
 
 
 @dataclass
@@ -129,6 +132,8 @@ def get_policy_class(name: str) -> type[Policy]:
     (A subclass defined elsewhere registers itself when its module is imported.)"""
     if name not in _REGISTRY and name in FAMILIES:
         importlib.import_module(f"policystack.policies.{name}")
+    if name not in _REGISTRY and name in NON_ACTING:
+        importlib.import_module(NON_ACTING[name])
     if name not in _REGISTRY:
         raise KeyError(f"unknown policy {name!r}; available: {available_policies()}")
     return _REGISTRY[name]
@@ -136,7 +141,7 @@ def get_policy_class(name: str) -> type[Policy]:
 
 def available_policies() -> list[str]:
     """The shipped families and any other Policy subclass imported so far."""
-    return sorted(set(FAMILIES) | set(_REGISTRY))
+    return sorted(set(FAMILIES) | set(NON_ACTING) | set(_REGISTRY))
 
 
 class Policy(nn.Module):

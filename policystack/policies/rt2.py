@@ -56,13 +56,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from policystack.datasets.mixture import split_mixture
-from policystack.datasets.vqa import split_vl_task
+from policystack.datasets.vqa import VL_PROMPT, split_vl_task
 from policystack.policies.layers.vlm_policy import VLMPolicy, VLMPolicyConfig
 from policystack.policies.tokenizers import TokenBlock, UniformActionTokenizer
 from policystack.types import ACTION, PAD_SUFFIX, TASK, FeatureSpec, Stats
 
 PROMPT = "In: What action should the robot take to {instruction}?\nOut:"
-VL_PROMPT = "In: {question}\nOut:"  # co-training examples: same layout, the answer in text
 ACTION_TOKEN = "<act_{}>"
 
 

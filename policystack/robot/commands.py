@@ -22,6 +22,10 @@ and any robot config key as ``robot.<key>=value`` (e.g. ``robot.watchdog_s=0.5``
 speech (off by default; piper, espeak or indextts): a process of its own speaks the run's events
 from the telemetry (episode start and instruction, result, hold and reason, e-stop, a policy's
 decision), options as ``speech.<key>=value`` (docs/interaction.md).
+detector (off by default; a ``describer`` checkpoint): a process of its own judges the newest
+observation and ends an episode its success detector says is done (``detector_done``; on a real robot,
+where nothing else judges success), options as ``detector.<key>=value`` (threshold, consecutive,
+every_s, nice, threads; docs/daemon.md). A detector that cannot load is one log line; the run goes on.
 The shared token is ``$POLICYSTACK_DAEMON_TOKEN`` (a random one is made for a local worker).
 
 ``stop`` ends the running episode (``stopped``) and the run; ``end-episode`` ends the running episode
@@ -48,14 +52,16 @@ from policystack.robot.config import TOKEN_ENV, load_robot_config, token_from_en
 
 RUN_KEYS = {"robot", "checkpoint", "task", "instruction", "episodes", "max_steps", "seed", "rate", "record",
             "port", "host", "cameras", "image_size", "env_state", "replan_every", "import", "no_rt", "threads",
-            "lockstep", "speech"}
+            "lockstep", "speech", "detector"}
 
 
 def _run(argv: list[str]) -> int:
     from policystack.robot.supervisor import DaemonConfig, DaemonError, Supervisor
 
     speech = [a[len("speech."):] for a in argv if a.startswith("speech.")]
-    kv = split_key_values([a for a in argv if not a.startswith("speech.")], sorted(RUN_KEYS), prefixes=("robot.",))
+    detector = [a[len("detector."):] for a in argv if a.startswith("detector.")]
+    kv = split_key_values([a for a in argv if not a.startswith(("speech.", "detector."))], sorted(RUN_KEYS),
+                          prefixes=("robot.",))
     overrides = {k[len("robot."):]: yaml.safe_load(v) for k, v in kv.items() if k.startswith("robot.")}
     if "rate" in kv:
         overrides["rate_hz"] = float(kv["rate"])
@@ -67,6 +73,13 @@ def _run(argv: list[str]) -> int:
         speech_cfg = parse_speech_args(speech)[0]  # bad options fail here, before anything starts
     elif speech:
         raise ValueError(f"speech.{speech[0]}: speech is off; add speech=piper (or espeak, indextts)")
+    if kv.get("detector"):
+        from policystack.perception.watcher import parse_detector_args, start_detector_process
+
+        detector = [f"checkpoint={kv['detector']}", f"avoid_cpu={robot.cpu}", *detector]
+        parse_detector_args(detector)  # bad options fail here, before anything starts (a bad checkpoint: its process says so)
+    elif detector:
+        raise ValueError(f"detector.{detector[0]}: the detector is off; add detector=DIR (a describer checkpoint)")
     token = token_from_env(required=False)
     if token is None:
         if "checkpoint" not in kv:
@@ -103,6 +116,8 @@ def _run(argv: list[str]) -> int:
           flush=True)
     announcer = AnnouncerProcess(sup.addrs["telemetry"], token, speech, sup.log, sup.channels.curve, sup.allow_list) \
         if speech else None
+    judge = start_detector_process(sup.addrs["obs"], sup.addrs["chunks"], token, detector, sup.log,
+                                   sup.channels.curve, sup.allow_list) if kv.get("detector") else None
     try:
         results = sup.run()
     except DaemonError as e:
@@ -111,6 +126,8 @@ def _run(argv: list[str]) -> int:
     finally:
         if announcer is not None:
             announcer.stop(speech_cfg.drain_s + 5.0)
+        if judge is not None:
+            judge.stop()
     n = len(results)
     k = sum(r.success for r in results)
     judged = n > 0 and sup.judges_success  # a real robot has no success check: not judged

@@ -6,6 +6,9 @@
   what they mean is the loop's (``loop.py``).
 - ``WorkerProcess``: a local policy worker (``python -m policystack.robot.worker``), started with the
   token (and CurveZMQ keys) in its environment, never on its command line.
+- ``SideProcess``: a helper beside the daemon that the run does not depend on (the speech announcer,
+  the success detector): it dies with the daemon, and if it dies first the daemon logs one line and
+  goes on without it.
 
 Both children die with the supervisor (``PR_SET_PDEATHSIG``); the blocks of a daemon killed with
 SIGKILL are removed by the next one (``remove_orphaned_blocks``).
@@ -15,10 +18,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +223,73 @@ class WorkerProcess:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def side_process_start(conn: dict[str, str]) -> None:
+    """First steps of a side process's ``main`` once its arguments are read: the CurveZMQ keys the daemon
+    passed in the environment are dropped from it (they were read), and with ``exit_with_parent=true`` in
+    ``conn`` the process dies with the daemon."""
+    from policystack.robot.curve import CLIENT_SECRET_ENV, SERVER_PUBLIC_ENV
+
+    for name in (SERVER_PUBLIC_ENV, CLIENT_SECRET_ENV):
+        os.environ.pop(name, None)
+    if conn.get("exit_with_parent", "").lower() in ("1", "true", "yes"):
+        from policystack.robot.loop import _die_with_parent
+
+        _die_with_parent()
+
+
+def yield_cpu(nice: int, avoid_cpu: int) -> None:
+    """Run at niceness ``nice`` and never on CPU ``avoid_cpu`` (the control loop's; -1: none). Best effort."""
+    try:
+        os.nice(nice)
+        others = os.sched_getaffinity(0) - {avoid_cpu}
+        if others:  # (a one-CPU machine has no other)
+            os.sched_setaffinity(0, others)
+    except OSError:
+        pass
+
+
+class SideProcess:
+    """``python -m module exit_with_parent=true args...`` beside the daemon, e.g. the speech announcer
+    (``interaction/announcer.py``) or the success detector (``perception/watcher.py``): the token (and,
+    with CurveZMQ on, a key pair of its own, admitted like a local worker's) in its environment, its
+    output on the daemon's stderr (the daemon's stdout is its JSON). It never touches the control loop.
+    If it exits on its own with a code not in ``quiet_codes`` (those mean it has said why itself), one
+    line goes to ``log`` ("... died ...; the daemon goes on without <feature>") and the daemon goes on."""
+
+    def __init__(self, what: str, feature: str, module: str, args: list[str], token: bytes,
+                 log: Callable[[str], None], quiet_codes: Iterable[int] = (0,), server_curve=None, allow_list=None):
+        from policystack.robot.curve import CLIENT_SECRET_ENV, SERVER_PUBLIC_ENV, KeyPair
+
+        self.what, self.feature, self.log, self.quiet_codes = what, feature, log, tuple(quiet_codes)
+        extra = {}
+        if server_curve is not None:
+            keys = KeyPair.generate()
+            if allow_list is not None:
+                allow_list.add(keys.public)
+            extra = {SERVER_PUBLIC_ENV: server_curve.keys.public.decode(), CLIENT_SECRET_ENV: keys.secret.decode()}
+        self._stopping = False
+        self.proc = subprocess.Popen([sys.executable, "-m", module, "exit_with_parent=true", *args],
+                                     env=child_env(token, extra), stdout=2)
+        self._watch = threading.Thread(target=self._watcher, name=f"{feature}-watch", daemon=True)
+        self._watch.start()
+
+    def _watcher(self) -> None:
+        code = self.proc.wait()
+        if self._stopping or code in self.quiet_codes:
+            return
+        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"code {code}"
+        self.log(f"{self.what} (pid {self.proc.pid}) died ({how}); the daemon goes on without {self.feature}")
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM (it may finish what it is doing, e.g. say what is queued), then end it; its exit code."""
+        self._stopping = True
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode

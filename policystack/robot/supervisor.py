@@ -34,6 +34,10 @@ States::
 - Operator commands (signed ``command`` messages on the chunk socket: ``policystack daemon stop`` /
   ``end-episode``): stop ends the episode (``stopped``) and the run; end-episode ends the running
   episode (``operator``) and the next one starts. SIGTERM is a stop.
+- A success detector (``daemon run detector=DIR``, ``perception/watcher.py``, a process of its own that
+  reads the observation stream) sends ``detector_done`` for an episode it judges done: that episode, if
+  it is still running, ends (``detector_done``); the sim's success check comes first, and a verdict for
+  an episode already over is ignored.
 
 Telemetry (signed ``telemetry`` messages on a PUB socket, 5 Hz) is what ``policystack daemon
 status`` prints.
@@ -125,7 +129,8 @@ class EpisodeResult:
     index: int
     success: bool
     steps: int
-    # "success", "timeout", "policy_done", "worker_lost", "worker_stalled", "stopped", "operator", "sensor_fault"
+    # "success", "timeout", "policy_done", "detector_done", "worker_lost", "worker_stalled", "stopped", "operator",
+    # "sensor_fault"
     reason: str
     dataset_episode: int | None = None
     obs_missed: int = 0  # observations that never reached the worker (its history had gaps)
@@ -151,6 +156,7 @@ class Supervisor:
         self.worker_info: dict[str, Any] = {}
         self._stop = False
         self._end_episode = False  # an operator's end-episode command, for the running episode
+        self._detector_done = False  # the success detector judged the running episode done
         self.scene: Scene | None = None
         self.channels = Channels(cfg.robot.transport, cfg.token, cfg.host, cfg.port,
                                  inbound_max_bytes(cfg.robot.limits.dim, MAX_CHUNK), on_reject=self.rejections.add)
@@ -346,8 +352,18 @@ class Supervisor:
             self._stop = True
         elif op == "end_episode":
             self._end_episode = True
+        elif op == "detector_done":
+            episode = msg.body.get("episode")
+            if self.state != State.RUNNING or episode != self.episode:
+                self.events.append(f"detector verdict for episode {episode} ignored (episode {self.episode} is "
+                                   f"{'running' if self.state == State.RUNNING else 'over'})")
+                return
+            self._detector_done = True
+            p = msg.body.get("p")
+            self.events.append(f"detector: episode {episode} looks done" + (f" (P {p:.2f})" if p is not None else ""))
+            return
         else:
-            self.events.append(f"operator command {op!r} ignored (valid: stop, end_episode)")
+            self.events.append(f"operator command {op!r} ignored (valid: stop, end_episode, detector_done)")
             return
         self.events.append(f"operator command: {op}")
         self.log(f"operator command: {op}")
@@ -406,7 +422,7 @@ class Supervisor:
         cfg, r = self.cfg, self.cfg.robot
         dt = 1.0 / r.policy_hz
         instruction = cfg.instruction or instruction
-        self._end_episode = False
+        self._end_episode = self._detector_done = False
         max_steps = cfg.max_steps or self.scene.max_steps
         replan = cfg.replan_every or int(self.worker_info.get("n_action_steps", 1))
         self.episode, self.state, self.instruction, self.decision = index, State.RUNNING, instruction, ""
@@ -460,7 +476,7 @@ class Supervisor:
                 if not self._worker_alive():
                     reason = "worker_lost"
                     break
-                if self._end_episode or self._stop:
+                if self._end_episode or self._stop or self._detector_done:
                     break
                 if (self.worker_proc is not None and not answered
                         and time.monotonic() - waiting_since > stall_s):
@@ -482,8 +498,9 @@ class Supervisor:
                     if answered:
                         waiting_since = np.inf
                 self.telemetry()
-            if reason in ("worker_lost", "worker_stalled") or self._stop or self._end_episode:
-                reason = "stopped" if self._stop else ("operator" if self._end_episode else reason)
+            if reason in ("worker_lost", "worker_stalled") or self._stop or self._end_episode or self._detector_done:
+                reason = "stopped" if self._stop else "operator" if self._end_episode else reason if \
+                    reason in ("worker_lost", "worker_stalled") else "detector_done"
                 break
             if cfg.lockstep:
                 self.loop.grant(int(round(r.rate_hz / r.policy_hz)))

@@ -63,8 +63,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     # observation.state [state_dim] and images {camera: int64 [3] = (3, H, W)}
     "hello": {"policy": "str", "horizon": "int", "n_action_steps": "int", "action_dim": "int", "error": "str",
               "state_dim": "int", "images": ("map", ("array", "int64", 1))},
-    # operator -> daemon (``policystack daemon stop`` / ``end-episode``): op is "stop" or "end_episode"
-    "command": {"op": "str"},
+    # operator -> daemon (``policystack daemon stop`` / ``end-episode``): op is "stop" or "end_episode";
+    # the success detector (perception/watcher.py) -> daemon: op "detector_done" for `episode`, with its P(done)
+    "command": {"op": "str", "episode": ("optional", "int"), "p": ("optional", "float")},
     # supervisor -> status clients
     "telemetry": {"status": "str"},  # a JSON document: open-ended by design, parsed by the reader
 }

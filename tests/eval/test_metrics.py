@@ -49,3 +49,27 @@ def test_summarize():
     assert s["episodes"] == 4 and s["successes"] == 3 and s["success_rate"] == 0.75
     assert (s["ci_low"], s["ci_high"]) == wilson_interval(3, 4)
     assert s["mean_length"] == 20.0 and math.isclose(s["mean_reward"], 0.0)
+
+
+def test_detector_summary_counts_and_rates():
+    from policystack.eval.metrics import detector_summary
+
+    # 10 episodes: 4 successes; the detector says done on 3 of them and on 2 failures
+    truths = [True] * 4 + [False] * 6
+    verdicts = [True, True, True, False] + [True, True, False, False, False, False]
+    d = detector_summary(verdicts, truths)
+    assert (d["tp"], d["fp"], d["tn"], d["fn"]) == (3, 2, 4, 1)
+    assert d["agreement"] == pytest.approx(7 / 10) and d["agreement_ci"] == list(wilson_interval(7, 10))
+    assert d["precision"] == pytest.approx(3 / 5) and d["precision_ci"] == list(wilson_interval(3, 5))
+    assert d["recall"] == pytest.approx(3 / 4) and d["recall_ci"] == list(wilson_interval(3, 4))
+    assert d["majority"] == pytest.approx(6 / 10) and d["episodes"] == 10
+
+
+def test_detector_summary_without_a_denominator_and_bad_input():
+    from policystack.eval.metrics import detector_summary
+
+    d = detector_summary([False, False], [False, False])  # never done, never a success
+    assert d["agreement"] == 1.0 and d["precision"] is None and d["recall"] is None
+    assert d["precision_ci"] == [0.0, 1.0] and d["majority"] == 1.0
+    with pytest.raises(ValueError, match="3 verdicts but 2 truths"):
+        detector_summary([True] * 3, [True] * 2)

@@ -34,7 +34,9 @@ def test_write_and_load_report(tmp_path):
     assert (raw["overall"]["ci_low"], raw["overall"]["ci_high"]) == wilson_interval(4, 6)
     assert raw["per_task"][0]["episodes"][2] == {"index": 2, "seed": 102, "success": False, "length": 12,
                                                 "reward": 0.0, "max_reward": 0.0, "task": "do Reach", "video": None,
-                                                "variation": None, "policy_done": False, "policy_stats": {}}
+                                                "variation": None, "policy_done": False, "policy_stats": {},
+                                                "detector_p": None, "detector_done": None}
+    assert "detector" not in raw and raw["per_task"][0]["detector"] is None  # no detector= in this evaluation
     info = load_eval_info(paths["eval_info"])
     assert [r.task for r in info["per_task"]] == ["Reach", "Push"] and info["per_task"][1].successes == 1
     assert not list((tmp_path / "ev").glob(".*tmp"))  # atomic writes leave no temp files
