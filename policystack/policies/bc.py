@@ -40,7 +40,7 @@ from policystack.types import ACTION, OBS_ENV_STATE, OBS_STATE, TASK, FeatureSpe
 class BCConfig(PolicyConfig):
     n_obs_steps: int = 1
     horizon: int = 4  # actions regressed per chunk
-    n_action_steps: int = 1  # executed before predicting again
+    n_action_steps: int = 2  # executed before predicting again (1 stalls at an expert's waypoint: docs/results.md)
     # vision: "lite0" (frozen ImageNet EfficientNet-Lite0 trunk + instruction-FiLM'd conv head) or "conv"
     # (a small conv net trained from scratch)
     vision_backbone: str = "lite0"
