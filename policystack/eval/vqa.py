@@ -8,7 +8,9 @@
 Each example's kind comes from its question (``envs.vqa.question_kind``). An answer is right when it equals
 the reference (whitespace and case aside), except pointing: the answer must parse as "(x, y)" and lie
 within ``POINT_TOLERANCE`` (in image fractions; 0.05 = 5 px of a 96 px frame) of the object's centre; its
-mean distance is reported too (an unparsable answer counts as wrong, distance 1). ``majority_baseline``
+mean distance is reported too (an unparsable answer counts as wrong, distance 1). Captions ("a red ball,
+an orange cube and a blue ball", left to right) also get object recall and precision: the objects named
+right, of the reference's and of the answer's, order aside. ``majority_baseline``
 gives, per kind, the accuracy of always answering the training set's most frequent answer to the same
 question (pointing: the training set's mean point), the floor a model must beat.
 """
@@ -49,6 +51,13 @@ def score(question: str, reference: str, answer: str) -> tuple[bool, float | Non
     return answer.strip().lower() == reference.strip().lower(), None
 
 
+def caption_objects(text: str) -> Counter:
+    """The objects a caption names (``envs.vqa`` captions: "a red ball, an orange cube and a blue ball"), as
+    a multiset of "colour kind" strings."""
+    items = re.split(r",\s*|\s+and\s+", text.strip().lower().rstrip("."))
+    return Counter(re.sub(r"^(a|an)\s+", "", i).strip() for i in items if i.strip() and i.strip() != "nothing")
+
+
 def _examples(root: str | Path, cameras: list[str], limit: int | None):
     from policystack.datasets.loader import WindowedDataset
 
@@ -74,6 +83,7 @@ def evaluate_vqa(policy, root: str | Path, limit: int | None = None, batch_size:
     cameras = list(policy.camera_keys)
     ds, idx = _examples(root, cameras, limit)
     rows, answers = [], []
+    named = {"right": 0, "reference": 0, "answer": 0}  # caption objects
     for i in range(0, len(idx), batch_size):
         batch = ds.get_batch(idx[i:i + batch_size])
         qa = [split_vl_task(t) for t in batch["task"]]
@@ -81,8 +91,17 @@ def evaluate_vqa(policy, root: str | Path, limit: int | None = None, batch_size:
         for (q, ref), a in zip(qa, got):
             right, dist = score(q, ref, a)
             rows.append((question_kind(q), right, dist))
+            if rows[-1][0] == "caption":
+                ref_objs, got_objs = caption_objects(ref), caption_objects(a)
+                named["right"] += sum((ref_objs & got_objs).values())
+                named["reference"] += sum(ref_objs.values())
+                named["answer"] += sum(got_objs.values())
             answers.append({"question": q, "reference": ref, "answer": a, "right": right})
-    return {**_summary(rows), "answers": answers}
+    summary = _summary(rows)
+    if "caption" in summary["kinds"]:
+        summary["kinds"]["caption"].update(object_recall=named["right"] / max(named["reference"], 1),
+                                           object_precision=named["right"] / max(named["answer"], 1))
+    return {**summary, "answers": answers}
 
 
 def majority_baseline(train_root: str | Path, test_root: str | Path) -> dict[str, Any]:

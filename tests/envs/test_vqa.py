@@ -18,7 +18,7 @@ from policystack.envs.vqa import (
     question_kind,
     scene_questions,
 )
-from policystack.eval.vqa import majority_baseline, parse_point, score
+from policystack.eval.vqa import caption_objects, majority_baseline, parse_point, score
 
 
 def project(base, point: np.ndarray) -> tuple[float, float]:
@@ -117,6 +117,11 @@ def test_scoring_and_the_task_format():
     assert parse_point("(0.1, 0.2)") == (0.1, 0.2)
     with pytest.raises(ValueError, match="not one `policystack vqa` asks"):
         question_kind("what is the meaning of life?")
+    # captions: the objects named, as a multiset, order and articles aside
+    assert caption_objects("a red ball, an orange ball and a red ball") == {"red ball": 2, "orange ball": 1}
+    assert caption_objects("A blue cube.") == {"blue cube": 1} and not caption_objects("nothing")
+    ref, got = caption_objects("a red ball, an orange ball and a blue ball"), caption_objects("a blue ball and a red cube")
+    assert sum((ref & got).values()) == 1
 
 
 def test_command_line_errors(tmp_path, capsys):
