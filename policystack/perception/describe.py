@@ -2,7 +2,7 @@
 
 One model answers questions about camera frames in text; two questions are its public jobs:
 
-    describer = Policy.from_pretrained("outputs/describer/checkpoints/last")   # a `describer` checkpoint
+    describer = Policy.from_pretrained(run_dir)     # a `describer` checkpoint (or its run directory)
     describer.describe(images)                       # ["a red ball, a blue ball and a green ball", ...]
     describer.success_probability(images, ["reach the red ball", ...])   # float [B]: P(the task is done)
     describer.answer(images, ["is the drawer open?", ...])              # any question of `policystack vqa`
