@@ -209,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     kind = (f"one policy of each family trained on all {len(tasks)} tasks' demos together "
             f"(`collect env={','.join(tasks)}`), evaluated per task" if args.multitask else
             "one policy per task and family")
-    limit = f" or {args.time_limit_min:g} min of wall time, whichever came first," if args.time_limit_min else ""
+    clock = "CPU" if "time_limit_clock=cpu" in args.train_args.split() else "wall"
+    limit = f" or {args.time_limit_min:g} min of {clock} time, whichever came first," if args.time_limit_min else ""
     settings = (f"Inputs `{args.inputs}`; {args.demos} expert demos per task (`policystack collect`, "
                 f"action_mode={args.action_mode}, noise={args.noise:g}); {kind}; every policy trained {args.steps} "
                 f"steps{limit} at batch size {args.batch_size}, seed 0, the loop's AdamW at each preset's recipe (lr: {lrs}; its warm-up, "
