@@ -9,7 +9,6 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -23,17 +22,9 @@ from policystack.robot.supervisor import DaemonConfig, State, Supervisor
 from policystack.robot.transport import Encoder
 
 TOKEN = b"test-token-0123456789abcdef"
-HERE = Path(__file__).resolve().parent
 
 
-@pytest.fixture(autouse=True)
-def _worker_can_import_test_policies(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "bc")
+pytestmark = pytest.mark.usefixtures("worker_pythonpath")  # conftest.py; so is `ckpt`
 
 
 def daemon(ckpt, **kw) -> Supervisor:

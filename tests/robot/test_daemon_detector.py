@@ -10,13 +10,11 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import zmq
-from daemon_test_policies import make_checkpoint
 
 from policystack.perception.watcher import (
     EXIT_NO_DETECTOR,
@@ -31,7 +29,6 @@ from policystack.robot.supervisor import DaemonConfig, Supervisor
 from policystack.robot.transport import Decoder, Encoder
 
 TOKEN = b"detector-test-token-0123456789abc"
-HERE = Path(__file__).resolve().parent
 
 
 class StubDetector:
@@ -111,14 +108,7 @@ def test_the_watcher_judges_the_newest_frame_and_asks_once_per_episode():
         "the daemon sends cameras ['wrist']; the detector needs ['observation.images.front']: no verdicts until it does"]
 
 
-@pytest.fixture(autouse=True)
-def _worker_can_import_test_policies(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "bc")
+pytestmark = pytest.mark.usefixtures("worker_pythonpath")  # conftest.py; so is `ckpt`
 
 
 def run_with_stub(ckpt, p: float, episodes: int = 2) -> Supervisor:
