@@ -4,12 +4,14 @@ nothing accumulates and no collection pause can be needed)."""
 
 import gc
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 
 from policystack.envs.robot import HOME_QPOS
 from policystack.robot.config import load_robot_config
 from policystack.robot.drivers.sim import SimDriver
+from policystack.robot import loop as loop_module
 from policystack.robot.loop import MAX_CHUNK, ControlLoop
 from policystack.robot.shm import Block, command_fields, control_fields, state_fields
 
@@ -45,12 +47,17 @@ def test_tick_tracks_a_chunk_without_accumulating_objects(tmp_path):
         for o in gc.get_objects():  # a plain loop: a comprehension would add its own closure
             if id(o) not in before and o is not before and o is not survivors:
                 survivors.append(repr(o)[:150])
-        tracemalloc.start()
-        before_mem = tracemalloc.get_traced_memory()[0]
+        # tracemalloc is process-wide: threads left by earlier tests (progress-bar monitors, loggers)
+        # allocate meanwhile, so count only blocks allocated with the control loop's code on the stack.
+        tracemalloc.start(32)
+        snap0 = tracemalloc.take_snapshot()
         for _ in range(300):
             loop.tick(t)
             t += cfg.period
-        grown_mem = tracemalloc.get_traced_memory()[0] - before_mem
+        snap1 = tracemalloc.take_snapshot()
+        ours = [tracemalloc.Filter(True, str(Path(loop_module.__file__).parent / "*"), all_frames=True)]
+        diff = snap1.filter_traces(ours).compare_to(snap0.filter_traces(ours), "filename")
+        grown_mem = sum(d.size_diff for d in diff)
     finally:
         tracemalloc.stop()
         gc.enable()
