@@ -107,6 +107,52 @@ def quat_canonical(q: np.ndarray) -> np.ndarray:
     return -q if q[0] < 0 else q
 
 
+def ee_delta_pose(pos: np.ndarray, quat: np.ndarray, action: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pinch-site target (pos [3] m, quat [4] wxyz) that an ee_delta ``action`` [7] asks for from the
+    pose (pos, quat): ``pos + POS_SCALE * a[:3]``, and the axis-angle ``ROT_SCALE * a[3:6]`` applied on
+    the left of ``quat`` (world frame). Not yet clipped to ``WORKSPACE`` (the IK step does that)."""
+    target = np.asarray(pos, dtype=np.float64) + action[:3] * POS_SCALE
+    quat = np.array(quat, dtype=np.float64)
+    rot = np.asarray(action[3:6], dtype=np.float64) * ROT_SCALE
+    angle = float(np.linalg.norm(rot))
+    if angle > 0.0:
+        dq = np.empty(4)
+        mujoco.mju_axisAngle2Quat(dq, rot / angle, angle)
+        mujoco.mju_mulQuat(quat, dq, quat.copy())
+    return target, quat
+
+
+class EEDeltaFollower:
+    """ee_delta action chunks -> joint-mode targets, for a robot that takes joint targets (the control
+    daemon): ``follow(state [15], actions [H, 7]) -> [H, 8]``.
+
+    Action k's pose target is ``ee_delta_pose`` of the previous target (action 0's: of the pinch-site
+    pose in ``state``, as ``step`` does from the measured pose), clipped to ``WORKSPACE``, through the
+    env's differential IK seeded with the previous joint targets (action 0: the joints in ``state``).
+    The gripper passes through (the same [-1, 1] in both modes). For one action this is exactly the
+    joint target ``step`` sets; for a chunk it is the open-loop plan ``step`` would follow if the arm
+    tracked each target. ``dt``: the policy period (s), the IK's integration step."""
+
+    def __init__(self, dt: float):
+        self.ik = rb.DiffIK(dt=dt)
+
+    def follow(self, state: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        state = np.asarray(state, dtype=np.float64)
+        actions = np.asarray(actions, dtype=np.float64)
+        if state.shape != (len(STATE_NAMES),):
+            raise ValueError(f"state has shape {state.shape}; expected ({len(STATE_NAMES)},) = {STATE_NAMES}")
+        if actions.ndim != 2 or actions.shape[1] != len(EE_ACTION_NAMES):
+            raise ValueError(f"actions have shape {actions.shape}; expected [H, {len(EE_ACTION_NAMES)}] = {EE_ACTION_NAMES}")
+        q, pos, quat = state[:7], state[8:11], state[11:15]
+        out = np.empty((len(actions), len(JOINT_ACTION_NAMES)))
+        for k, a in enumerate(np.clip(actions, -1.0, 1.0)):
+            pos, quat = ee_delta_pose(pos, quat, a)
+            pos = np.clip(pos, WORKSPACE[0], WORKSPACE[1])
+            q = self.ik.solve(q, pos, quat)
+            out[k, :7], out[k, 7] = q, a[6]
+        return out
+
+
 class TabletopEnv(gym.Env):
     """Base of every tabletop task; see the module docstring for spaces, rewards and episode end."""
 
@@ -348,14 +394,7 @@ class TabletopEnv(gym.Env):
     def step(self, action):
         a = self._validate_action(action)
         if self.action_mode == "ee_delta":
-            pos = self.ee_pos + a[:3] * POS_SCALE
-            rot = a[3:6] * ROT_SCALE
-            quat = self.ee_quat
-            if np.any(rot):
-                dq = np.empty(4)
-                mujoco.mju_axisAngle2Quat(dq, rot / np.linalg.norm(rot), np.linalg.norm(rot))
-                mujoco.mju_mulQuat(quat, dq, quat.copy())
-            q_target = self.ik_joint_targets(pos, quat)
+            q_target = self.ik_joint_targets(*ee_delta_pose(self.ee_pos, self.ee_quat, a))
         else:
             q_target = a[:7]
         self.data.ctrl[self._arm_act] = q_target

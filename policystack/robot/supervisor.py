@@ -223,8 +223,9 @@ class Supervisor:
                 self.worker_info = {k: v for k, v in msg.body.items() if k != "images"}
                 self.worker_info["images"] = {c: [int(x) for x in v] for c, v in msg.body["images"].items()}
                 self.worker_sender = msg.sender
+                follower = msg.body.get("follower") or ""
                 self.log(f"worker ready: policy {msg.body['policy']}, horizon {msg.body['horizon']}, "
-                         f"n_action_steps {msg.body['n_action_steps']}")
+                         f"n_action_steps {msg.body['n_action_steps']}" + (f", actions {follower}" if follower else ""))
                 if msg.body["horizon"] > MAX_CHUNK:
                     raise DaemonError(f"policy horizon {msg.body['horizon']} exceeds the {MAX_CHUNK} actions a chunk "
                                       "may hold (loop.MAX_CHUNK)")

@@ -62,7 +62,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     # worker -> daemon: the worker is up (or failed to load: error != ""), with what its policy takes:
     # observation.state [state_dim] and images {camera: int64 [3] = (3, H, W)}
     "hello": {"policy": "str", "horizon": "int", "n_action_steps": "int", "action_dim": "int", "error": "str",
-              "state_dim": "int", "images": ("map", ("array", "int64", 1))},
+              "state_dim": "int", "images": ("map", ("array", "int64", 1)),
+              "follower": ("optional", "str")},  # how the worker turns the policy's actions into joint targets
     # operator -> daemon (``policystack daemon stop`` / ``end-episode``): op is "stop" or "end_episode";
     # the success detector (perception/watcher.py) -> daemon: op "detector_done" for `episode`, with its P(done)
     "command": {"op": "str", "episode": ("optional", "int"), "p": ("optional", "float")},

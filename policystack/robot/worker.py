@@ -24,6 +24,12 @@ then, for every observation, ``observe`` (a policy with history appends the fram
 observation with ``reset`` starts an episode (``policy.reset()``, torch seeded with the episode's seed
 as eval seeds it). So a history policy (RT-1, diffusion) sees exactly the frames it sees in eval.
 
+The daemon drives joint targets. A checkpoint trained on the tabletop suite's ee_delta actions (every
+camera policy collected with the default ``action_mode``) is converted here: each chunk goes through
+``envs.base.EEDeltaFollower`` (the env's own ee_delta arithmetic and differential IK, starting from
+the observation's measured joints and pinch-site pose) and leaves as joint targets [H, 8]; the hello
+says so (``follower``) and reports ``action_dim`` 8.
+
 Nothing is dropped silently: observations queue (``--obs-queue`` frames, the daemon's
 ``transport.obs_queue``) instead of being conflated; a gap in an episode's ``obs_seq`` (frames lost
 because the worker fell further behind than the queue, or a worker that joined mid-episode) is counted
@@ -46,7 +52,7 @@ import numpy as np
 from policystack.robot.config import token_from_env
 from policystack.robot.curve import CLIENT_SECRET_ENV, SERVER_PUBLIC_ENV, ClientCurve
 from policystack.robot.transport import Decoder, Encoder, RejectionLog, configure_socket
-from policystack.types import OBS_ENV_STATE, OBS_IMAGES, OBS_STATE, TASK, camera_key, is_image_key
+from policystack.types import ACTION, OBS_ENV_STATE, OBS_IMAGES, OBS_STATE, TASK, camera_key, is_image_key
 
 HELLO_EVERY_S = 0.5
 
@@ -73,12 +79,27 @@ def obs_to_batch(body: dict, device: str = "cpu") -> dict:
     return batch
 
 
+def acts_in_ee_delta(policy) -> bool:
+    """True when the policy's actions are the tabletop suite's ee_delta layout and its state carries the
+    pinch-site pose: the worker turns its chunks into joint targets (``EEDeltaFollower``), since the
+    daemon drives joint targets."""
+    from policystack.envs.base import EE_ACTION_NAMES, STATE_NAMES
+
+    action, state = policy.features.get(ACTION), policy.features.get(OBS_STATE)
+    return (action is not None and list(action.names or []) == EE_ACTION_NAMES
+            and state is not None and list(state.names or []) == STATE_NAMES)
+
+
 class PolicySession:
     """Feeds one policy the daemon's observation stream as ``select_action`` feeds it in an env: per
-    episode ``reset``, per observation an optional ``predict_action_chunk`` then ``observe``."""
+    episode ``reset``, per observation an optional ``predict_action_chunk`` then ``observe``. An ee_delta
+    policy's chunk leaves as joint targets: ``EEDeltaFollower`` from the observation's measured pose
+    (the same arithmetic and IK as the env's ``step``)."""
 
     def __init__(self, policy):
         self.policy = policy
+        self.converts = acts_in_ee_delta(policy)
+        self._follower = None
         self.episode: int | None = None
         self.next_seq = 1
         self.obs_missed = 0  # this episode's observations that never arrived
@@ -109,7 +130,14 @@ class PolicySession:
             if replan:
                 actions, done = self.policy.predict_action_chunk_with_done(batch)
                 done_step = int(done[0].int().argmax()) if done is not None and bool(done[0].any()) else -1
-                plan = actions[0].float().cpu().numpy(), done_step
+                chunk = actions[0].float().cpu().numpy()
+                if self.converts:
+                    if self._follower is None:
+                        from policystack.envs.base import EEDeltaFollower
+
+                        self._follower = EEDeltaFollower(dt=float(body["dt"]))
+                    chunk = self._follower.follow(np.asarray(body["state"]), chunk).astype(np.float32)
+                plan = chunk, done_step
             self.policy.observe(batch)
         return plan
 
@@ -145,7 +173,8 @@ def serve(checkpoint: str, obs_addr: str, chunk_addr: str, token: bytes, max_byt
         print(f"worker: cannot load {checkpoint}: {e}", file=sys.stderr)
         return 1
     cfg = policy.config
-    action_dim = policy.features["action"].shape[0]
+    session = PolicySession(policy)
+    action_dim = 8 if session.converts else policy.features[ACTION].shape[0]  # joint targets [q1..q7, gripper]
     sub = ctx.socket(zmq.SUB)
     configure_socket(sub, max_bytes)
     if curve is not None:
@@ -159,8 +188,8 @@ def serve(checkpoint: str, obs_addr: str, chunk_addr: str, token: bytes, max_byt
     images = {key[len(OBS_IMAGES) + 1:]: np.array([3, f.shape[0], f.shape[1]], np.int64)
               for key, f in policy.features.items() if is_image_key(key)}  # (H, W, 3) -> [3, H, W]
     hello = dict(policy=policy.name, horizon=cfg.horizon, n_action_steps=cfg.n_action_steps,
-                 action_dim=action_dim, state_dim=state.shape[0] if state is not None else 0, images=images, error="")
-    session = PolicySession(policy)
+                 action_dim=action_dim, state_dim=state.shape[0] if state is not None else 0, images=images, error="",
+                 follower="ee_delta -> joint targets (IK in the worker)" if session.converts else "")
     last_hello, last_obs = -float("inf"), time.monotonic()
     while True:
         if not sub.poll(int(HELLO_EVERY_S * 1000)):

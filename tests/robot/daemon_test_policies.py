@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from policystack.envs.base import JOINT_ACTION_NAMES, STATE_NAMES
+from policystack.envs.base import EE_ACTION_NAMES, JOINT_ACTION_NAMES, STATE_NAMES
 from policystack.envs.robot import HOME_QPOS
 from policystack.policies.bc import BCConfig, BCPolicy
 from policystack.policies.rt1 import RT1Config, RT1Policy
@@ -40,15 +40,17 @@ class NanAfterPolicy(BCPolicy):
 
 def make_checkpoint(directory: str | Path, cameras: tuple[str, ...] = ("front",), image_size: int = 32,
                     nan_after: int | None = None, seed: int = 0, action_std: float = 0.05, n_obs_steps: int = 1,
-                    n_action_steps: int = 4) -> Path:
+                    n_action_steps: int = 4, ee_delta: bool = False) -> Path:
+    """``ee_delta``: actions in the suite's ee_delta layout [7] (mean 0) instead of joint targets around home."""
     torch.manual_seed(seed)
+    names = EE_ACTION_NAMES if ee_delta else JOINT_ACTION_NAMES
     feats = {OBS_STATE: Feature("float32", (15,), names=list(STATE_NAMES)),
-             ACTION: Feature("float32", (8,), names=list(JOINT_ACTION_NAMES))}
+             ACTION: Feature("float32", (len(names),), names=list(names))}
     for cam in cameras:
         feats[camera_key(cam)] = Feature("video", (image_size, image_size, 3))
-    home = np.append(HOME_QPOS, -1.0)
+    mean = np.zeros(7) if ee_delta else np.append(HOME_QPOS, -1.0)
     stats = {OBS_STATE: {"mean": np.zeros(15), "std": np.ones(15)},
-             ACTION: {"mean": home, "std": np.full(8, action_std)}}
+             ACTION: {"mean": mean, "std": np.full(len(names), action_std)}}
     kw = dict(horizon=8, n_action_steps=n_action_steps, n_obs_steps=n_obs_steps, conv_channels=(8, 8), keypoints=4,
               hidden_dim=32, n_layers=2)
     if nan_after is None:

@@ -13,6 +13,7 @@ import time
 import msgpack
 import numpy as np
 import pytest
+import torch
 import zmq
 from daemon_test_policies import make_checkpoint, make_done_checkpoint
 
@@ -330,3 +331,38 @@ def test_a_policy_that_says_done_ends_the_episode(tmp_path):
     sup = daemon(ckpt, episodes=2, max_steps=40, stall_timeout_s=30.0)  # a loaded machine: no stall verdicts
     Running(sup).join()
     assert [(r.reason, r.steps) for r in sup.results] == [("policy_done", 2 * 4 + 2)] * 2
+
+
+def test_an_ee_delta_checkpoint_runs_as_joint_targets_from_the_worker(tmp_path):
+    """A policy trained on the suite's ee_delta actions (every camera dataset's default) runs on the
+    daemon, which drives joint targets: the worker says so in its hello and sends each chunk through
+    ``EEDeltaFollower`` from the observation's measured pose. The recorded joint commands are exactly
+    the follower's plan for the policy's chunk on the recorded observation, and the arm moves."""
+    import pyarrow.parquet as pq
+
+    from policystack.datasets.meta import DatasetMeta
+    from policystack.envs.base import EEDeltaFollower
+    from policystack.policies.base import Policy
+    from policystack.types import ACTION, OBS_STATE, TASK
+
+    ckpt = make_checkpoint(tmp_path / "bc_ee", cameras=(), ee_delta=True, n_action_steps=2, action_std=0.5)
+    logs: list[str] = []
+    # limits that let every target through within one tick (as test_daemon_eval_parity), so the recorded
+    # command is the worker's target, the gripper's too
+    robot = load_robot_config("sim", {"watchdog_s": 0.3, "limits.velocity": [1e6] * 8, "limits.acceleration": [1e9] * 8,
+                                      "limits.max_step": 1e6, "limits.max_tracking_error": 1e6})
+    sup = daemon(ckpt, robot=robot, cameras=(), max_steps=6, lockstep=True, record=str(tmp_path / "rec"),
+                 log=logs.append)
+    Running(sup).join()
+    assert any("actions ee_delta -> joint targets" in line for line in logs), logs
+    assert sup.results[0].reason == "timeout"
+    table = pq.read_table(sorted((tmp_path / "rec").glob("data/*/*.parquet"))[0]).to_pandas()
+    states, sent = np.stack(table[OBS_STATE].to_numpy()), np.stack(table[ACTION].to_numpy())
+    assert sent.shape[1] == 8
+    policy = Policy.from_pretrained(ckpt)
+    policy.reset()
+    instruction = DatasetMeta.load(tmp_path / "rec").tasks[table["task_index"][0]]
+    chunk = policy.predict_action_chunk({OBS_STATE: torch.from_numpy(states[0])[None], TASK: [instruction]})
+    plan = EEDeltaFollower(dt=0.1).follow(states[0], chunk[0, :2].numpy())
+    np.testing.assert_allclose(sent[:2], plan, atol=1e-5)
+    assert np.linalg.norm(states[-1][8:11] - states[0][8:11]) > 0.01  # the pinch site moved

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from policystack.envs.robot import HOME_QPOS
+from policystack.robot import loop as loop_module
 from policystack.robot.config import load_robot_config
 from policystack.robot.drivers.sim import SimDriver
-from policystack.robot import loop as loop_module
 from policystack.robot.loop import MAX_CHUNK, ControlLoop
 from policystack.robot.shm import Block, command_fields, control_fields, state_fields
 
