@@ -188,8 +188,9 @@ def serve(checkpoint: str, obs_addr: str, chunk_addr: str, token: bytes, max_byt
     images = {key[len(OBS_IMAGES) + 1:]: np.array([3, f.shape[0], f.shape[1]], np.int64)
               for key, f in policy.features.items() if is_image_key(key)}  # (H, W, 3) -> [3, H, W]
     hello = dict(policy=policy.name, horizon=cfg.horizon, n_action_steps=cfg.n_action_steps,
-                 action_dim=action_dim, state_dim=state.shape[0] if state is not None else 0, images=images, error="",
-                 follower="ee_delta -> joint targets (IK in the worker)" if session.converts else "")
+                 action_dim=action_dim, state_dim=state.shape[0] if state is not None else 0, images=images, error="")
+    if session.converts:  # only then: a daemon from before the key still takes every other hello
+        hello["follower"] = "ee_delta -> joint targets (IK in the worker)"
     last_hello, last_obs = -float("inf"), time.monotonic()
     while True:
         if not sub.poll(int(HELLO_EVERY_S * 1000)):
