@@ -135,7 +135,7 @@ class LoopProcess:
         """The loop drops its chunk; the safety filter decelerates to rest and holds."""
         self.control_write(hold_gen=self.control.f["hold_gen"][0] + 1)
 
-    def reset(self, extra: np.ndarray, seed: int, timeout_s: float = 5.0) -> None:
+    def reset(self, extra: np.ndarray, seed: int, timeout_s: float = 30.0) -> None:
         """Lay out episode ``seed`` in the loop's sim and teleport it to ``extra``; wait for the ack."""
         gen = self.control.f["reset_gen"][0] + 1
         self.control_write(reset_gen=gen, reset_seed=seed, reset_extra=extra)
@@ -143,7 +143,7 @@ class LoopProcess:
         while self.state.f["reset_ack"][0] != gen:
             self.check()
             if time.monotonic() > deadline:
-                raise DaemonError("the control loop did not acknowledge the episode reset")
+                raise DaemonError(f"the control loop did not acknowledge the episode reset within {timeout_s:g} s")
             time.sleep(0.002)
 
     def write_chunk(self, actions: np.ndarray, t_obs: float, dt: float) -> None:

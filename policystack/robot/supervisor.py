@@ -281,8 +281,10 @@ class Supervisor:
     def clear_estop(self) -> None:
         self.loop.control_write(estop=0.0)
 
-    def reset_loop(self, qpos: np.ndarray, seed: int, timeout_s: float = 5.0) -> None:
-        """Teleport the loop's sim to ``qpos`` after laying out episode ``seed``; wait for the ack."""
+    def reset_loop(self, qpos: np.ndarray, seed: int, timeout_s: float = 30.0) -> None:
+        """Teleport the loop's sim to ``qpos`` after laying out episode ``seed``; wait for the ack (the
+        loop's env lays the episode out inside one tick: 5 s was too short once, on 2 cores shared with a
+        training and a restarting worker)."""
         self.loop.reset(qpos, seed, timeout_s)
 
     def move_to(self, target: np.ndarray, tolerance: np.ndarray, timeout_s: float) -> bool:
