@@ -25,10 +25,11 @@ observation with ``reset`` starts an episode (``policy.reset()``, torch seeded w
 as eval seeds it). So a history policy (RT-1, diffusion) sees exactly the frames it sees in eval.
 
 The daemon drives joint targets. A checkpoint trained on the tabletop suite's ee_delta actions (every
-camera policy collected with the default ``action_mode``) is converted here: each chunk goes through
-``envs.base.EEDeltaFollower`` (the env's own ee_delta arithmetic and differential IK, starting from
-the observation's measured joints and pinch-site pose) and leaves as joint targets [H, 8]; the hello
-says so (``follower``) and reports ``action_dim`` 8.
+camera policy collected with the default ``action_mode``) is converted here (``PolicySession``): the
+daemon asks for a chunk every step, the policy predicts every ``n_action_steps`` as in eval, and each
+answer is the chunk's remaining actions through ``envs.base.EEDeltaFollower`` (the env's own ee_delta
+arithmetic and differential IK) from that step's measured joints and pinch-site pose, as joint targets
+[H, 8]; the hello says so (``follower``) and reports ``action_dim`` 8 and ``n_action_steps`` 1.
 
 Nothing is dropped silently: observations queue (``--obs-queue`` frames, the daemon's
 ``transport.obs_queue``) instead of being conflated; a gap in an episode's ``obs_seq`` (frames lost
@@ -92,14 +93,21 @@ def acts_in_ee_delta(policy) -> bool:
 
 class PolicySession:
     """Feeds one policy the daemon's observation stream as ``select_action`` feeds it in an env: per
-    episode ``reset``, per observation an optional ``predict_action_chunk`` then ``observe``. An ee_delta
-    policy's chunk leaves as joint targets: ``EEDeltaFollower`` from the observation's measured pose
-    (the same arithmetic and IK as the env's ``step``)."""
+    episode ``reset``, per observation an optional ``predict_action_chunk`` then ``observe``.
+
+    An ee_delta policy (``converts``) acts as in the env, where each action moves the arm from its
+    *measured* pose: the daemon asks every step (the hello reports ``n_action_steps`` 1), the policy
+    predicts only when ``n_action_steps`` of its chunk have run (as ``select_action``), and every answer
+    is the chunk's remaining actions turned into joint targets by ``EEDeltaFollower`` from this step's
+    observed joints and pinch-site pose (its first = the target the env's ``step`` would set)."""
 
     def __init__(self, policy):
         self.policy = policy
         self.converts = acts_in_ee_delta(policy)
         self._follower = None
+        self._chunk: np.ndarray | None = None  # ee_delta: the last predicted chunk [H, 7]
+        self._chunk_seq = 0  # the obs_seq it was predicted at
+        self._chunk_done = -1  # its done_step
         self.episode: int | None = None
         self.next_seq = 1
         self.obs_missed = 0  # this episode's observations that never arrived
@@ -114,7 +122,7 @@ class PolicySession:
             if body["seed"] >= 0:
                 torch.manual_seed(body["seed"])
             self.episode, self.next_seq, self.replans_skipped = body["episode"], 1, 0
-            self.obs_missed = 0
+            self.obs_missed, self._chunk = 0, None
         self.obs_missed += max(0, body["obs_seq"] - self.next_seq)  # a gap, or joined mid-episode
         self.next_seq = body["obs_seq"] + 1
         return obs_to_batch(body)
@@ -127,19 +135,31 @@ class PolicySession:
         batch = self.begin(body)
         plan = None
         with torch.no_grad():
-            if replan:
-                actions, done = self.policy.predict_action_chunk_with_done(batch)
-                done_step = int(done[0].int().argmax()) if done is not None and bool(done[0].any()) else -1
-                chunk = actions[0].float().cpu().numpy()
-                if self.converts:
-                    if self._follower is None:
-                        from policystack.envs.base import EEDeltaFollower
-
-                        self._follower = EEDeltaFollower(dt=float(body["dt"]))
-                    chunk = self._follower.follow(np.asarray(body["state"]), chunk).astype(np.float32)
-                plan = chunk, done_step
+            if replan and self.converts:
+                plan = self._follow(body, batch)
+            elif replan:
+                plan = self._predict(batch)
             self.policy.observe(batch)
         return plan
+
+    def _predict(self, batch: dict) -> tuple[np.ndarray, int]:
+        actions, done = self.policy.predict_action_chunk_with_done(batch)
+        done_step = int(done[0].int().argmax()) if done is not None and bool(done[0].any()) else -1
+        return actions[0].float().cpu().numpy(), done_step
+
+    def _follow(self, body: dict, batch: dict) -> tuple[np.ndarray, int]:
+        """ee_delta: predict if ``n_action_steps`` of the last chunk have run (or it ran out), then its
+        remaining actions as joint targets from this observation's measured pose."""
+        age = body["obs_seq"] - self._chunk_seq
+        if self._chunk is None or age >= max(1, int(self.policy.config.n_action_steps)) or age >= len(self._chunk):
+            self._chunk, self._chunk_done = self._predict(batch)
+            self._chunk_seq, age = body["obs_seq"], 0
+        if self._follower is None:
+            from policystack.envs.base import EEDeltaFollower
+
+            self._follower = EEDeltaFollower(dt=float(body["dt"]))
+        joints = self._follower.follow(np.asarray(body["state"]), self._chunk[age:]).astype(np.float32)
+        return joints, (max(0, self._chunk_done - age) if self._chunk_done >= 0 else -1)
 
 
 def serve(checkpoint: str, obs_addr: str, chunk_addr: str, token: bytes, max_bytes: int = 4 << 20,
@@ -187,10 +207,11 @@ def serve(checkpoint: str, obs_addr: str, chunk_addr: str, token: bytes, max_byt
     state = policy.features.get(OBS_STATE)
     images = {key[len(OBS_IMAGES) + 1:]: np.array([3, f.shape[0], f.shape[1]], np.int64)
               for key, f in policy.features.items() if is_image_key(key)}  # (H, W, 3) -> [3, H, W]
-    hello = dict(policy=policy.name, horizon=cfg.horizon, n_action_steps=cfg.n_action_steps,
+    hello = dict(policy=policy.name, horizon=cfg.horizon, n_action_steps=1 if session.converts else cfg.n_action_steps,
                  action_dim=action_dim, state_dim=state.shape[0] if state is not None else 0, images=images, error="")
     if session.converts:  # only then: a daemon from before the key still takes every other hello
-        hello["follower"] = "ee_delta -> joint targets (IK in the worker)"
+        hello["follower"] = (f"ee_delta -> joint targets (IK in the worker from each step's measured pose; "
+                             f"the policy predicts every {cfg.n_action_steps} steps)")
     last_hello, last_obs = -float("inf"), time.monotonic()
     while True:
         if not sub.poll(int(HELLO_EVERY_S * 1000)):

@@ -335,9 +335,10 @@ def test_a_policy_that_says_done_ends_the_episode(tmp_path):
 
 def test_an_ee_delta_checkpoint_runs_as_joint_targets_from_the_worker(tmp_path):
     """A policy trained on the suite's ee_delta actions (every camera dataset's default) runs on the
-    daemon, which drives joint targets: the worker says so in its hello and sends each chunk through
-    ``EEDeltaFollower`` from the observation's measured pose. The recorded joint commands are exactly
-    the follower's plan for the policy's chunk on the recorded observation, and the arm moves."""
+    daemon, which drives joint targets: the worker says so in its hello, the daemon asks every step,
+    the policy predicts every n_action_steps (2) as in eval, and each step's joint command is
+    ``EEDeltaFollower`` of that step's action from that step's recorded (measured) pose: what the env's
+    ``step`` would set."""
     import pyarrow.parquet as pq
 
     from policystack.datasets.meta import DatasetMeta
@@ -354,15 +355,16 @@ def test_an_ee_delta_checkpoint_runs_as_joint_targets_from_the_worker(tmp_path):
     sup = daemon(ckpt, robot=robot, cameras=(), max_steps=6, lockstep=True, record=str(tmp_path / "rec"),
                  log=logs.append)
     Running(sup).join()
-    assert any("actions ee_delta -> joint targets" in line for line in logs), logs
+    assert any("n_action_steps 1, actions ee_delta -> joint targets" in line for line in logs), logs
     assert sup.results[0].reason == "timeout"
     table = pq.read_table(sorted((tmp_path / "rec").glob("data/*/*.parquet"))[0]).to_pandas()
     states, sent = np.stack(table[OBS_STATE].to_numpy()), np.stack(table[ACTION].to_numpy())
     assert sent.shape[1] == 8
-    policy = Policy.from_pretrained(ckpt)
-    policy.reset()
     instruction = DatasetMeta.load(tmp_path / "rec").tasks[table["task_index"][0]]
-    chunk = policy.predict_action_chunk({OBS_STATE: torch.from_numpy(states[0])[None], TASK: [instruction]})
-    plan = EEDeltaFollower(dt=0.1).follow(states[0], chunk[0, :2].numpy())
-    np.testing.assert_allclose(sent[:2], plan, atol=1e-5)
+    policy = Policy.from_pretrained(ckpt)
+    follower = EEDeltaFollower(dt=0.1)
+    for k in range(4):
+        start = states[k - k % 2]  # the observation the chunk was predicted from (steps 0, 2)
+        chunk = policy.predict_action_chunk({OBS_STATE: torch.from_numpy(start)[None], TASK: [instruction]})[0]
+        np.testing.assert_allclose(sent[k], follower.follow(states[k], chunk[k % 2:k % 2 + 1].numpy())[0], atol=1e-5)
     assert np.linalg.norm(states[-1][8:11] - states[0][8:11]) > 0.01  # the pinch site moved

@@ -120,7 +120,7 @@ def test_estop_decelerates_without_jump_and_latches(sf):
     target[0] += 0.6
     target[6] += 0.6
     target[7] = 1.0
-    run(sf, target, 100)  # mid-motion
+    run(sf, target, 30)  # mid-motion (0.06 s into a 0.6 rad move)
     v0 = sf.v.copy()
     assert sf.faults == 0 and np.abs(v0[[0, 6]]).min() > 0.5
     q0 = sf.q.copy()
