@@ -17,8 +17,8 @@ from policystack.training.config import load_preset as load_training_preset
 A, D = 4, 5
 CAMS = ("observation.images.front", "observation.images.wrist")
 TASKS = ["pick up the red block", "put the cube in the bowl", "open the drawer", "push the button"]
-# a small model for the behavioural tests (the presets are tested separately)
-SMALL = dict(backbone="efficientnet", n_obs_steps=3, image_size=16, backbone_stages=2, d_model=32, n_layer=1, n_head=2, head_dim=16,
+# a small model for the behavioural tests (the presets are tested separately), one action per step
+SMALL = dict(backbone="efficientnet", n_obs_steps=3, horizon=1, n_action_steps=1, image_size=16, backbone_stages=2, d_model=32, n_layer=1, n_head=2, head_dim=16,
              mlp_hidden=64, tokens_per_image=4, token_learner_bottleneck=16, dropout=0.0)
 
 
@@ -226,7 +226,7 @@ def test_padded_frames_are_masked_out():
 
 def test_loss_ignores_padded_actions_and_uses_every_horizon_step():
     torch.manual_seed(0)
-    policy = RT1Policy(RT1Config(**SMALL, horizon=2), features(), STATS).eval()
+    policy = RT1Policy(RT1Config(**{**SMALL, "horizon": 2}), features(), STATS).eval()
     batch = make_batch(2, 3, H=2)
     batch["action_is_pad"][:, 1] = True
     other = dict(batch, action=batch["action"].clone())
