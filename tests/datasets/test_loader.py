@@ -12,7 +12,7 @@ import pytest
 import torch
 from _lerobot_fixtures import EPISODE_LENGTHS, FPS, IMAGE_KEY, TASKS, VIDEO_KEY
 
-from policystack.datasets.loader import WindowedDataset, collate_windows
+from policystack.datasets.loader import FrameCache, WindowedDataset, collate_windows
 from policystack.types import DataError
 
 lerobot_root = _lerobot_fixtures.lerobot_root  # the session fixture (a LeRobot-written dataset)
@@ -181,6 +181,27 @@ def test_frame_cache_stays_within_budget(lerobot_root, tmp_path):
     for i in (0, 30, 0, 50, 13):  # evictions and re-decodes give the same frames
         assert torch.equal(mem[i][VIDEO_KEY], ref[i][VIDEO_KEY])
     assert mem._frame_cache()._bytes <= one_segment
+
+
+def test_frame_cache_scans_its_directory_rarely(tmp_path, monkeypatch):
+    """A put does not stat every cached file (that made caching n segments O(n^2)): with room to spare,
+    one scan per max_bytes / RESCAN_FRACTION written; near the bound, a scan per put keeps it."""
+    scans = []
+    real_glob = Path.glob
+    monkeypatch.setattr(Path, "glob", lambda self, pattern: scans.append(pattern) or real_glob(self, pattern))
+    seg = np.zeros((10, 3, 8, 8), np.uint8)  # 1920 bytes + the .npy header
+    roomy = FrameCache(tmp_path / "roomy", max_bytes=16 * 100 * 2048)
+    (tmp_path / "roomy").mkdir()
+    for i in range(100):
+        roomy.put(f"s{i}", seg)
+    assert 1 <= len(scans) <= 2, len(scans)
+    scans.clear()
+    (tmp_path / "tight").mkdir()
+    tight = FrameCache(tmp_path / "tight", max_bytes=5 * 2048)
+    for i in range(20):
+        tight.put(f"s{i}", seg)
+        assert sum(p.stat().st_size for p in real_glob(tmp_path / "tight", "*.npy")) <= 5 * 2048
+    assert len(scans) == 20
 
 
 # --- bad input --------------------------------------------------------------------------------
