@@ -111,9 +111,9 @@ class MixtureDataset(torch.utils.data.Dataset):
         per = [d.uncached_frames() for d in self.datasets]
         return tuple(int(sum(x)) for x in zip(*per))  # type: ignore[return-value]
 
-    def warm_cache(self, progress: bool = False) -> int:
+    def warm_cache(self, progress: bool = False, workers: int = 1) -> int:
         """Every dataset's ``warm_cache``; the number of segments built."""
-        return sum(d.warm_cache(progress) for d in self.datasets)
+        return sum(d.warm_cache(progress, workers) for d in self.datasets)
 
     def get_batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, Any]:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)

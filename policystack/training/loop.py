@@ -377,10 +377,13 @@ def train(cfg: TrainConfig) -> Path:
               f"{dataset.cache_dir / 'frames' if dataset.cache_dir else '(in memory)'} and runs the encoder on them "
               "(dataset.cache_features=false runs it at every step instead)", file=sys.stderr, flush=True)
         segments = 0  # done here, not in the first epoch
-        train_threads = torch.get_num_threads()  # the loader's workers are not running yet: the encoder takes their cores
-        torch.set_num_threads(cfg.threads or max(1, cores // local_world))
+        # the loader's workers are not running yet: the encoder takes their cores, one process of one thread
+        # per core (threads=N caps it at N)
+        warm_procs = cfg.threads or max(1, cores // local_world)
+        train_threads = torch.get_num_threads()
+        torch.set_num_threads(warm_procs)
         try:
-            dataset.warm_cache(progress=cfg.log.progress)
+            dataset.warm_cache(progress=cfg.log.progress, workers=warm_procs)
         finally:
             torch.set_num_threads(train_threads)
 

@@ -336,6 +336,22 @@ def test_frame_transforms_replace_frames_and_are_computed_once_per_episode(lerob
         assert torch.equal(again.get_batch(idx)[VIDEO_KEY], got[VIDEO_KEY])
 
 
+def test_warm_cache_with_worker_processes_builds_every_segment_once(lerobot_root, tmp_path):
+    """workers=2 builds the segments in two other processes (the parent's transform is never called)
+    into the shared on-disk cache: a fresh dataset finds all of them, equal to what one process builds."""
+    fn = _MeanColour()
+    ds = WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=tmp_path / "two", frame_transforms={VIDEO_KEY: fn})
+    todo = ds.uncached_frames()[0]
+    assert todo >= len(EPISODE_LENGTHS) and ds.warm_cache(workers=2) == todo and fn.calls == 0
+    fresh = _MeanColour()
+    again = WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=tmp_path / "two", frame_transforms={VIDEO_KEY: fresh})
+    assert again.uncached_frames() == (0, 0, 0) and again.warm_cache(workers=2) == 0
+    one = WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=tmp_path / "one", frame_transforms={VIDEO_KEY: _MeanColour()})
+    assert one.warm_cache() == todo
+    idx = edge_and_random_indices()
+    assert torch.equal(again.get_batch(idx)[VIDEO_KEY], one.get_batch(idx)[VIDEO_KEY]) and fresh.calls == 0
+
+
 def test_frame_transforms_are_checked(lerobot_root, tmp_path):
     with pytest.raises(KeyError, match="not a camera"):
         WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=tmp_path,
