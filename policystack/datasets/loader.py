@@ -300,7 +300,7 @@ class WindowedDataset(torch.utils.data.Dataset):
         for p in files:
             st = p.stat() if p.is_file() else None
             h.update(f"{p.relative_to(self.root)}:{st.st_size if st else -1}:{st.st_mtime_ns if st else -1}".encode())
-        return f"{self.root.name}-{h.hexdigest()[:16]}"
+        return f"{self.root.resolve().name}-{h.hexdigest()[:16]}"  # a symlink to a dataset shares its cache
 
     def _column_path(self, key: str) -> Path:
         return self.cache_dir / "columns" / f"{key}.npy"

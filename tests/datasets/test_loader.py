@@ -352,6 +352,16 @@ def test_warm_cache_with_worker_processes_builds_every_segment_once(lerobot_root
     assert torch.equal(again.get_batch(idx)[VIDEO_KEY], one.get_batch(idx)[VIDEO_KEY]) and fresh.calls == 0
 
 
+def test_a_dataset_reached_through_a_symlink_shares_its_cache(lerobot_root, tmp_path):
+    """The cache directory is named after the resolved dataset, so features computed through one path
+    are found through another (a symlinked copy recomputed a whole feature cache before)."""
+    link = tmp_path / "link"
+    link.symlink_to(lerobot_root, target_is_directory=True)
+    direct = WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=tmp_path / "c")
+    linked = WindowedDataset(link, delta_indices=DELTAS, cache_dir=tmp_path / "c")
+    assert linked.cache_dir == direct.cache_dir
+
+
 def test_frame_transforms_are_checked(lerobot_root, tmp_path):
     with pytest.raises(KeyError, match="not a camera"):
         WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=tmp_path,
