@@ -1,8 +1,9 @@
-"""``policystack dataset ...``: inspect, validate, compute statistics of and convert datasets.
+"""``policystack dataset ...``: inspect, validate, compute statistics of, merge and convert datasets.
 
     policystack dataset info PATH [--json]
     policystack dataset validate PATH [--fix]
     policystack dataset stats PATH [--write] [--json]
+    policystack dataset merge SRC [SRC ...] --out DST [--copy]
     policystack dataset convert-rlds SRC DST [--mapping FILE.yaml] [--max-episodes N] [--no-videos] [--overwrite]
 
 Bad data -> one line on stderr naming the file and key, exit status 1 (no traceback).
@@ -270,6 +271,15 @@ def cmd_convert_rlds(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- merge ------------------------------------------------------------------------------------
+def cmd_merge(args: argparse.Namespace) -> int:
+    from policystack.datasets.merge import merge_datasets
+
+    meta = merge_datasets(args.sources, args.out, link=not args.copy, progress=not args.quiet)
+    print(meta.summary())
+    return 0
+
+
 # --- entry ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="policystack dataset", description=__doc__.split("\n\n")[0])
@@ -289,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print JSON")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_stats)
+    s = sub.add_parser("merge", help="merge datasets into a new one (e.g. every task's demos, for one model)")
+    s.add_argument("sources", nargs="+", help="dataset directories, merged in this order")
+    s.add_argument("--out", required=True, help="the new dataset's directory (must not exist)")
+    s.add_argument("--copy", action="store_true", help="copy the video files instead of hard-linking them")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_merge)
     s = sub.add_parser("convert-rlds", help="convert an RLDS (TFDS) dataset to LeRobot v3")
     s.add_argument("src")
     s.add_argument("dst")

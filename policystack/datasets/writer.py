@@ -310,7 +310,7 @@ class DatasetWriter:
                 w = cls(root, info, spec, [], [], DatasetStats(spec), vcodec, lock_fd, (0, 0), (0, 0))
                 return w
             meta = DatasetMeta.load(root)
-            stats = _saved_stats(root, spec, meta) or accumulate_dataset_stats(meta, progress=progress)
+            stats = saved_stats(root, spec, meta) or accumulate_dataset_stats(meta, progress=progress)
             last_meta = episode_files(root)[-1]
             meta_cf = _next_chunk_file(*_chunk_file_of(last_meta))  # appends go to a new episodes file
             e = meta.episodes
@@ -535,15 +535,7 @@ class DatasetWriter:
     def _write_meta(self, tasks_changed: bool) -> None:
         """Rewrite tasks, the current episodes file, stats.json and (last, the commit) info.json."""
         if tasks_changed:
-            table = pa.table({"task_index": pa.array(range(len(self.tasks)), pa.int64()),
-                              "__index_level_0__": pa.array(self.tasks, pa.large_string())})
-            pandas_meta = {"index_columns": ["__index_level_0__"], "column_indexes": [],
-                           "columns": [{"name": "task_index", "field_name": "task_index", "pandas_type": "int64",
-                                        "numpy_type": "int64", "metadata": None},
-                                       {"name": None, "field_name": "__index_level_0__", "pandas_type": "unicode",
-                                        "numpy_type": "object", "metadata": None}]}
-            table = table.replace_schema_metadata({"pandas": json.dumps(pandas_meta)})
-            atomic_write_parquet(self.root / TASKS_PATH, table)
+            write_tasks(self.root, self.tasks)
         if self._meta_rows:
             c, f = self._meta_cf
             table = pa.Table.from_pylist(self._meta_rows, schema=self._episodes_schema)
@@ -609,7 +601,19 @@ def _with_video_info(spec: FeatureSpec, fps: int, vcodec: str) -> FeatureSpec:
     return out
 
 
-def _saved_stats(root: Path, spec: FeatureSpec, meta: DatasetMeta) -> DatasetStats | None:
+def write_tasks(root: Path, tasks: list[str]) -> None:
+    """meta/tasks.parquet (atomically) as LeRobot writes it: the text as the pandas index, then task_index."""
+    table = pa.table({"task_index": pa.array(range(len(tasks)), pa.int64()),
+                      "__index_level_0__": pa.array(tasks, pa.large_string())})
+    pandas_meta = {"index_columns": ["__index_level_0__"], "column_indexes": [],
+                   "columns": [{"name": "task_index", "field_name": "task_index", "pandas_type": "int64",
+                                "numpy_type": "int64", "metadata": None},
+                               {"name": None, "field_name": "__index_level_0__", "pandas_type": "unicode",
+                                "numpy_type": "object", "metadata": None}]}
+    atomic_write_parquet(root / TASKS_PATH, table.replace_schema_metadata({"pandas": json.dumps(pandas_meta)}))
+
+
+def saved_stats(root: Path, spec: FeatureSpec, meta: DatasetMeta) -> DatasetStats | None:
     """The writer's saved statistics state if it covers exactly the committed episodes."""
     path = root / STATS_STATE_PATH
     if not path.is_file():
