@@ -37,6 +37,7 @@ import io
 import json
 import math
 import os
+import shutil
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
     with atomic_writer(path) as f:
         np.save(f, arr, allow_pickle=False)
 
+
 def _column_to_numpy(col: pa.ChunkedArray, shape: tuple[int, ...], dtype: np.dtype, where: str) -> np.ndarray:
     """A parquet column of scalars / (nested) fixed-size lists -> numpy [rows, *shape]."""
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
@@ -91,6 +93,58 @@ def _column_to_numpy(col: pa.ChunkedArray, shape: tuple[int, ...], dtype: np.dty
 
 def _segment_name(key: str, episode: int) -> str:
     return f"{key.replace('/', '_')}--ep{episode:06d}"
+
+
+def cache_key(meta: DatasetMeta) -> str:
+    """The name of a dataset's cache directory: its resolved directory name (a symlink to a dataset shares
+    its cache) and a hash of its path, info.json and the size and mtime of each data and video file (any
+    change to the files is a new cache)."""
+    root = meta.root
+    h = hashlib.sha1(f"policystack-loader-v{CACHE_VERSION}:{root.resolve()}".encode())
+    h.update((root / INFO_PATH).read_bytes())
+    files = list(meta.data_files())
+    for k in meta.video_keys:
+        files += sorted(dict.fromkeys(meta.episode_video(k, int(e))[0] for e in meta.episodes["episode_index"]))
+    for p in files:
+        st = p.stat() if p.is_file() else None
+        h.update(f"{p.relative_to(root)}:{st.st_size if st else -1}:{st.st_mtime_ns if st else -1}".encode())
+    return f"{root.resolve().name}-{h.hexdigest()[:16]}"
+
+
+def link_cached_segments(src: DatasetMeta, dst: DatasetMeta, episode_offset: int,
+                         cache_dir: str | Path | None = None) -> int:
+    """Hard-link the frame segments cached for ``src``'s episodes (decoded frames and frame-transform
+    outputs, e.g. frozen-encoder features) into ``dst``'s cache as episode + ``episode_offset``.
+
+    For a dataset made of ``src``'s episodes with the same videos (``dataset merge``), so that it starts
+    with the cache ``src`` had instead of decoding and encoding every frame again. Returns the number of
+    segments linked (0 where ``src`` has no cache); names ``dst`` already has are left alone.
+    """
+    root = Path(cache_dir) if cache_dir not in (None, True) else DEFAULT_CACHE_DIR
+    src_frames, dst_frames = root / cache_key(src) / "frames", root / cache_key(dst) / "frames"
+    if not src_frames.is_dir():
+        return 0
+    prefixes = {_segment_name(k, 0).rsplit("--", 1)[0]: k for k in src.camera_keys}
+    n = 0
+    for path in src_frames.glob("*--ep*.npy"):
+        if path.name.startswith("."):  # a temporary file of a write in progress
+            continue
+        head, rest = path.name.split("--ep", 1)
+        if head not in prefixes or len(rest) < 6 or not rest[:6].isdigit():
+            continue
+        target = dst_frames / f"{head}--ep{int(rest[:6]) + episode_offset:06d}{rest[6:]}"
+        if target.exists():
+            continue
+        dst_frames.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, target)
+        except FileExistsError:
+            continue
+        except OSError:  # another file system: copy (atomically: a reader never maps half a file)
+            with open(path, "rb") as f, atomic_writer(target) as out:
+                shutil.copyfileobj(f, out)
+        n += 1
+    return n
 
 
 def _in_worker() -> bool:
@@ -292,15 +346,7 @@ class WindowedDataset(torch.utils.data.Dataset):
         return out
 
     def _cache_key(self) -> str:
-        h = hashlib.sha1(f"policystack-loader-v{CACHE_VERSION}:{self.root.resolve()}".encode())
-        h.update((self.root / INFO_PATH).read_bytes())
-        files = list(self.meta.data_files())
-        for k in self.meta.video_keys:
-            files += sorted(dict.fromkeys(self.meta.episode_video(k, int(e))[0] for e in self.meta.episodes["episode_index"]))
-        for p in files:
-            st = p.stat() if p.is_file() else None
-            h.update(f"{p.relative_to(self.root)}:{st.st_size if st else -1}:{st.st_mtime_ns if st else -1}".encode())
-        return f"{self.root.resolve().name}-{h.hexdigest()[:16]}"  # a symlink to a dataset shares its cache
+        return cache_key(self.meta)
 
     def _column_path(self, key: str) -> Path:
         return self.cache_dir / "columns" / f"{key}.npy"

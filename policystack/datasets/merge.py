@@ -16,6 +16,9 @@ normalisation statistics, its episode sampling and its instruction vocabulary co
   computed from the rewritten files, and each episode's own statistics of them shifted to match.
 - The sources must agree on fps, on every feature (dtype, shape, names, video codec, how each
   camera was made) and on robot_type; a mismatch is a ``DataError`` naming both datasets and the key.
+- The loader's cache of each source (decoded frames, frozen-encoder features) is hard-linked into the
+  merged dataset's cache (``loader.link_cached_segments``): the same videos give the same frames, so a
+  model trained on the merge does not decode and encode everything again.
 - Crash-safe: everything is written into a hidden directory beside ``DST`` that is renamed to
   ``DST`` when complete, so ``DST`` is either absent or a whole dataset.
 """
@@ -32,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
+from policystack.datasets.loader import link_cached_segments
 from policystack.datasets.meta import (
     CHUNKS_SIZE,
     DATA_PATH,
@@ -57,8 +61,8 @@ from policystack.types import EPISODE_INDEX, INDEX, TASK_INDEX, DataError, camer
 RENUMBERED = (EPISODE_INDEX, INDEX, TASK_INDEX)  # the columns a merge rewrites
 
 
-def merge_datasets(sources: list[str | Path], out: str | Path, link: bool = True,
-                   progress: bool = True) -> DatasetMeta:
+def merge_datasets(sources: list[str | Path], out: str | Path, link: bool = True, progress: bool = True,
+                   cache_dir: str | Path | None = None) -> DatasetMeta:
     """Write the episodes of ``sources`` (in that order) as one new dataset at ``out``.
 
     Args:
@@ -66,6 +70,9 @@ def merge_datasets(sources: list[str | Path], out: str | Path, link: bool = True
         out: the new dataset's directory; must not exist (or be an empty directory).
         link: hard-link the video files (True) or copy them.
         progress: show a bar over the episodes.
+        cache_dir: the loader's cache root (default: its default, ``$POLICYSTACK_CACHE/loader``): what it
+            holds for the sources (decoded frames, frozen-encoder features) is hard-linked into the
+            merged dataset's cache, so training on it does not decode and encode every frame again.
     Returns:
         The merged dataset's metadata, as loaded back from ``out``.
     """
@@ -107,7 +114,14 @@ def merge_datasets(sources: list[str | Path], out: str | Path, link: bool = True
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    return DatasetMeta.load(out)
+    merged = DatasetMeta.load(out)
+    offset = linked = 0
+    for m in metas:
+        linked += link_cached_segments(m, merged, offset, cache_dir)
+        offset += m.total_episodes
+    if linked and progress:
+        print(f"dataset merge: {linked} cached frame segments of the sources linked into the merged dataset's cache")
+    return merged
 
 
 def _check_compatible(metas: list[DatasetMeta]) -> None:
