@@ -60,3 +60,17 @@ def write_episodes(w, episodes) -> None:
         for i in range(length(ep)):
             w.add_frame(frame(ep, i))
         assert w.save_episode() == ep
+
+
+class MeanColour:
+    """A frame transform for the loader (``frame_transforms``): per-frame channel means, float16
+    [L, 3, 1, 1]; counts its calls."""
+
+    cache_id = "mean-colour-v1"
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        return frames.astype(np.float32).mean((2, 3), keepdims=True).astype(np.float16)

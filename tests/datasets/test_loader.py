@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from _lerobot_fixtures import EPISODE_LENGTHS, FPS, IMAGE_KEY, TASKS, VIDEO_KEY
+from _writer_data import MeanColour
 
 from policystack.datasets.loader import FrameCache, WindowedDataset, collate_windows
 from policystack.types import DataError
@@ -299,22 +300,9 @@ def test_string_feature(tmp_path):
 
 
 # --- frame transforms (cached image features) --------------------------------------------------
-class _MeanColour:
-    """A frame transform: per-frame channel means, float16 [L, 3, 1, 1]; counts its calls."""
-
-    cache_id = "mean-colour-v1"
-
-    def __init__(self):
-        self.calls = 0
-
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
-        self.calls += 1
-        return frames.astype(np.float32).mean((2, 3), keepdims=True).astype(np.float16)
-
-
 @pytest.mark.parametrize("cache", ["disk", "memory"])
 def test_frame_transforms_replace_frames_and_are_computed_once_per_episode(lerobot_root, tmp_path, cache):
-    fn = _MeanColour()
+    fn = MeanColour()
     cache_dir = tmp_path if cache == "disk" else False
     plain = WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=cache_dir)
     ds = WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=cache_dir, frame_transforms={VIDEO_KEY: fn})
@@ -330,7 +318,7 @@ def test_frame_transforms_replace_frames_and_are_computed_once_per_episode(lerob
     ds.warm_cache()
     assert fn.calls == len(EPISODE_LENGTHS) and ds.warm_cache() == 0  # every episode once, then cached
     if cache == "disk":  # a new dataset object finds the transformed segments on disk
-        fresh = _MeanColour()
+        fresh = MeanColour()
         again = WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=tmp_path, frame_transforms={VIDEO_KEY: fresh})
         assert again.warm_cache() == 0 and fresh.calls == 0
         assert torch.equal(again.get_batch(idx)[VIDEO_KEY], got[VIDEO_KEY])
@@ -339,14 +327,14 @@ def test_frame_transforms_replace_frames_and_are_computed_once_per_episode(lerob
 def test_warm_cache_with_worker_processes_builds_every_segment_once(lerobot_root, tmp_path):
     """workers=2 builds the segments in two other processes (the parent's transform is never called)
     into the shared on-disk cache: a fresh dataset finds all of them, equal to what one process builds."""
-    fn = _MeanColour()
+    fn = MeanColour()
     ds = WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=tmp_path / "two", frame_transforms={VIDEO_KEY: fn})
     todo = ds.uncached_frames()[0]
     assert todo >= len(EPISODE_LENGTHS) and ds.warm_cache(workers=2) == todo and fn.calls == 0
-    fresh = _MeanColour()
+    fresh = MeanColour()
     again = WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=tmp_path / "two", frame_transforms={VIDEO_KEY: fresh})
     assert again.uncached_frames() == (0, 0, 0) and again.warm_cache(workers=2) == 0
-    one = WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=tmp_path / "one", frame_transforms={VIDEO_KEY: _MeanColour()})
+    one = WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=tmp_path / "one", frame_transforms={VIDEO_KEY: MeanColour()})
     assert one.warm_cache() == todo
     idx = edge_and_random_indices()
     assert torch.equal(again.get_batch(idx)[VIDEO_KEY], one.get_batch(idx)[VIDEO_KEY]) and fresh.calls == 0
@@ -365,6 +353,6 @@ def test_a_dataset_reached_through_a_symlink_shares_its_cache(lerobot_root, tmp_
 def test_frame_transforms_are_checked(lerobot_root, tmp_path):
     with pytest.raises(KeyError, match="not a camera"):
         WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=tmp_path,
-                        frame_transforms={"observation.state": _MeanColour()})
+                        frame_transforms={"observation.state": MeanColour()})
     with pytest.raises(TypeError, match="cache_id"):
         WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=tmp_path, frame_transforms={VIDEO_KEY: len})

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 import pytest
-from _writer_data import FEATURES, FPS, frame, length, write_episodes
+from _writer_data import FEATURES, FPS, MeanColour, frame, length, write_episodes
 
 from policystack.datasets.commands import main as dataset_main
 from policystack.datasets.loader import WindowedDataset
@@ -137,29 +137,16 @@ def test_cli_merges_and_reports_bad_input_in_one_line(ours_ds, other_ds, tmp_pat
     assert err.startswith("policystack dataset merge: error:") and "missing: dataset directory not found" in err
 
 
-class _MeanColour:
-    """A frame transform (channel means per frame); counts its calls."""
-
-    cache_id = "mean-colour-v1"
-
-    def __init__(self):
-        self.calls = 0
-
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
-        self.calls += 1
-        return frames.astype(np.float32).mean((2, 3), keepdims=True).astype(np.float16)
-
-
 def test_the_sources_cached_features_carry_over_to_the_merged_dataset(ours_ds, other_ds, tmp_path):
     cache, cams = tmp_path / "cache", ["observation.images.front", "observation.images.wrist"]
     want = []
     for src in (ours_ds, other_ds):
-        fn = _MeanColour()
+        fn = MeanColour()
         ds = WindowedDataset(src, cache_dir=cache, frame_transforms={k: fn for k in cams})
         assert ds.warm_cache() == 3 * DatasetMeta.load(src).total_episodes  # the PNG camera too, decoded
         want += [{k: ds[i][k].numpy() for k in cams} for i in range(len(ds))]
     merge_datasets([ours_ds, other_ds], tmp_path / "merged", progress=False, cache_dir=cache)
-    fn = _MeanColour()
+    fn = MeanColour()
     merged = WindowedDataset(tmp_path / "merged", cache_dir=cache, frame_transforms={k: fn for k in cams})
     assert merged.warm_cache() == 0  # every segment found: nothing decoded or encoded again
     got = [{k: merged[i][k].numpy() for k in cams} for i in range(len(merged))]
