@@ -15,8 +15,7 @@ A action dims, H horizon, E instruction-embedding size):
     -> the last frame's H*A action tokens -> Linear -> logits [H, A, 256]
 
 Training: cross-entropy of those logits against the actions normalised to [-1, 1] and binned
-(``tokenizers.UniformActionTokenizer``), padded actions masked out; with ``label_sigma_bins`` > 0 (not
-in RT-1) against HL-Gauss soft targets around the true action instead of its one bin. Inference: argmax -> bin centre
+(``tokenizers.UniformActionTokenizer``), padded actions masked out. Inference: argmax -> bin centre
 -> unnormalise. No action token sees a ground-truth action or another action token, so all A
 dimensions come out of one forward pass.
 
@@ -139,9 +138,6 @@ class RT1Config(PolicyConfig):
 
     # --- action tokens ---
     n_bins: int = 256  # bins per action dimension (RT-1: 256)
-    # 0: RT-1's one-hot cross-entropy. > 0: HL-Gauss soft targets (not in RT-1): a Gaussian of this many
-    # bins' width around the true action (tokenizers.soft_targets), so a near miss costs less than a far one
-    label_sigma_bins: float = 0.0
 
     def __post_init__(self):
         super().__post_init__()
@@ -172,8 +168,6 @@ class RT1Config(PolicyConfig):
                              f"{self.backbone_width}/{self.backbone_depth}")
         if self.n_bins < 2:
             raise ValueError(f"{name}.n_bins must be >= 2, got {self.n_bins}")
-        if self.label_sigma_bins < 0:
-            raise ValueError(f"{name}.label_sigma_bins must be >= 0 (0 = one-hot targets), got {self.label_sigma_bins}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"{name}.dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.random_shift < 0.5:
@@ -328,8 +322,7 @@ class RT1Policy(Policy):
 
     # --- training -------------------------------------------------------------------------------
     def compute_loss(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
-        """Cross-entropy over the 256 bins of every action dimension (one-hot or HL-Gauss targets),
-        padded actions masked."""
+        """Cross-entropy over the 256 bins of every action dimension, padded actions masked."""
         for key in (*self.camera_keys, ACTION, TASK) + ((OBS_STATE,) if self.config.use_state else ()):
             if key not in batch:
                 raise KeyError(f"RT1Policy.compute_loss: the batch has no {key!r}; got {sorted(batch)}")
@@ -342,13 +335,8 @@ class RT1Policy(Policy):
         if action.shape[1:] != (self.config.horizon, self.action_dim):
             raise ValueError(f"batch['action'] has shape {tuple(action.shape)}; expected [B, {self.config.horizon}, "
                              f"{self.action_dim}] (horizon from RT1Config)")
-        normalized = self.normalizer.normalize(ACTION, action).clamp(-1.0, 1.0)
-        target = self.action_tokenizer.encode(normalized)  # [B, H, A]
-        if self.config.label_sigma_bins > 0:
-            soft = self.action_tokenizer.soft_targets(normalized, self.config.label_sigma_bins)  # [B, H, A, n_bins]
-            ce = -(soft * F.log_softmax(logits, dim=-1)).sum(-1)  # [B, H, A]
-        else:
-            ce = F.cross_entropy(logits.flatten(0, 2), target.flatten(), reduction="none").view_as(target)
+        target = self.action_tokenizer.encode(self.normalizer.normalize(ACTION, action).clamp(-1.0, 1.0))
+        ce = F.cross_entropy(logits.flatten(0, 2), target.flatten(), reduction="none").view_as(target)  # [B, H, A]
         pad = batch.get(ACTION + PAD_SUFFIX)
         valid = (~pad.to(logits.device)).float()[:, :, None] if pad is not None else torch.ones_like(ce[..., :1])
         n_valid = (valid.sum() * self.action_dim).clamp(min=1.0)

@@ -56,27 +56,6 @@ class UniformActionTokenizer:
         ids = torch.floor((x.float() - self.low) / self.bin_width)
         return ids.clamp_(0, self.n_bins - 1).long()
 
-    def soft_targets(self, x: Tensor, sigma_bins: float) -> Tensor:
-        """HL-Gauss targets (Imani & White 2018; Farebrother et al. 2024, "Stop Regressing"): the mass of
-        N(x, (sigma_bins * bin_width)^2) in each bin, renormalised over [low, high].
-
-        Cross-entropy against these instead of the one-hot ``encode(x)`` tells a classifier that the
-        neighbouring bins are nearly right, so it learns an ordered quantity from fewer samples.
-
-        Args:
-            x: continuous values (any shape, float); sigma_bins: the Gaussian's width in bins (> 0).
-        Returns:
-            float32 [*x.shape, n_bins], each row summing to 1.
-        """
-        if not sigma_bins > 0:
-            raise ValueError(f"UniformActionTokenizer.soft_targets: sigma_bins must be > 0, got {sigma_bins!r}")
-        self.encode(x)  # the same dtype and finiteness checks
-        edges = self.low + torch.arange(self.n_bins + 1, device=x.device, dtype=torch.float32) * self.bin_width
-        z = (edges - x.float().clamp(self.low, self.high)[..., None]) / (sigma_bins * self.bin_width * math.sqrt(2.0))
-        cdf = 0.5 * (1.0 + torch.erf(z))  # [*x.shape, n_bins + 1]
-        mass = cdf[..., 1:] - cdf[..., :-1]
-        return mass / mass.sum(-1, keepdim=True)
-
     def decode(self, ids: Tensor) -> Tensor:
         """int bin ids (any shape) -> float32 bin centres of the same shape."""
         if torch.is_floating_point(ids):

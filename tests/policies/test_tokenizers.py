@@ -57,22 +57,3 @@ def test_token_block_maps_bins_onto_consecutive_vocabulary_ids_and_back():
         block.to_vocab(torch.tensor([0.5]))
     with pytest.raises(ValueError, match="size >= 1"):
         TokenBlock(start=0, size=0)
-
-
-def test_soft_targets_are_a_distribution_peaked_on_the_true_bin_and_ordered():
-    tok = UniformActionTokenizer(16, -1.0, 1.0)
-    x = torch.tensor([[-1.0, -0.33, 0.01, 0.51, 1.0]])
-    p = tok.soft_targets(x, 1.5)
-    assert p.shape == (1, 5, 16) and p.dtype == torch.float32
-    torch.testing.assert_close(p.sum(-1), torch.ones(1, 5))
-    assert (p.argmax(-1) == tok.encode(x)).all()  # the most mass where one-hot puts all of it
-    row = p[0, 3]  # x = 0.51, bin 12: mass falls off with distance on both sides
-    assert (row[12:].diff() < 0).all() and (row[:13].diff() >= 0).all() and (row[8:13].diff() > 0).all()
-    # wider sigma spreads the mass; a tiny one is the one-hot target
-    assert tok.soft_targets(x, 4.0).max(-1).values.lt(p.max(-1).values).all()
-    torch.testing.assert_close(tok.soft_targets(torch.tensor([0.51]), 0.01)[0],
-                               torch.nn.functional.one_hot(torch.tensor(12), 16).float(), atol=1e-4, rtol=0)
-    with pytest.raises(ValueError, match="sigma_bins must be > 0, got 0"):
-        tok.soft_targets(x, 0)
-    with pytest.raises(ValueError, match="NaN or inf"):
-        tok.soft_targets(torch.tensor([float("inf")]), 1.0)
