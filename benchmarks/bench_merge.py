@@ -33,7 +33,7 @@ os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section  # noqa: E402
-from bench_writer import make_frames, run  # noqa: E402
+from bench_writer import check_loads, make_frames, run  # noqa: E402
 
 
 def disk_bytes(root: Path) -> int:
@@ -61,14 +61,6 @@ def merge(kind: str, sources: list[Path], out: Path) -> float:
     else:
         merge_datasets(sources, out, link=kind == "ours (hard links)", progress=False)
     return time.perf_counter() - t0
-
-
-def check_loads(root: Path, n_frames: int) -> None:
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-
-    ds = LeRobotDataset("bench/check", root=root)
-    assert len(ds) == n_frames, (root, len(ds))
-    ds[n_frames - 1]
 
 
 def main(argv: list[str] | None = None) -> int:
