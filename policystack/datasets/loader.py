@@ -124,13 +124,13 @@ def link_cached_segments(src: DatasetMeta, dst: DatasetMeta, episode_offset: int
     src_frames, dst_frames = root / cache_key(src) / "frames", root / cache_key(dst) / "frames"
     if not src_frames.is_dir():
         return 0
-    prefixes = {_segment_name(k, 0).rsplit("--", 1)[0]: k for k in src.camera_keys}
+    cameras = {_segment_name(k, 0).rsplit("--", 1)[0] for k in src.camera_keys}
     n = 0
     for path in src_frames.glob("*--ep*.npy"):
         if path.name.startswith("."):  # a temporary file of a write in progress
             continue
         head, rest = path.name.split("--ep", 1)
-        if head not in prefixes or len(rest) < 6 or not rest[:6].isdigit():
+        if head not in cameras or len(rest) < 6 or not rest[:6].isdigit():
             continue
         target = dst_frames / f"{head}--ep{int(rest[:6]) + episode_offset:06d}{rest[6:]}"
         if target.exists():
@@ -306,7 +306,7 @@ class WindowedDataset(torch.utils.data.Dataset):
         if cache_dir is False:
             self.cache_dir: Path | None = None
         else:
-            self.cache_dir = Path(cache_dir if cache_dir not in (None, True) else DEFAULT_CACHE_DIR) / self._cache_key()
+            self.cache_dir = Path(cache_dir if cache_dir not in (None, True) else DEFAULT_CACHE_DIR) / cache_key(self.meta)
         if frame_cache_bytes < 0:
             raise ValueError(f"frame_cache_bytes must be >= 0, got {frame_cache_bytes}")
         self.frame_cache_bytes = frame_cache_bytes
@@ -344,9 +344,6 @@ class WindowedDataset(torch.utils.data.Dataset):
                 raise ValueError(f"delta for {k!r} must be a non-empty list of integer frame offsets, got {d!r}")
             out[k] = arr.astype(np.int64)
         return out
-
-    def _cache_key(self) -> str:
-        return cache_key(self.meta)
 
     def _column_path(self, key: str) -> Path:
         return self.cache_dir / "columns" / f"{key}.npy"
