@@ -6,7 +6,11 @@
   attention mask, L2-normalised (the model's own sentence-transformers pipeline: modules.json lists
   Transformer -> mean Pooling -> Normalize).
 - ``HashedNgramEncoder`` ("hashed"): a deterministic bag of hashed word uni/bigrams and character
-  trigrams, L2-normalised; no weights, microseconds per string; for tiny configs and tests.
+  trigrams, L2-normalised; no weights, microseconds per string; for tiny configs and tests. Blind to
+  roles: "stack the green cube on the red cube" and "stack the red cube on the green cube" have the
+  same n-grams, so the same embedding (kept as it is: trained checkpoints name it).
+- ``OrderedHashedEncoder`` ("hashed_ordered"): the same plus word trigrams and skip-bigrams (words two
+  apart), which tell such role-swapped instructions apart; what the presets use.
 
 Both are frozen, return float32 [B, dim] on the CPU and cache one embedding per distinct string (a
 robot repeats a handful of instructions). They are not ``nn.Module``s: a policy keeps one beside its
@@ -73,7 +77,10 @@ class HashedNgramEncoder(TextEncoder):
         words = re.findall(r"[a-z0-9]+", text.lower())
         feats = [f"w:{w}" for w in words] + [f"b:{a} {b}" for a, b in zip(words, words[1:])]
         padded = f" {' '.join(words)} "
-        return feats + [f"c:{padded[i:i + 3]}" for i in range(len(padded) - 2)]
+        return feats + [f"c:{padded[i:i + 3]}" for i in range(len(padded) - 2)] + self._order_features(words)
+
+    def _order_features(self, words: list[str]) -> list[str]:
+        return []
 
     def _encode_uncached(self, texts: list[str]) -> Tensor:
         out = torch.zeros(len(texts), self.dim)
@@ -82,6 +89,18 @@ class HashedNgramEncoder(TextEncoder):
                 h = int.from_bytes(hashlib.blake2b(feat.encode(), digest_size=8).digest(), "little")
                 out[row, h % self.dim] += 1.0 if (h >> 32) & 1 else -1.0
         return torch.nn.functional.normalize(out, dim=-1)
+
+
+class OrderedHashedEncoder(HashedNgramEncoder):
+    """``HashedNgramEncoder`` plus word trigrams and skip-bigrams (words two apart): the features that
+    change when two words swap places between the same neighbours ("the {a} cube on the {b} cube")."""
+
+    name = "hashed_ordered"
+
+    def _order_features(self, words: list[str]) -> list[str]:
+        order = ([f"t:{a} {b} {c}" for a, b, c in zip(words, words[1:], words[2:])]
+                 + [f"s:{a} _ {c}" for a, c in zip(words, words[2:])])
+        return order + order  # counted twice: a role swap moves the embedding as far as another word does
 
 
 class MiniLMEncoder(TextEncoder):
@@ -123,7 +142,8 @@ class MiniLMEncoder(TextEncoder):
         return torch.cat(out)
 
 
-TEXT_ENCODERS: dict[str, type[TextEncoder]] = {"minilm": MiniLMEncoder, "hashed": HashedNgramEncoder}
+TEXT_ENCODERS: dict[str, type[TextEncoder]] = {"minilm": MiniLMEncoder, "hashed": HashedNgramEncoder,
+                                               "hashed_ordered": OrderedHashedEncoder}
 
 
 @cache
@@ -148,7 +168,7 @@ def encode_instructions(name: str, tasks: Sequence[str] | str, batch_size: int,
 
 def text_encoder_dim(name: str) -> int:
     """Embedding size of encoder ``name`` without loading its weights."""
-    dims = {"minilm": 384, "hashed": 384}
+    dims = {"minilm": 384, "hashed": 384, "hashed_ordered": 384}
     if name not in dims:
         raise KeyError(f"unknown text encoder {name!r}; available: {sorted(TEXT_ENCODERS)}")
     return dims[name]

@@ -51,7 +51,7 @@ class BCConfig(PolicyConfig):
     conv_channels: tuple[int, ...] = (32, 64, 64)  # conv: stride-2 conv stages before the keypoint layer
     keypoints: int = 32  # spatial-softmax keypoints per camera (2 numbers each)
     random_shift: int = 4  # conv: pixels of random shift augmentation in training (0 = off)
-    # language: "hashed" (cheap n-gram hashing), "minilm" (sentence encoder, offline) or "none"
+    # language: "hashed" / "hashed_ordered" (cheap n-gram hashing), "minilm" (sentence encoder, offline) or "none"
     text_encoder: str = "hashed"
     task_dim: int = 64  # size of the instruction's projection fed to the head
     # head

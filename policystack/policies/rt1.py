@@ -101,7 +101,7 @@ class RT1Config(PolicyConfig):
         default_factory=lambda: {"observation.state": "mean_std", "action": "min_max"})
 
     # --- language ---
-    text_encoder: str = "hashed"  # "minilm" (all-MiniLM-L6-v2, offline) or "hashed" (cheap, for tiny tests)
+    text_encoder: str = "hashed"  # "minilm" (all-MiniLM-L6-v2, offline), "hashed" or "hashed_ordered" (cheap; perception/text.py)
 
     # --- image tokenizer ---
     # "lite0": frozen ImageNet EfficientNet-Lite0 trunk + FiLM'd conv head (features cached per dataset

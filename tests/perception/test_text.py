@@ -6,6 +6,7 @@ import torch
 from policystack.perception.text import (
     HashedNgramEncoder,
     MiniLMEncoder,
+    OrderedHashedEncoder,
     encode_instructions,
     make_text_encoder,
     text_encoder_dim,
@@ -26,6 +27,22 @@ def test_hashed_encoder_is_deterministic_normalised_and_similarity_aware():
     assert sim[0, 1] > sim[0, 2] + 0.3
     torch.testing.assert_close(HashedNgramEncoder(384).encode(texts), e)  # no process-salted hashing
     assert enc.encode([]).shape == (0, 384)
+
+
+def test_ordered_encoder_tells_role_swapped_instructions_apart():
+    # Stack's instructions name two cubes in two roles; the bag of uni/bigrams and character trigrams
+    # is the same for both orders, so "hashed" gives one embedding (RT-1 then picks the wrong cube half
+    # the time); "hashed_ordered" adds word trigrams and skip-bigrams
+    texts = ["stack the green cube on the red cube", "stack the red cube on the green cube",
+             "stack the blue cube on the red cube"]
+    torch.testing.assert_close(HashedNgramEncoder(384).encode(texts[:1]), HashedNgramEncoder(384).encode(texts[1:2]))
+    e = OrderedHashedEncoder(384).encode(texts)
+    torch.testing.assert_close(e.norm(dim=-1), torch.ones(3))
+    sim = _cos(e)
+    assert sim[0, 1] < 0.9  # the swap moves the embedding about as far as naming another cube does
+    assert sim[0, 1] < sim[0, 2] + 0.05
+    torch.testing.assert_close(OrderedHashedEncoder(384).encode(texts), e)  # deterministic
+    assert make_text_encoder("hashed_ordered").dim == text_encoder_dim("hashed_ordered") == 384
 
 
 def test_cache_holds_one_entry_per_string():
