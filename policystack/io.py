@@ -42,9 +42,11 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextmanager
-def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
+def atomic_writer(path: str | Path, durable: bool = True) -> Iterator[BinaryIO]:
     """Open a temporary file beside ``path`` for writing; on success it is fsync'd and renamed onto
-    ``path``, so a crash leaves either the old file or the new one, never a half-written one."""
+    ``path``, so a crash leaves either the old file or the new one, never a half-written one.
+    ``durable=False`` skips the fsyncs (a cache that can be rebuilt: after a power loss a reader may
+    find a short file, which it must treat as absent; a process crash still leaves no partial file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -52,12 +54,14 @@ def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -68,8 +68,8 @@ def _torch_dtype_like_lerobot(dtype: str) -> np.dtype:
     return np.dtype(np.int64)
 
 
-def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    with atomic_writer(path) as f:
+def _atomic_save_npy(path: Path, arr: np.ndarray, durable: bool = True) -> None:
+    with atomic_writer(path, durable) as f:
         np.save(f, arr, allow_pickle=False)
 
 
@@ -184,8 +184,8 @@ class FrameCache:
         try:
             arr = np.load(path, mmap_mode="r")
             os.utime(path)  # mark as recently used for eviction
-        except (FileNotFoundError, ValueError, OSError):
-            return None  # absent, evicted or half-written by a crashed process: decode again
+        except (FileNotFoundError, ValueError, EOFError, OSError):
+            return None  # absent, evicted, or cut short by a power loss (not fsync'd): decode again
         self._remember(name, arr)
         return arr
 
@@ -197,7 +197,7 @@ class FrameCache:
             return arr
         self._evict_files(arr.nbytes)
         path = self.directory / f"{name}.npy"
-        _atomic_save_npy(path, arr)
+        _atomic_save_npy(path, arr, durable=False)  # not fsync'd: get() treats a short file as absent
         size = path.stat().st_size
         self._disk_bytes = (self._disk_bytes or 0) + size
         self._since_scan += size
@@ -479,11 +479,13 @@ class WindowedDataset(torch.utils.data.Dataset):
         name = self._cache_name(key, int(self._ensure_open()[EPISODE_INDEX][ep_from]))
         seg = cache.get(name)
         if seg is None:
-            seg = cache.put(name, np.ascontiguousarray(fn(self._frames_of(key, ep_from))))
+            # the decoded frames are not kept: the features are what training reads
+            seg = cache.put(name, np.ascontiguousarray(fn(self._frames_of(key, ep_from, keep=False))))
         return seg
 
-    def _frames_of(self, key: str, ep_from: int) -> np.ndarray:
-        """uint8 [L, 3, H, W]: the decoded frames of ``key`` for the episode starting at ep_from."""
+    def _frames_of(self, key: str, ep_from: int, keep: bool = True) -> np.ndarray:
+        """uint8 [L, 3, H, W]: the decoded frames of ``key`` for the episode starting at ep_from (kept in
+        the frame cache unless ``keep`` is false)."""
         cols = self._ensure_open()
         ep = int(cols[EPISODE_INDEX][ep_from])
         cache = self._frame_cache()
@@ -503,7 +505,7 @@ class WindowedDataset(torch.utils.data.Dataset):
         if seg.shape[1:] != expected:
             raise DataError(f"{self.root}: camera {key!r} episode {ep}: decoded frames are {list(seg.shape[1:])}, "
                             f"info.json says {list(expected)} (CHW)")
-        return cache.put(name, seg)
+        return cache.put(name, seg) if keep else seg
 
     def _decode_pngs(self, key: str, start: int, stop: int) -> np.ndarray:
         from PIL import Image

@@ -183,16 +183,46 @@ class FeatureTransform:
         # happens to the policy's encoder afterwards (sharded into DTensors by strategy=fsdp, moved)
         self.encoder, self.batch_size = copy.deepcopy(encoder), batch_size
         self.cache_id = encoder.cache_id
+        # inference only: BatchNorm folded into the convolutions, channels-last (~2x faster on CPU; the
+        # features differ from the unfolded trunk's by float rounding, ~1e-6 relative, below float16's)
+        self.encoder.trunk = fold_batchnorm(self.encoder.trunk).to(memory_format=torch.channels_last)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        # identical frames (a still scene, e.g. the examples of one vision-language scene) are encoded once
-        unique, inverse = np.unique(np.asarray(frames).reshape(len(frames), -1), axis=0, return_inverse=True)
-        unique = unique.reshape(len(unique), *frames.shape[1:])
+        # identical frames (a still scene, e.g. the examples of one vision-language scene) are encoded once;
+        # by their bytes: np.unique(axis=0) sorts rows as structured records, ~6x the cost of the encoder
+        frames = np.ascontiguousarray(frames)
+        index: dict[bytes, int] = {}
+        inverse = np.array([index.setdefault(f.tobytes(), len(index)) for f in frames], dtype=np.int64)
+        unique = frames[np.unique(inverse, return_index=True)[1]]
         out = []
         with torch.no_grad():
             for i in range(0, len(unique), self.batch_size):
                 out.append(self.encoder(torch.from_numpy(np.array(unique[i:i + self.batch_size]))))
-        return torch.cat(out).to(torch.float16).numpy()[inverse.reshape(-1)]
+        return torch.cat(out).to(torch.float16).numpy()[inverse]
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` for inference with every eval-mode BatchNorm that directly follows a
+    convolution (as siblings, in definition order) folded into that convolution's weight and bias; a
+    BatchNorm with an activation (timm's ``BatchNormAct2d``) leaves the activation in its place."""
+    from timm.layers import BatchNormAct2d
+
+    module = copy.deepcopy(module).eval()
+    for parent in list(module.modules()):
+        names = list(parent._modules)
+        for a, b in zip(names, names[1:]):
+            conv, bn = parent._modules[a], parent._modules[b]
+            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats
+                    and conv.out_channels == bn.num_features):
+                continue
+            with torch.no_grad():
+                scale = (bn.weight if bn.affine else torch.ones_like(bn.running_var)) / torch.sqrt(bn.running_var + bn.eps)
+                shift = (bn.bias if bn.affine else torch.zeros_like(bn.running_mean)) - bn.running_mean * scale
+                conv.weight.mul_(scale.view(-1, 1, 1, 1))
+                bias = shift if conv.bias is None else conv.bias * scale + shift
+                conv.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+            parent._modules[b] = nn.Sequential(bn.drop, bn.act) if isinstance(bn, BatchNormAct2d) else nn.Identity()
+    return module
 
 
 def round_like_cache(features: Tensor) -> Tensor:

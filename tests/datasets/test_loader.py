@@ -205,6 +205,18 @@ def test_frame_cache_scans_its_directory_rarely(tmp_path, monkeypatch):
     assert len(scans) == 20
 
 
+def test_frame_cache_treats_a_cut_short_file_as_absent(tmp_path):
+    """Cache files are not fsync'd: after a power loss one may be empty or short; get() says absent."""
+    (tmp_path / "c").mkdir()
+    cache = FrameCache(tmp_path / "c", max_bytes=1 << 20)
+    cache.put("a", np.ones((4, 3, 8, 8), np.uint8))
+    assert FrameCache(tmp_path / "c", max_bytes=1 << 20).get("a").sum() == 4 * 3 * 8 * 8
+    data = (tmp_path / "c" / "a.npy").read_bytes()
+    for cut in (b"", data[:200]):
+        (tmp_path / "c" / "a.npy").write_bytes(cut)
+        assert FrameCache(tmp_path / "c", max_bytes=1 << 20).get("a") is None
+
+
 # --- bad input --------------------------------------------------------------------------------
 @pytest.fixture
 def broken_copy(lerobot_root, tmp_path) -> Path:

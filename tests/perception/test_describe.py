@@ -92,7 +92,8 @@ def test_cached_lite0_maps_give_what_frames_give(describer):
     maps = {k: describer.image_encoder.frame_transform()(v.numpy()) for k, v in images.items()}
     a = describer.image_tokens(images)
     b = describer.image_tokens({k: torch.from_numpy(m) for k, m in maps.items()})
-    torch.testing.assert_close(a, b)
+    # the cache runs a BatchNorm-folded trunk: a feature may round to the neighbouring float16 step
+    torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-3)
 
 
 def test_save_and_load_give_the_same_probabilities(describer, tmp_path):

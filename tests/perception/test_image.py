@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from policystack.perception.image import (
     PretrainedImageEncoder,
+    fold_batchnorm,
     lite0_weights_path,
     load_lite0_state_dict,
     round_like_cache,
@@ -61,6 +62,31 @@ def test_feature_transform_matches_live_features_after_rounding():
     order = [3, 0, 3, 1, 3]
     torch.testing.assert_close(torch.from_numpy(enc.frame_transform(batch_size=2)(frames[order])).float(),
                                torch.from_numpy(cached[order]).float(), rtol=2e-3, atol=2e-3)
+
+
+def test_fold_batchnorm_keeps_the_function():
+    """The feature cache runs a copy with BatchNorm folded into the convolutions: same outputs, no
+    BatchNorm left, the original untouched; a BatchNorm that follows no convolution stays."""
+    from timm.layers import BatchNormAct2d
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, bias=False), BatchNormAct2d(8, act_layer=torch.nn.ReLU6),
+                              torch.nn.Conv2d(8, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.BatchNorm2d(4))
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 2)
+            m.bias.data.uniform_(-1, 1)
+    net.eval()
+    x = torch.randn(2, 3, 9, 9)
+    folded = fold_batchnorm(net)
+    torch.testing.assert_close(folded(x), net(x), rtol=1e-5, atol=1e-5)
+    assert [type(m).__name__ for m in folded] == ["Conv2d", "Sequential", "Conv2d", "Identity", "BatchNorm2d"]
+    assert isinstance(net[1], BatchNormAct2d)  # a copy was folded
+    enc = PretrainedImageEncoder("lite0", stages=3, image_size=96)
+    frames = torch.randint(0, 256, (3, 3, 96, 96), dtype=torch.uint8)
+    with torch.no_grad():
+        fast = fold_batchnorm(enc.trunk)(enc.preprocess(frames))
+    torch.testing.assert_close(fast, enc(frames), rtol=1e-4, atol=1e-4)
 
 
 def test_bad_arguments():

@@ -66,7 +66,7 @@ def load_preset(name):
 def test_config_validation_messages():
     with pytest.raises(ValueError, match="RT-1 bins actions over \\[-1, 1\\].*'min_max', 'quantile'"):
         RT1Config(normalization={"action": "mean_std"})
-    with pytest.raises(ValueError, match="text_encoder is 'use'; choose one of \\['hashed', 'minilm'\\]"):
+    with pytest.raises(ValueError, match="text_encoder is 'use'; choose one of \\['hashed', 'hashed_ordered', 'minilm'\\]"):
         RT1Config(text_encoder="use")
     with pytest.raises(ValueError, match="tokens_per_image=20 exceeds the 4x4 feature map"):
         RT1Config(backbone="efficientnet", image_size=64, backbone_stages=4, tokens_per_image=20)
