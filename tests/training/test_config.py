@@ -113,7 +113,7 @@ def test_cli_prints_the_composed_config(capsys):
 
 def test_a_preset_recipe_applies_unless_the_command_line_sets_the_key(capsys):
     cfg = load_config(["policy=rt1"])  # RT-1 tiny's known-good recipe comes with its preset
-    assert cfg.optim.lr == 1e-3 and cfg.policy["n_obs_steps"] == 2 and "recipe" not in cfg.policy
+    assert cfg.optim.lr == 1e-3 and cfg.policy["n_obs_steps"] == 1 and cfg.steps == 6500 and "recipe" not in cfg.policy
     assert cfg.recipe["optim"]["lr"] == 1e-3 and cfg.recipe["batch_size"] == 128
     cfg = load_config(["policy=rt1", "optim.lr=3e-4", "batch_size=8"])  # the command line wins
     assert cfg.optim.lr == 3e-4 and cfg.batch_size == 8
@@ -131,7 +131,7 @@ def test_a_preset_recipe_applies_unless_the_command_line_sets_the_key(capsys):
         load_config(["policy=rt1", "policy.recipe.steps=many"])
     assert train_main(["--cfg", "policy=rt1", "optim.warmup_steps=7"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("# preset recipe: optim.lr=0.001, optim.weight_decay=0.0001, steps=3000, batch_size=128")
+    assert out.startswith("# preset recipe: optim.lr=0.001, optim.weight_decay=0.0001, steps=6500, batch_size=128")
     assert "warmup_steps: 7" in out and "recipe:\n  optim:\n    lr: 0.001" in out
 
 
