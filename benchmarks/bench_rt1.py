@@ -43,7 +43,7 @@ TASK = "pick up the red block and put it in the bowl"
 
 def rt1_policy(preset: str, cams: tuple[str, ...]) -> RT1Policy:
     _, cfg, _ = load_preset(preset)
-    cfg = dataclasses.replace(cfg, n_obs_steps=6)  # RT-1's history in every row (the tiny preset trains with 2)
+    cfg = dataclasses.replace(cfg, n_obs_steps=6)  # RT-1's history in every row (the tiny preset trains with 1)
     features = {"action": Feature("float32", (A,)), "observation.state": Feature("float32", (D,))}
     features.update({f"observation.images.{c}": Feature("video", (SIZE, SIZE, 3)) for c in cams})
     stats = {"observation.state": {"mean": np.zeros(D), "std": np.ones(D)},
