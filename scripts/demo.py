@@ -7,7 +7,7 @@ and the instruction, evaluate it.
     4. policystack eval     ... swap_instruction=true   (images only: does the arm follow the words?)
     5. prints the success rate with its Wilson 95% interval and where the report and videos are.
 
-``--inputs images`` (default, ~20 minutes on 2 cores): the front and wrist cameras, the instruction
+``--inputs images`` (default, ~10 minutes on 2 cores): the front and wrist cameras, the instruction
 and the arm's joints -- what a real robot has. bc's preset puts an instruction-FiLM'd head on a
 frozen ImageNet EfficientNet-Lite0 whose features are computed once per dataset frame; on Reach
 the instruction names one of three balls that differ only in colour, so the swap eval (the same
