@@ -203,25 +203,20 @@ class FeatureTransform:
 
 def fold_batchnorm(module: nn.Module) -> nn.Module:
     """A copy of ``module`` for inference with every eval-mode BatchNorm that directly follows a
-    convolution (as siblings, in definition order) folded into that convolution's weight and bias; a
-    BatchNorm with an activation (timm's ``BatchNormAct2d``) leaves the activation in its place."""
+    convolution (as siblings, in definition order) folded into that convolution (torch's
+    ``fuse_conv_bn_eval``); a BatchNorm with an activation (timm's ``BatchNormAct2d``) leaves the
+    activation in its place."""
     from timm.layers import BatchNormAct2d
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     module = copy.deepcopy(module).eval()
     for parent in list(module.modules()):
         names = list(parent._modules)
         for a, b in zip(names, names[1:]):
             conv, bn = parent._modules[a], parent._modules[b]
-            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats
-                    and conv.out_channels == bn.num_features):
-                continue
-            with torch.no_grad():
-                scale = (bn.weight if bn.affine else torch.ones_like(bn.running_var)) / torch.sqrt(bn.running_var + bn.eps)
-                shift = (bn.bias if bn.affine else torch.zeros_like(bn.running_mean)) - bn.running_mean * scale
-                conv.weight.mul_(scale.view(-1, 1, 1, 1))
-                bias = shift if conv.bias is None else conv.bias * scale + shift
-                conv.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
-            parent._modules[b] = nn.Sequential(bn.drop, bn.act) if isinstance(bn, BatchNormAct2d) else nn.Identity()
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
+                parent._modules[a] = fuse_conv_bn_eval(conv, bn).requires_grad_(False)
+                parent._modules[b] = nn.Sequential(bn.drop, bn.act) if isinstance(bn, BatchNormAct2d) else nn.Identity()
     return module
 
 
