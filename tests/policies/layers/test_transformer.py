@@ -14,7 +14,9 @@ def test_masked_tokens_do_not_influence_outputs():
     y = net(x, causal)
     assert y.shape == (2, 5, 16)
     x2 = x.clone()
-    x2[:, 3:] += 10.0  # change the future
+    # change the future (new content: a uniform shift of a token's features is invisible through the
+    # pre-norms and the final LayerNorm, so `+= 10` only differed by float rounding, and on some CPUs not)
+    x2[:, 3:] = torch.randn(2, 2, 16)
     y2 = net(x2, causal)
     torch.testing.assert_close(y2[:, :3], y[:, :3])
     assert not torch.allclose(y2[:, 3:], y[:, 3:])
