@@ -336,6 +336,17 @@ def test_frame_transforms_replace_frames_and_are_computed_once_per_episode(lerob
         assert torch.equal(again.get_batch(idx)[VIDEO_KEY], got[VIDEO_KEY])
 
 
+def test_a_transformed_camera_caches_its_transform_not_its_decoded_frames(lerobot_root, tmp_path):
+    """Training reads the transform (e.g. frozen-encoder features): the decoded frames, 1 GB per 2000
+    Reach demos, are not written beside it."""
+    ds = WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=tmp_path, frame_transforms={VIDEO_KEY: MeanColour()})
+    assert ds.warm_cache() == 2 * len(EPISODE_LENGTHS)  # the transformed camera and the plain one (IMAGE_KEY)
+    camera = VIDEO_KEY.replace("/", "_") + "--ep"
+    names = sorted(p.name for p in (ds.cache_dir / "frames").glob(camera + "*.npy"))
+    suffix = f".{MeanColour().cache_id}.npy"
+    assert len(names) == len(EPISODE_LENGTHS) and all(n.endswith(suffix) for n in names), names
+
+
 def test_warm_cache_with_worker_processes_builds_every_segment_once(lerobot_root, tmp_path):
     """workers=2 builds the segments in two other processes (the parent's transform is never called)
     into the shared on-disk cache: a fresh dataset finds all of them, equal to what one process builds."""
