@@ -10,7 +10,7 @@
   roles: "stack the green cube on the red cube" and "stack the red cube on the green cube" have the
   same n-grams, so the same embedding (kept as it is: trained checkpoints name it).
 - ``OrderedHashedEncoder`` ("hashed_ordered"): the same plus word trigrams and skip-bigrams (words two
-  apart), which tell such role-swapped instructions apart; what the presets use.
+  apart), which tell such role-swapped instructions apart; the rt1 preset uses it (bc keeps "hashed").
 
 Both are frozen, return float32 [B, dim] on the CPU and cache one embedding per distinct string (a
 robot repeats a handful of instructions). They are not ``nn.Module``s: a policy keeps one beside its
