@@ -217,6 +217,30 @@ def test_frame_cache_treats_a_cut_short_file_as_absent(tmp_path):
         assert FrameCache(tmp_path / "c", max_bytes=1 << 20).get("a") is None
 
 
+def test_frame_cache_keeps_as_many_maps_open_as_file_descriptors_allow(tmp_path, monkeypatch):
+    """Each open memory map holds a file descriptor: the bound follows the soft RLIMIT_NOFILE (1024 kept
+    for the rest, 512..32768), and a cache holds at most that many, least recently used closed first."""
+    import resource
+
+    from policystack.datasets.loader import max_open_segments
+
+    for soft, expected in ((1024, 512), (20000, 18976), (resource.RLIM_INFINITY, 32768)):
+        monkeypatch.setattr(resource, "getrlimit", lambda _, s=soft: (s, resource.RLIM_INFINITY))
+        assert max_open_segments() == expected
+    monkeypatch.undo()
+    (tmp_path / "c").mkdir()
+    writer = FrameCache(tmp_path / "c", max_bytes=1 << 20, max_open=1)
+    for i in range(5):
+        writer.put(f"s{i}", np.full((2, 3, 4, 4), i, np.uint8))
+    cache = FrameCache(tmp_path / "c", max_bytes=1 << 20, max_open=3)
+    for i in range(5):
+        assert cache.get(f"s{i}")[0, 0, 0, 0] == i
+    assert list(cache._open) == ["s2", "s3", "s4"]  # the three most recent, s0 and s1 closed
+    cache.get("s2")
+    cache.get("s0")  # reopened from disk; s3 is now the least recently used
+    assert list(cache._open) == ["s4", "s2", "s0"]
+
+
 # --- bad input --------------------------------------------------------------------------------
 @pytest.fixture
 def broken_copy(lerobot_root, tmp_path) -> Path:
