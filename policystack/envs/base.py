@@ -47,7 +47,7 @@ scene and goal): wordings that ``policystack collect`` never records, to test a 
 was not trained on.
 
 ``reset(options={"swap_instruction": True})`` builds the seed's scene, then names another of its objects
-in the instruction (``swap_instruction``; Reach, PressButton, PickPlace, Stack) and judges success on
+in the instruction (``swap_instruction``; Reach, PressButton, PickPlace, Stack, PlaceObject: the other bowl) and judges success on
 that object: the same scene with another goal, to test that a policy follows the words.
 
 ## Starting State

@@ -393,7 +393,13 @@ class PlaceObjectEnv(TabletopEnv):
         b = int(rng.integers(2))
         self.target, self.target_object, self.bowl = f"obj{k}/object", objects[k], f"bowl{b}"
         self._target_geoms = set(self._object_geoms(k))
-        return self.pick_template(rng).format(o=objects[k].noun, b=c_bowls[b])
+        self.colors, self.template = tuple(c_bowls), self.pick_template(rng)
+        return self.template.format(o=objects[k].noun, b=c_bowls[b])
+
+    def swap_instruction(self) -> str:
+        b = 1 - int(self.bowl[-1])  # the other bowl
+        self.bowl = f"bowl{b}"
+        return self.template.format(o=self.target_object.noun, b=self.colors[b])
 
     def grasp_height(self) -> float:
         """Pinch height above the object's bottom: its grasp hint's, raised so that the top of a tall

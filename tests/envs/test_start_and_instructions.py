@@ -45,7 +45,7 @@ def test_home_start_and_layout_independent_of_start_pose():
         envs.make("Reach", cameras=(), start_pose="sideways")
 
 
-@pytest.mark.parametrize("task", ["Reach", "PressButton", "PickPlace", "Stack"])
+@pytest.mark.parametrize("task", ["Reach", "PressButton", "PickPlace", "Stack", "PlaceObject"])
 def test_swapped_instruction_names_another_object_of_the_same_scene(task):
     env = envs.make(task, cameras=(), env_state=True)
     obs, info = env.reset(seed=21)
