@@ -9,7 +9,7 @@ The control rate a policy sustains is steps / total time (the mean), also what t
 per replanning: ``chunk`` column = one ``predict_action_chunk`` call.
 
     .venv/bin/python benchmarks/bench_rt2.py [--steps 32] [--threads 1] [--skip-smollm2] [--no-write]
-    .venv/bin/python benchmarks/bench_rt2.py --daemon-checkpoint DIR   # an untrained joint-mode RT-2 for
+    .venv/bin/python benchmarks/bench_rt2.py --daemon-checkpoint DIR [--daemon-preset rt2_smollm2]  # an untrained joint-mode RT-2 for
         # `policystack daemon run robot=sim checkpoint=DIR` (the daemon drives the Panda's joints)
 
 The table goes to docs/benchmarks.md between ``<!-- BEGIN bench_rt2 -->`` and ``<!-- END bench_rt2 -->``.
@@ -120,10 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-smollm2", action="store_true")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--daemon-checkpoint", default=None, help="only write an untrained joint-mode checkpoint here")
+    ap.add_argument("--daemon-preset", default="rt2", help="the preset of --daemon-checkpoint (rt2, rt2_smollm2)")
     args = ap.parse_args(argv)
     if args.daemon_checkpoint:
-        print(daemon_checkpoint(args.daemon_checkpoint, horizon=args.chunk, n_action_steps=args.chunk,
-                                terminate_token=True))
+        print(daemon_checkpoint(args.daemon_checkpoint, args.daemon_preset, horizon=args.chunk,
+                                n_action_steps=args.chunk, terminate_token=True))
         return 0
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
@@ -133,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
              (f"rt2 tiny, chunks of {c}", "rt2", {"horizon": c, "n_action_steps": c}),
              ("rt2 tiny, 1 action + terminate token", "rt2", {"terminate_token": True})]
     if not args.skip_smollm2:
-        cases += [("rt2 smollm2, 1 action per call", "rt2_smollm2", {}),
+        cases += [("rt2 smollm2, 1 action per call", "rt2_smollm2", {"horizon": 1, "n_action_steps": 1}),
+                  ("rt2 smollm2 preset: chunks of 4, 2 executed", "rt2_smollm2", {}),
                   (f"rt2 smollm2, chunks of {c}", "rt2_smollm2", {"horizon": c, "n_action_steps": c})]
     rows = []
     for name, preset, over in cases:

@@ -26,6 +26,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -49,12 +50,13 @@ def rate(successes: list[bool]) -> str:
     return f"{s['success_rate']:.0%} [{s['ci_low']:.0%}, {s['ci_high']:.0%}] ({sum(successes)}/{len(successes)})"
 
 
-def evaluate(policy, task: str, episodes: int, seed: int, instructions: str | None) -> list:
+def evaluate(policy, task: str, episodes: int, seed: int, instructions: str | None, n_envs: int = 1,
+             max_steps: int | None = None) -> list:
     from policystack.eval.runner import EvalRunner
 
     kw = {"instructions": instructions} if instructions else None
-    return EvalRunner(task=task, episodes=episodes, n_envs=1, seed=seed, env_kwargs=kw, video_dir=None,
-                      progress=False).run(policy).episodes
+    return EvalRunner(task=task, episodes=episodes, n_envs=n_envs, seed=seed, env_kwargs=kw, video_dir=None,
+                      max_steps=max_steps, progress=False).run(policy).episodes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vqa-examples", type=int, default=200)
     ap.add_argument("--note", action="append", default=[])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--n-envs", type=int, default=1, help="environments stepped in parallel processes (the policy is called per environment)")
+    ap.add_argument("--max-steps", type=int, default=None, help="episode limit (default: the task's own)")
     ap.add_argument("--out", default=None, help="also write the raw records as JSON here")
+    ap.add_argument("--reuse", action="append", default=[],
+                    help="an earlier --out JSON: a label recorded there with the same checkpoint and settings is not "
+                         "evaluated again (evaluate runs as they finish, write the table once)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -78,24 +85,38 @@ def main(argv: list[str] | None = None) -> int:
 
     load_before = os.getloadavg()[0]
     rows, vqa_rows, raw = [], [], {}
+    reuse = {}
+    for path in args.reuse:  # raw records of earlier runs of this script (--out), by label
+        reuse.update(json.loads(Path(path).read_text()))
+    settings = {"task": args.task, "episodes": args.episodes, "seed": args.seed, "n_envs": args.n_envs,
+                "max_steps": args.max_steps, "paraphrases": not args.no_paraphrases, "vqa_test": args.vqa_test,
+                "vqa_examples": args.vqa_examples}
     for spec in args.run:
         label, _, ckpt = spec.partition("=")
-        policy = Policy.from_pretrained(ckpt)
-        t0 = time.perf_counter()
-        eps = evaluate(policy, args.task, args.episodes, args.seed, None)
+        old = reuse.get(label)
+        if old is not None and (old.get("checkpoint"), old.get("settings")) == (ckpt, settings):
+            eps, para = ([SimpleNamespace(**e) for e in old[k]] for k in ("templates", "paraphrases"))
+            seconds, report, policy = old["seconds"], old.get("vqa"), None
+        else:
+            policy = Policy.from_pretrained(ckpt)
+            t0 = time.perf_counter()
+            run = {"n_envs": args.n_envs, "max_steps": args.max_steps}
+            eps = evaluate(policy, args.task, args.episodes, args.seed, None, **run)
+            para = [] if args.no_paraphrases else evaluate(policy, args.task, args.episodes, args.seed, "paraphrases", **run)
+            seconds, report = time.perf_counter() - t0, None
+            if args.vqa_test and hasattr(policy, "answer"):
+                from policystack.eval.vqa import evaluate_vqa
+
+                report = evaluate_vqa(policy, args.vqa_test, limit=args.vqa_examples)
         seen = [e.success for e in eps if args.held_out not in e.task.split()]
         held = [e.success for e in eps if args.held_out in e.task.split()]
-        para = [] if args.no_paraphrases else evaluate(policy, args.task, args.episodes, args.seed, "paraphrases")
         para_seen = [e.success for e in para if args.held_out not in e.task.split()]
         rows.append(f"| {label} | {rate([e.success for e in eps])} | {rate(seen)} | {rate(held)} | "
-                    f"{rate(para_seen) if para else '-'} | {time.perf_counter() - t0:.0f} |")
-        raw[label] = {"checkpoint": ckpt, "templates": [e.__dict__ for e in eps], "paraphrases": [e.__dict__ for e in para]}
+                    f"{rate(para_seen) if para else '-'} | {seconds:.0f} |")
+        raw[label] = {"checkpoint": ckpt, "settings": settings, "seconds": seconds, "templates": [vars(e) for e in eps],
+                      "paraphrases": [vars(e) for e in para], **({"vqa": report} if report else {})}
         print(rows[-1], flush=True)
-        if args.vqa_test and hasattr(policy, "answer"):
-            from policystack.eval.vqa import evaluate_vqa
-
-            report = evaluate_vqa(policy, args.vqa_test, limit=args.vqa_examples)
-            raw[label]["vqa"] = report
+        if report:
             vqa_rows.append((label, report))
     lines = [
         "## RT-2 on Reach from a camera, beside RT-1; held-out instructions",
@@ -103,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         *args.note,
         "",
         f"{args.episodes} {args.task} episodes per policy and instruction set, seeds {args.seed}-{args.seed + args.episodes - 1} "
-        f"(Wilson 95% intervals), 1 torch thread, 1-minute load average {load_before:.1f} at the start. Columns: all "
+        f"(Wilson 95% intervals), episode limit {args.max_steps or 'the task default'}, {args.n_envs} environments per "
+        f"batched policy call, {args.threads} torch thread(s), 1-minute load average {load_before:.1f} at the start. Columns: all "
         f"episodes; split by the colour the instruction names (seen as a goal in the demos, or `{args.held_out}`, held "
         "out of them); the same seeds with paraphrased instructions (seen colours only).",
         "",

@@ -156,7 +156,7 @@ class TrainConfig:
 
 
 _SCHEMA_NAME = "train_schema"
-RECIPE_KEYS = ("optim", "ema", "steps", "batch_size")  # what a preset's recipe may set
+RECIPE_KEYS = ("optim", "ema", "steps", "batch_size", "amp")  # what a preset's recipe may set
 
 
 def _register_schema() -> None:

@@ -121,6 +121,9 @@ def test_a_preset_recipe_applies_unless_the_command_line_sets_the_key(capsys):
     assert cfg.optim.warmup_steps == cfg.recipe["optim"]["warmup_steps"] == 200
     assert load_config(["policy=rt1", "policy.recipe.optim.lr=5e-4"]).optim.lr == 5e-4  # a changed recipe
     assert load_config(["policy=act_paper"]).optim.lr == 1e-5  # LeRobot's ACT preset
+    assert load_config(["policy=rt2_smollm2"]).amp is True  # bf16 on CPU too: 2.2x faster steps (rt2.md)
+    assert load_config(["policy=rt2_smollm2", "amp=false"]).amp is False
+    assert load_config(["policy=rt2"]).amp is None  # the loop's default: on for CUDA only
     paper = load_config(["policy=diffusion_paper"])
     assert paper.optim.betas == [0.95, 0.999] and paper.optim.weight_decay == 1e-6
     with pytest.raises(ValueError, match=r"policy.recipe.dataset.path: not a training setting a recipe can set"):
