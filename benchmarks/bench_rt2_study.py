@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         old = reuse.get(label)
         if old is not None and (old.get("checkpoint"), old.get("settings")) == (ckpt, settings):
             eps, para = ([SimpleNamespace(**e) for e in old[k]] for k in ("templates", "paraphrases"))
-            seconds, report, policy = old["seconds"], old.get("vqa"), None
+            seconds, report = old["seconds"], old.get("vqa")
         else:
             policy = Policy.from_pretrained(ckpt)
             t0 = time.perf_counter()
@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         *args.note,
         "",
         f"{args.episodes} {args.task} episodes per policy and instruction set, seeds {args.seed}-{args.seed + args.episodes - 1} "
-        f"(Wilson 95% intervals), episode limit {args.max_steps or 'the task default'}, {args.n_envs} environments per "
-        f"batched policy call, {args.threads} torch thread(s), 1-minute load average {load_before:.1f} at the start. Columns: all "
+        f"(Wilson 95% intervals), episode limit {args.max_steps or 'the task default'}, {args.n_envs} environment(s) stepped in "
+        f"parallel, {args.threads} torch thread(s), 1-minute load average {load_before:.1f} at the start. Columns: all "
         f"episodes; split by the colour the instruction names (seen as a goal in the demos, or `{args.held_out}`, held "
         "out of them); the same seeds with paraphrased instructions (seen colours only).",
         "",
