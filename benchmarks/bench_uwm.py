@@ -6,13 +6,13 @@ Stages (``--stage``; each skips work whose output exists, so a grid is built ove
             the ResNet-18-style encoder, LeRobot's Diffusion Policy): ``policystack train`` on the same
             demos for the same compute budget (``--minutes`` of the training process's CPU time; constant
             rate after 20 warm-up steps; the steps and wall time each took are reported), then ``policystack eval`` on the same
-            seeds 1000.. -> section uwm_success.
+            seeds 5000.. (as every section of docs/results.md) -> section uwm_success.
   cotrain   the same spec on the same demos, with and without action-free video mixed into every batch
             (``--video DIR[,DIR]`` as ``dataset.mixture``, ``--video-share`` of each batch) -> section uwm_cotrain.
   world     a UWM checkpoint on held-out demos (collected at seeds 320000+): forward dynamics p(o'|o,a) and
             video prediction p(o'|o) error of the future frame (latent MSE; decoded-pixel MAE and PSNR),
             beside copying the current frame and the codec's own reconstruction; inverse dynamics p(a|o,o')
-            and policy p(a|o) action error against the demo's actions; a PNG grid of frames -> uwm_world_model.
+            and policy p(a|o) action error against the demo's actions; a PNG grid of frames -> section uwm_world.
   ddim      a UWM checkpoint: success and predict_action_chunk latency per number of DDIM steps, and
             select_action latency of UWM and Diffusion Policy (1 torch thread) -> section uwm_ddim.
 
@@ -44,9 +44,10 @@ from bench_success import cell, eval_info, run, train_minutes  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results.md"
 FIGURES = ROOT / "docs" / "figures"
-DEMO_SEED, HELD_OUT_SEED, EVAL_SEED = 300000, 320000, 1000
+DEMO_SEED, HELD_OUT_SEED, EVAL_SEED = 300000, 320000, 5000
 COMMON = ["seed=0", "threads=1", "log.progress=false", "log.wandb.enabled=false", "log.every=25",
           "checkpoint.every=250"]
+TRAIN_ARGS: list[str] = []  # --train-args: more `policystack train` overrides for every run
 
 
 def specs(ae: str | None) -> dict[str, list[str]]:
@@ -54,7 +55,10 @@ def specs(ae: str | None) -> dict[str, list[str]]:
     latents = [f"policy.latent_model={ae}", "policy.latent_channels=4"] if ae else []
     uwm = ["policy=uwm", *latents, "policy.patch_size=3", "batch_size=32"]
     return {
-        "uwm_lite0": [*uwm, "policy.image_encoder=lite0"],  # frozen ImageNet features, cached by the loader
+        # frozen ImageNet features, cached by the loader; the instruction only joins the condition
+        "uwm_lite0": [*uwm, "policy.image_encoder=lite0", "policy.film=false"],
+        # the same, the instruction also FiLM-modulating the Lite0 map before pooling (as RT-1 and bc; the preset)
+        "uwm_lite0_film": [*uwm, "policy.image_encoder=lite0", "policy.film=true"],
         "uwm_resnet": [*uwm, "policy.image_encoder=resnet"],  # the ResNet-18-style encoder trained on pixels
         "diffusion": ["policy=diffusion"],  # LeRobot's Diffusion Policy, its preset and recipe (batch 64)
     }
@@ -84,8 +88,8 @@ def train_and_eval(work: Path, task: str, name: str, spec: list[str], minutes: f
     log = work / "logs" / f"{task}_{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     if not (out / "checkpoints" / "latest").exists():
-        niced(["train", f"dataset.path={work / 'data' / task}", *spec, *budget(minutes), *COMMON, *extra,
-               f"out={out}"], log)
+        niced(["train", f"dataset.path={work / 'data' / task}", *spec, *budget(minutes), *COMMON, *TRAIN_ARGS,
+               *extra, f"out={out}"], log)
     if not info.is_file():
         niced(["eval", f"checkpoint={out}", f"env={task}", f"episodes={episodes}", f"seed={EVAL_SEED}", "n_envs=2",
                "videos=0", f"out={out / 'eval'}"], log)
@@ -112,7 +116,8 @@ def stage_success(args, work: Path) -> str:
     return (f"{head}\n" + "\n".join(rows) + "\n\nTraining (steps reached in the budget, wall minutes they took): " + "; ".join(notes)
             + "\n\nSpecs: " + "; ".join(f"`{n}`: `{' '.join(table[n])}`" for n in args.specs)
             + f". Produced by `benchmarks/bench_uwm.py --stage success --tasks {','.join(args.tasks)} --specs "
-              f"{','.join(args.specs)} --minutes {args.minutes} --eval-episodes {args.eval_episodes}`; every run: "
+              f"{','.join(args.specs)} --minutes {args.minutes} --eval-episodes {args.eval_episodes}"
+              + (f" --train-args '{args.train_args}'" if args.train_args else "") + "`; every run: "
               f"`{' '.join(budget(args.minutes))}`.")
 
 
@@ -130,7 +135,8 @@ def stage_cotrain(args, work: Path) -> str:
     return ("| task | demos only | demos + action-free video | train min (without / with) |\n|---|---|---|---|\n"
             + "\n".join(rows) + f"\n\nSpec `{name}`, {args.minutes} min each; video: {', '.join(videos)}, {args.video_share:.0%} of every batch. Produced "
             f"by `benchmarks/bench_uwm.py --stage cotrain --tasks {','.join(args.tasks)} --specs {name} --minutes "
-            f"{args.minutes} --video {args.video} --video-share {args.video_share} --eval-episodes {args.eval_episodes}`.")
+            f"{args.minutes} --video {args.video} --video-share {args.video_share} --eval-episodes {args.eval_episodes}"
+            + (f" --train-args '{args.train_args}'" if args.train_args else "") + "`.")
 
 
 # --- world model ------------------------------------------------------------------------------------------
@@ -170,8 +176,8 @@ def stage_world(args, work: Path) -> str:
         recon = policy.decode_latents(truth)
         now = {k: obs[k][:, None] for k in policy.cameras}
 
-        for label, lat, frames in [("forward dynamics p(o'|o,a)", fwd.latents, fwd.frames),
-                                   ("video prediction p(o'|o)", vid.latents, vid.frames),
+        for label, lat, frames in [("forward dynamics p(o' \\| o, a)", fwd.latents, fwd.frames),
+                                   ("video prediction p(o' \\| o)", vid.latents, vid.frames),
                                    ("copy the current frame", policy.encode_frames(now), now),
                                    ("codec reconstruction of the true frame", truth, recon)]:
             mae, psnr = pixel_error(frames, future)
@@ -180,7 +186,7 @@ def stage_world(args, work: Path) -> str:
         pol = policy.sample(Mode.POLICY, obs, generator=g).actions
         demo = batch[ACTION]
         scale = demo.flatten(0, 1).std(0).clamp(min=1e-6)
-        for label, a in [("inverse dynamics p(a|o,o')", inv), ("policy p(a|o)", pol),
+        for label, a in [("inverse dynamics p(a \\| o, o')", inv), ("policy p(a \\| o)", pol),
                          ("mean demo action", demo.mean((0, 1), keepdim=True).expand_as(demo))]:
             act_rows.append(f"| {task} | {label} | {float((a - demo).abs().mean()):.4f} | "
                             f"{float((((a - demo) / scale) ** 2).mean()):.3f} |")
@@ -191,7 +197,9 @@ def stage_world(args, work: Path) -> str:
             "| task | prediction | latent MSE | pixel MAE (0-255) | PSNR dB |\n|---|---|---:|---:|---:|\n" + "\n".join(rows)
             + "\n\nAction chunk against the demo's (unnormalised; nMSE = per-dimension MSE / demo variance):\n\n"
             "| task | prediction | MAE | nMSE |\n|---|---|---:|---:|\n" + "\n".join(act_rows)
-            + f"\n\nCheckpoints `{args.specs[0]}` of the success runs; grids: "
+            + f"\n\nCheckpoints `{args.specs[0]}` of the success runs; grids (rows: windows; per camera, left to right: "
+              "the current frame, the true future frame, forward dynamics, video prediction, the codec's "
+              "reconstruction of the true frame): "
             + ", ".join(f"docs/figures/uwm_forward_dynamics_{t}.png" for t in args.tasks)
             + f". Produced by `benchmarks/bench_uwm.py --stage world --tasks {','.join(args.tasks)} --specs "
               f"{args.specs[0]} --windows {args.windows}`.")
@@ -300,8 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--windows", type=int, default=200, help="held-out windows for --stage world")
     ap.add_argument("--ddim", default="1,2,5,10")
     ap.add_argument("--work", type=Path, default=Path("runs/uwm"))
+    ap.add_argument("--train-args", default="", help="more train overrides for every run, e.g. 'dataset.episodes=0-99'")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
+    TRAIN_ARGS[:] = args.train_args.split()
     args.tasks = [t for t in args.tasks.split(",") if t]
     args.specs = [s for s in args.specs.split(",") if s]
     unknown = [s for s in args.specs if s not in specs(None)]

@@ -85,5 +85,9 @@ class ResNetEncoder(nn.Module):
         self.head = pooling_head(c_in, out_dim, pool, keypoints)
         self.out_dim = out_dim
 
+    def features(self, images: Tensor) -> Tensor:
+        """float [N, 3, H, W] -> the last stage's map [N, widths[-1], H/32, W/32], before pooling."""
+        return self.stages(self.stem(images))
+
     def forward(self, images: Tensor) -> Tensor:
-        return self.head(self.stages(self.stem(images)))
+        return self.head(self.features(images))

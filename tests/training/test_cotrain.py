@@ -68,7 +68,7 @@ def uwm_overrides(ds: Path, out: Path, *extra: str) -> list[str]:
     return keep + ["policy=uwm", "policy.resnet_widths=[8,8,8,8]", "policy.resnet_blocks=[1,1,1,1]",
                    "policy.obs_embed_dim=16", "policy.d_model=32", "policy.depth=1", "policy.n_head=2",
                    "policy.timestep_embed_dim=16", "policy.horizon=4", "policy.n_action_steps=2",
-                   "policy.text_encoder=none", "steps=4", *extra]
+                   "policy.text_encoder=none", "policy.film=false", "steps=4", *extra]
 
 
 def test_uwm_cotrains_on_action_free_video(camera_ds, video_ds, tmp_path):
