@@ -129,6 +129,11 @@ class UWMConfig(PolicyConfig):
     clip_sample: bool = True
     num_inference_steps: int = 10
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "config") -> UWMConfig:
+        # a checkpoint saved before `film` existed was trained without it (the default is now True)
+        return super().from_dict({"film": False, **d}, where)
+
     @property
     def observation_delta_indices(self) -> list[int]:
         """History -(T-1)..0, then the future frames right after the action chunk."""

@@ -179,6 +179,8 @@ def test_film_lets_the_instruction_choose_the_image_features(encoder):
     assert not torch.allclose(image_part(film, "reach the red ball"), image_part(film, "reach the blue ball"))
     with pytest.raises(ValueError, match="film=true .* needs a text_encoder"):
         UWMConfig(film=True, text_encoder="none")
+    old = {k: v for k, v in UWMConfig().to_dict().items() if k != "film"}  # saved before `film` existed
+    assert UWMConfig.from_dict(old).film is False and UWMConfig.from_dict({**old, "film": True}).film is True
 
 
 def test_compute_loss_refuses_windows_of_another_shape():
