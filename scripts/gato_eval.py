@@ -3,7 +3,7 @@ or without prompts taken from held-out demonstrations (docs/policies/gato.md).
 
     .venv/bin/python scripts/gato_eval.py CHECKPOINT --task Reach=main:/tmp/gato/reach_prompts \\
         --task metaworld/reach-v3=mw_reach:/tmp/gato/mw_prompts --episodes 30 --seed 5000 \\
-        [--no-prompt] [--max-steps N] [--n-envs 1] --out /tmp/gato/eval.json
+        [--no-prompt] [--max-steps N] [--n-envs 1] [--expert] --out /tmp/gato/eval.json
 
 ``--task TASK=EMBODIMENT[:PROMPT_DATASET]``: the env task, the policy's embodiment that acts in it
 (``GatoPolicy.for_embodiment``: its features choose the env's cameras and sizes as for any checkpoint)
@@ -11,7 +11,9 @@ and a dataset of demonstrations collected with other seeds than the training one
 instruction it holds, the last ``prompt_steps`` frames of its last episode become the prompt of that
 instruction (``GatoPolicy.set_prompt``). Episodes run through ``policystack.eval.runner.EvalRunner``
 (success with a Wilson 95% interval); the JSON written (atomically) holds each task's result and how
-many of its episodes had a prompt.
+many of its episodes had a prompt. ``--expert`` also runs each task's scripted expert on the same seeds and
+episode limit and reports the expert-normalised success (Gato's score: the policy's success over the
+expert's) and its mean over the tasks.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch  # noqa: E402
 
 from policystack.datasets.loader import WindowedDataset  # noqa: E402
 from policystack.datasets.meta import DatasetMeta  # noqa: E402
+from policystack.eval.expert import ScriptedExpert  # noqa: E402
 from policystack.eval.runner import EvalRunner  # noqa: E402
 from policystack.io import atomic_write_json  # noqa: E402
 from policystack.policies.base import Policy  # noqa: E402
@@ -54,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--episodes", type=int, default=30)
     ap.add_argument("--seed", type=int, default=5000)
     ap.add_argument("--max-steps", type=int, default=0, help="episode limit (0: the task's own)")
-    ap.add_argument("--n-envs", type=int, default=1, help="envs stepped together (one batched policy call)")
+    ap.add_argument("--n-envs", type=int, default=1, help="envs stepped together (subprocesses)")
     ap.add_argument("--no-prompt", action="store_true")
+    ap.add_argument("--expert", action="store_true", help="also run the scripted expert: expert-normalised scores")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
@@ -84,8 +88,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{task} ({emb}, prompt {'off' if not prompted else f'{with_prompt}/{r.n_episodes} episodes'}): "
               f"{r.successes}/{r.n_episodes} = {r.success_rate:.0%} [{r.ci_low:.0%}, {r.ci_high:.0%}]",
               file=sys.stderr, flush=True)
-    atomic_write_json(args.out, {"checkpoint": args.checkpoint, "seed": args.seed, "prompt": not args.no_prompt,
-                                 "results": results})
+        if args.expert:  # the same seeds and limit; the env decides the expert's cameras
+            ex = runner.run(ScriptedExpert())
+            results[task]["expert_success_rate"] = ex.success_rate
+            results[task]["normalised"] = r.success_rate / ex.success_rate if ex.success_rate else None
+    summary = {"checkpoint": args.checkpoint, "seed": args.seed, "prompt": not args.no_prompt, "results": results}
+    if args.expert:
+        scores = [r["normalised"] for r in results.values() if r["normalised"] is not None]
+        summary["expert_normalised_mean"] = sum(scores) / len(scores) if scores else None
+        print("expert-normalised: " + ", ".join(
+            f"{t} {r['success_rate']:.0%} / {r['expert_success_rate']:.0%}" for t, r in results.items())
+              + (f"; mean {summary['expert_normalised_mean']:.1%}" if scores else ""), file=sys.stderr)
+    atomic_write_json(args.out, summary)
     return 0
 
 

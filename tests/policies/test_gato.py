@@ -316,3 +316,31 @@ def test_prompt_changes_the_context():
     clone = copy.deepcopy(policy)
     clone.set_prompt("reach", None)
     assert clone.prefix(obs)[1].shape == x0.shape
+
+
+# --- scripts/gato_eval.py: the prompts of an evaluation ---------------------------------------------
+def test_eval_prompts_are_the_last_frames_of_each_instructions_last_episode(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from policystack.datasets.writer import DatasetWriter
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "gato_eval.py"
+    spec = importlib.util.spec_from_file_location("gato_eval", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    feats = {"observation.state": Feature("float32", (2,)), ACTION: Feature("float32", (3,))}
+    episodes = [("reach the red ball", 3), ("press the blue button", 4), ("reach the red ball", 5)]
+    with DatasetWriter.create(tmp_path / "demos", 10, feats, use_videos=False) as w:
+        for ep, (task, n) in enumerate(episodes):
+            for i in range(n):
+                w.add_frame({"observation.state": [ep, i], ACTION: [ep, i, 0.0], "task": task})
+            w.save_episode()
+    keys = ["observation.state", ACTION]
+    prompts = script.prompts_from(str(tmp_path / "demos"), keys, steps=2)
+    assert sorted(prompts) == ["press the blue button", "reach the red ball"]
+    red = prompts["reach the red ball"]  # episode 2 (the last of its instruction), frames 3 and 4
+    assert red["observation.state"].tolist() == [[2, 3], [2, 4]] and red[ACTION][:, :2].tolist() == [[2, 3], [2, 4]]
+    assert prompts["press the blue button"]["observation.state"].tolist() == [[1, 2], [1, 3]]
+    with pytest.raises(ValueError, match="lacks"):
+        script.prompts_from(str(tmp_path / "demos"), keys + ["observation.images.front"], steps=2)
