@@ -65,10 +65,18 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     policy = Policy.from_pretrained(args.checkpoint)
-    results = {}
+    specs = []  # every spec checked before the first episode, so a typo cannot cost a finished evaluation
     for spec in args.task:
-        task, _, rest = spec.partition("=")
+        task, sep, rest = spec.partition("=")
         emb, _, prompt_root = rest.partition(":")
+        if not sep or not task or not emb:
+            ap.error(f"--task {spec!r}: expected TASK=EMBODIMENT[:PROMPT_DATASET]")
+        if emb not in policy.embodiments:
+            ap.error(f"--task {spec!r}: the checkpoint has no embodiment {emb!r}; it has {sorted(policy.embodiments)} "
+                     "(datasets with the same observation and action shapes share one embodiment)")
+        specs.append((task, emb, prompt_root))
+    results = {}
+    for task, emb, prompt_root in specs:
         view = policy.for_embodiment(emb)
         prompted = 0
         if prompt_root and not args.no_prompt:

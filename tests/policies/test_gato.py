@@ -319,16 +319,21 @@ def test_prompt_changes_the_context():
 
 
 # --- scripts/gato_eval.py: the prompts of an evaluation ---------------------------------------------
-def test_eval_prompts_are_the_last_frames_of_each_instructions_last_episode(tmp_path):
+def gato_eval_script():
     import importlib.util
     from pathlib import Path
-
-    from policystack.datasets.writer import DatasetWriter
 
     path = Path(__file__).resolve().parents[2] / "scripts" / "gato_eval.py"
     spec = importlib.util.spec_from_file_location("gato_eval", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def test_eval_prompts_are_the_last_frames_of_each_instructions_last_episode(tmp_path):
+    from policystack.datasets.writer import DatasetWriter
+
+    script = gato_eval_script()
     feats = {"observation.state": Feature("float32", (2,)), ACTION: Feature("float32", (3,))}
     episodes = [("reach the red ball", 3), ("press the blue button", 4), ("reach the red ball", 5)]
     with DatasetWriter.create(tmp_path / "demos", 10, feats, use_videos=False) as w:
@@ -344,3 +349,14 @@ def test_eval_prompts_are_the_last_frames_of_each_instructions_last_episode(tmp_
     assert prompts["press the blue button"]["observation.state"].tolist() == [[1, 2], [1, 3]]
     with pytest.raises(ValueError, match="lacks"):
         script.prompts_from(str(tmp_path / "demos"), keys + ["observation.images.front"], steps=2)
+
+
+def test_eval_checks_every_task_spec_before_the_first_episode(tmp_path, capsys):
+    small().save_pretrained(tmp_path / "ckpt")
+    script = gato_eval_script()
+    for spec, said in [("Reach=sawyer", "no embodiment 'sawyer'; it has ['main']"),
+                       ("Reach", "expected TASK=EMBODIMENT")]:
+        with pytest.raises(SystemExit):  # before any env is built: the first spec is valid and never runs
+            script.main([str(tmp_path / "ckpt"), "--task", "Reach=main", "--task", spec, "--out", str(tmp_path / "x")])
+        assert said in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
