@@ -224,6 +224,12 @@ class Policy(nn.Module):
         has features for). A family may keep something derived instead (RT-1: image tokens)."""
         return {k: obs[k] for k in self.features if k.startswith("observation.") and k in obs}
 
+    def adopt_saved_config(self, saved: dict[str, Any]) -> None:
+        """Before a checkpoint's weights load into this freshly built policy (``resume``, ``init_from``):
+        take over the parts of the checkpoint's config (``saved``) that a policy grows from its training
+        data rather than from the command line (Gato's embodiments, added per mixed-in dataset). Default:
+        nothing; any other difference is refused by the compatibility check that follows."""
+
     def mixture_keys(self, features: FeatureSpec, where: str) -> list[str]:
         """The keys the training loop loads from a mixed-in dataset (``dataset.mixture``) whose features are
         ``features`` (``where`` names its info.json in errors). Default: the features this policy reads that

@@ -277,6 +277,15 @@ class GatoPolicy(Policy):
             self.config.embodiments[emb] = {k: f.to_json() for k, f in spec.items()}
         return list(feats)
 
+    def adopt_saved_config(self, saved: dict[str, Any]) -> None:
+        """The checkpoint's embodiments (its mixed-in robots) become this policy's, so a run that resumes
+        or starts from it with the same ``dataset.mixture`` finds them (and adds nothing)."""
+        for emb, feats in (saved.get("embodiments") or {}).items():
+            if emb not in self.embodiments:
+                self.embodiments[emb] = parse_embodiment(feats, f"the checkpoint's embodiments.{emb}")
+                self._check_sizes(emb)
+                self.config.embodiments[emb] = feats
+
     def for_embodiment(self, emb: str) -> GatoPolicy:
         """This policy with the same weights (shared tensors) presenting embodiment ``emb``'s features as
         its ``features``: what ``policystack eval`` and the daemon check an env against, so one checkpoint

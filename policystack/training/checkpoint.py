@@ -248,6 +248,11 @@ def load_checkpoint(ckpt_dir: str | Path, policy: Policy, optimizer: torch.optim
     return meta
 
 
+def saved_config(pretrained_dir: str | Path) -> dict:
+    """The policy config (a dict) saved in ``pretrained_dir``'s config.json."""
+    return json.loads((Path(pretrained_dir) / CONFIG_NAME).read_text())["config"]
+
+
 def check_compatible(pretrained_dir: str | Path, policy: Policy) -> None:
     """A saved policy (``pretrained_dir``: config.json + weights) can load into ``policy``: same
     family, same config, same features; else a ValueError saying which differs."""

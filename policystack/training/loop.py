@@ -353,12 +353,11 @@ def train(cfg: TrainConfig) -> Path:
     policy = build_policy(klass, pcfg, features, meta)
     policy.data_provenance = {"dataset": str(meta.root), **({"sim_seeds": meta.info["sim_seeds"]}
                                                             if "sim_seeds" in meta.info else {})}
-    if resume_from is not None:  # its weights now (the optimiser state follows below): frozen parts the cache uses
-        checkpoint.check_compatible(resolve_checkpoint(resume_from), policy)
-        weights = resolve_checkpoint(resume_from) / WEIGHTS_NAME
-        policy.load_weights(load_file(weights), weights)
-    elif cfg.init_from:
-        src = resolve_checkpoint(cfg.init_from)  # a policy dir, a training checkpoint or a run dir
+    if resume_from is not None or cfg.init_from:
+        # resume: its weights now (the optimiser state follows below), frozen parts the cache uses;
+        # init_from: a policy dir, a training checkpoint or a run dir
+        src = resolve_checkpoint(resume_from if resume_from is not None else cfg.init_from)
+        policy.adopt_saved_config(checkpoint.saved_config(src))  # what it grew from its data (Gato's embodiments)
         checkpoint.check_compatible(src, policy)
         policy.load_weights(load_file(src / WEIGHTS_NAME), src / WEIGHTS_NAME)
     else:  # a policy from scratch: the pretrained parts its config names, if any

@@ -115,3 +115,39 @@ def test_lite0_mode_trains_on_cached_features_and_acts_on_pixels(camera_ds, vide
     obs = {"observation.state": torch.randn(2, STATE_DIM), "task": ["x"] * 2,
            "observation.images.front": torch.randint(0, 256, (2, 3, SIZE, SIZE), dtype=torch.uint8)}
     assert policy.select_action(obs).shape == (2, 3)
+
+
+def write_other_robot(root: Path, episodes: int = 3, length: int = 8) -> Path:
+    """Another robot: 6 state values, a 2-d action and its own camera."""
+    from policystack.datasets.writer import DatasetWriter
+
+    features = {"observation.state": Feature("float32", (6,)), ACTION: Feature("float32", (2,)),
+                "observation.images.side": Feature("video", (SIZE, SIZE, 3))}
+    with DatasetWriter.create(root, fps=FPS, features=features, robot_type="other", vcodec="h264") as w:
+        for ep in range(episodes):
+            for i in range(length):
+                f = _frame(ep, i, True)
+                w.add_frame({"observation.state": np.r_[f["observation.state"], 0.0, 1.0].astype(np.float32),
+                             ACTION: f[ACTION][:2], "observation.images.side": f["observation.images.front"],
+                             "task": "push the cube"})
+            w.save_episode()
+    return root
+
+
+def test_gato_run_with_another_robot_resumes_and_starts_later_runs(camera_ds, tmp_path):
+    """The embodiments a run adds from its mixture are in its checkpoints; resume and init_from take them
+    over (they used to be refused: 'policy config differs ... in [embodiments]')."""
+    other = write_other_robot(tmp_path / "other_robot")
+    common = [f"dataset.path={camera_ds}", "dataset.cache_dir=false", "dataset.num_workers=0", "batch_size=8",
+              "log.every=1", "checkpoint.every=3", "log.wandb.enabled=false", "log.progress=false",
+              "optim.warmup_steps=1", "optim.weight_decay=0.0", "threads=1",
+              "policy=gato", "policy.width=32", "policy.depth=1", "policy.heads=2", "policy.mlp_hidden=64",
+              "policy.image_size=32", "policy.patch_channels=4", f"dataset.mixture=[{other}]",
+              "dataset.mixture_weights=[0.5]"]
+    first = train(load_config([*common, f"out={tmp_path / 'run'}", "steps=3"]))
+    assert set(Policy.from_pretrained(first).embodiments) == {"main", "other_robot"}
+    second = train(load_config([*common, f"out={tmp_path / 'run2'}", f"init_from={first}", "steps=1"]))
+    assert set(Policy.from_pretrained(second).embodiments) == {"main", "other_robot"}
+    resumed = train(load_config([*common, f"out={tmp_path / 'run'}", "resume=true", "steps=5"]))
+    steps = [json.loads(line).get("step") for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert max(s for s in steps if s is not None) == 5
