@@ -271,20 +271,22 @@ class GatoPolicy(Policy):
             self.embodiment_of({k: torch.zeros(f.shape) for k, f in feats.items()}, where)
         except ValueError:
             emb = where.split("/")[-3] if where.count("/") >= 2 else f"embodiment{len(self.embodiments)}"
-            spec = parse_embodiment(feats, where)
-            self.embodiments[emb] = spec
-            self._check_sizes(emb)
-            self.config.embodiments[emb] = {k: f.to_json() for k, f in spec.items()}
+            self._add_embodiment(emb, feats, where)
         return list(feats)
+
+    def _add_embodiment(self, emb: str, feats: dict[str, Any], where: str) -> None:
+        """A new embodiment, in the policy and in its config (saved with the checkpoint)."""
+        spec = parse_embodiment(feats, where)
+        self.embodiments[emb] = spec
+        self._check_sizes(emb)
+        self.config.embodiments[emb] = {k: f.to_json() for k, f in spec.items()}
 
     def adopt_saved_config(self, saved: dict[str, Any]) -> None:
         """The checkpoint's embodiments (its mixed-in robots) become this policy's, so a run that resumes
         or starts from it with the same ``dataset.mixture`` finds them (and adds nothing)."""
         for emb, feats in (saved.get("embodiments") or {}).items():
             if emb not in self.embodiments:
-                self.embodiments[emb] = parse_embodiment(feats, f"the checkpoint's embodiments.{emb}")
-                self._check_sizes(emb)
-                self.config.embodiments[emb] = feats
+                self._add_embodiment(emb, feats, f"the checkpoint's embodiments.{emb}")
 
     def for_embodiment(self, emb: str) -> GatoPolicy:
         """This policy with the same weights (shared tensors) presenting embodiment ``emb``'s features as
