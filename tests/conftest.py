@@ -27,3 +27,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _loader_cache_in_tmp(tmp_path_factory):
+    """Datasets the tests write get their loader cache (decoded frames, encoder features) in pytest's
+    temporary directory, which pytest prunes, not in the user's ~/.cache/policystack/loader: there every
+    run left ~100 MB of entries nothing reads again, until a CI machine's disk filled up."""
+    from policystack.datasets import loader
+
+    saved = loader.DEFAULT_CACHE_DIR
+    loader.DEFAULT_CACHE_DIR = tmp_path_factory.mktemp("loader-cache")
+    yield
+    loader.DEFAULT_CACHE_DIR = saved
