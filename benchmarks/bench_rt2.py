@@ -18,6 +18,7 @@ The table goes to docs/benchmarks.md between ``<!-- BEGIN bench_rt2 -->`` and ``
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import sys
@@ -136,10 +137,17 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_smollm2:
         cases += [("rt2 smollm2, 1 action per call", "rt2_smollm2", {"horizon": 1, "n_action_steps": 1}),
                   ("rt2 smollm2 preset: chunks of 4, 2 executed", "rt2_smollm2", {}),
-                  (f"rt2 smollm2, chunks of {c}", "rt2_smollm2", {"horizon": c, "n_action_steps": c})]
+                  (f"rt2 smollm2, chunks of {c}", "rt2_smollm2", {"horizon": c, "n_action_steps": c}),
+                  ("rt2 smollm2 preset, decoded by transformers' generate (peer)", "rt2_smollm2", {"_generate": True}),
+                  ("rt2 smollm2 preset, first 8 of 30 layers (text_layers=8)", "rt2_smollm2", {"text_layers": 8})]
     rows = []
     for name, preset, over in cases:
+        over = dict(over)
+        peer = over.pop("_generate", False)
         policy = build(preset, **over)
+        if peer:  # the reference path: model.generate with the AllowedTokens processor over all 49k logits
+            policy.vlm.family = copy.copy(policy.vlm.family)
+            policy.vlm.family.cached_greedy = False
         steps = args.steps if "smollm2" not in preset else max(c, args.steps // 2)
         per_step, chunk = measure(policy, steps)
         params = sum(p.numel() for p in policy.parameters())
@@ -155,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, no GPU, torch {torch.__version__}, {args.threads} torch "
         f"thread(s); 1-minute load average {load_before:.1f} before and {load_after:.1f} after (other jobs shared the "
         "cores: compare rows of one run). Batch 1, front + wrist 96x96 frames, greedy decoding constrained to the "
-        "256 action tokens; frozen Lite0 features computed live (no cache at inference).",
+        "256 action tokens (KV cache, output layer on the 256 action rows; the peer row: transformers' generate with "
+        "the same constraint as a logits processor); frozen Lite0 features computed live (no cache at inference).",
         "",
         "| policy | params | tokens per call | steps | select_action p50 ms | p99 ms | mean ms | control rate Hz "
         "| one chunk call p50 ms |",

@@ -205,6 +205,9 @@ class VLMConfig:
     vocab_size: int | None = None
     scale_factor: int = 2         # smolvlm/idefics3 pixel shuffle: T = (image_size/patch_size)^2 / scale^2
     cache_dir: str | None = None  # smollm2's converted copy (None: $POLICYSTACK_CACHE or ~/.cache/policystack)
+    # smollm2: keep only the first text_layers pretrained decoder layers (None: all 30). The cost of a
+    # token is linear in the layers; the lower layers keep the pretrained embeddings and early features.
+    text_layers: int | None = None
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -217,13 +220,16 @@ class VLMConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"VLMConfig.{name} must be a positive int, got {value!r}")
-        for name in ("text_intermediate", "text_kv_heads", "vision_intermediate", "vocab_size"):
+        for name in ("text_intermediate", "text_kv_heads", "vision_intermediate", "vocab_size", "text_layers"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"VLMConfig.{name} must be a positive int or None, got {value!r}")
         if self.text_kv_heads is not None and self.text_heads % self.text_kv_heads:
             raise ValueError(f"VLMConfig.text_heads={self.text_heads} must be a multiple of "
                              f"text_kv_heads={self.text_kv_heads} (grouped-query attention)")
+        if self.text_layers is not None and self.weights != "smollm2":
+            raise ValueError(f"VLMConfig.text_layers={self.text_layers} truncates the pretrained weights='smollm2' "
+                             f"text model; for weights={self.weights!r} leave it null (tiny: set text_depth)")
         if self.weights in ("tiny", "smollm2"):
             FAMILIES[self.family].check_sizes(self)
             for width, heads in (("vision_width", "vision_heads"), ("text_width", "text_heads")):
@@ -248,6 +254,7 @@ class VLMFamily(ABC):
     image_std: ClassVar[tuple[float, float, float]] = (0.5, 0.5, 0.5)
     accepts_image_features: ClassVar[bool] = False  # a plugged-in vision tower can feed it
     position_offset: ClassVar[int] = 0  # first position id (PaliGemma's are 1-indexed)
+    cached_greedy: ClassVar[bool] = False  # ``generate`` may decode constrained greedy ids itself (_greedy_over)
 
     def hf_classes(self) -> tuple[type[PretrainedConfig], type[PreTrainedModel]]:
         return getattr(transformers, self.config_class), getattr(transformers, self.model_class)
@@ -323,6 +330,7 @@ class SmolVLMFamily(VLMFamily):
     special_tokens = ("<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>")
     token_keys = {"image_token_id": "<image>"}
     accepts_image_features = True
+    cached_greedy = True
 
     def check_sizes(self, cfg):
         super().check_sizes(cfg)
@@ -867,6 +875,11 @@ class VisionLanguageModel(nn.Module):
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         inputs = self.encode(prompts, images, reserve=max_new_tokens, image_features=image_features).to(self.model.device)
         eos = self.tokenizer.eos_token_id
+        if (allowed_token_ids is not None and not stop_at_eos and not do_sample and not logits_processors
+                and self.family.cached_greedy):
+            ids = self._greedy_over(inputs, sorted(set(allowed_token_ids) - {eos}), max_new_tokens)
+            lengths = torch.full_like(ids[:, 0], ids.shape[1])
+            return Generation(ids=ids, texts=self.tokenizer.batch_decode(ids, skip_special_tokens=True), lengths=lengths)
         processors = LogitsProcessorList()
         if allowed_token_ids is not None:
             allowed = set(allowed_token_ids) | {eos} if stop_at_eos else set(allowed_token_ids) - {eos}
@@ -886,6 +899,30 @@ class VisionLanguageModel(nn.Module):
         ids = ids.masked_fill(after, self.tokenizer.pad_token_id)
         texts = [self.tokenizer.decode(row[:n], skip_special_tokens=True) for row, n in zip(ids, first_end.tolist())]
         return Generation(ids=ids, texts=texts, lengths=first_end)
+
+    def _greedy_over(self, inputs: VLMInputs, allowed: list[int], n: int) -> Tensor:
+        """``n`` greedy tokens from ``allowed`` (sorted ids) with the KV cache: int64 [B, n]. The output
+        layer is applied to the allowed rows only (RT-2's 256 action rows instead of a 49k-word vocabulary,
+        about a third of a 30-layer SmolLM2's cost per token; Python overhead of ``model.generate`` aside).
+        The same ids as ``model.generate`` with ``AllowedTokens``: the first maximum among the allowed ids."""
+        AllowedTokens(allowed, self.vocab_size)  # the same checks on the ids
+        ids_t = torch.tensor(allowed, device=self.model.device)
+        head = self.model.lm_head.weight[ids_t]  # [K, D]
+        mask, text = inputs.attention_mask, self.model.model
+        positions = self.family.position_ids(mask)
+        out = text(input_ids=inputs.input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                   **self._model_kwargs(inputs, generating=True))
+        picked = []
+        for i in range(n):
+            token = ids_t[(out.last_hidden_state[:, -1].to(head.dtype) @ head.T).argmax(-1)]  # [B]
+            picked.append(token)
+            if i == n - 1:
+                break
+            mask = torch.cat([mask, mask.new_ones(len(mask), 1)], 1)
+            positions = positions[:, -1:] + 1
+            out = text(input_ids=token[:, None], attention_mask=mask, position_ids=positions,
+                       past_key_values=out.past_key_values, use_cache=True)
+        return torch.stack(picked, 1)
 
     # --- save / load ---------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
@@ -1035,6 +1072,15 @@ def _graft_smollm2(cfg: VLMConfig, family: VLMFamily, model_class: type[PreTrain
     tokenizer = _tokenizer_with(transformers.AutoTokenizer.from_pretrained(text_dir, local_files_only=True),
                                 family.special_tokens)
     lm = transformers.LlamaForCausalLM.from_pretrained(text_dir, local_files_only=True, dtype=torch.float32)
+    if cfg.text_layers is not None:
+        n = lm.config.num_hidden_layers
+        if cfg.text_layers > n:
+            raise ValueError(f"VLMConfig.text_layers={cfg.text_layers}: SmolLM2-135M-Instruct ({text_dir}) has "
+                             f"{n} decoder layers; choose 1..{n} or null for all")
+        lm.model.layers = lm.model.layers[:cfg.text_layers]
+        lm.config.num_hidden_layers = cfg.text_layers
+        if getattr(lm.config, "layer_types", None):
+            lm.config.layer_types = lm.config.layer_types[:cfg.text_layers]
     text = lm.config.to_dict()
     config = family.tiny_config(cfg, text, {t: tokenizer.convert_tokens_to_ids(t) for t in family.special_tokens})
     config.tie_word_embeddings = lm.config.tie_word_embeddings

@@ -36,12 +36,14 @@ def frames(b, n=None, size=40, seed=0):
     return torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
 
 
-def greedy_by_forward(vlm, prompt, images, n):
-    """Reference decoding: re-run the whole sequence through forward (no KV cache) for each token."""
+def greedy_by_forward(vlm, prompt, images, n, allowed=None):
+    """Reference decoding: re-run the whole sequence through forward (no KV cache) for each token
+    (the argmax over ``allowed`` ids where given)."""
     inputs = vlm.encode([prompt], images)
     out = []
     for _ in range(n):
-        nxt = vlm(inputs).logits[0, -1].argmax()
+        logits = vlm(inputs).logits[0, -1]
+        nxt = logits.argmax() if allowed is None else torch.tensor(allowed)[logits[allowed].argmax()]
         out.append(int(nxt))
         inputs.input_ids = torch.cat([inputs.input_ids, nxt.view(1, 1)], 1)
         inputs.attention_mask = torch.cat([inputs.attention_mask, torch.ones(1, 1, dtype=torch.long)], 1)
@@ -191,6 +193,24 @@ def test_constrained_generation_never_leaves_the_allowed_ids():
         assert out.ids.shape == (3, 6) and set(out.ids.flatten().tolist()) <= set(allowed)
     with_end = vlm.generate([prompt], imgs[:1], max_new_tokens=6, allowed_token_ids=actions)
     assert set(with_end.ids[0, :int(with_end.lengths[0])].tolist()) <= set(actions)
+
+
+@torch.no_grad()
+def test_constrained_greedy_decodes_over_the_allowed_rows_with_the_cache(monkeypatch):
+    """RT-2's case (greedy, allowed ids, no end token) takes _greedy_over (the output layer on the allowed
+    rows only): per row of a left-padded batch, the ids a full forward's masked argmax gives."""
+    vlm = tiny()
+    actions = vlm.add_tokens([f"<act_{i}>" for i in range(8)])
+    calls = []
+    fast = vlm._greedy_over
+    monkeypatch.setattr(vlm, "_greedy_over", lambda *a: calls.append(a) or fast(*a))
+    prompts, imgs = ["In: open the drawer?\nOut:", "In: reach the red ball, please\nOut:"], frames(2)
+    out = vlm.generate(prompts, imgs, max_new_tokens=5, allowed_token_ids=actions[::-1], stop_at_eos=False)
+    assert len(calls) == 1 and out.ids.shape == (2, 5) and out.lengths.tolist() == [5, 5]
+    for i, prompt in enumerate(prompts):
+        assert out.ids[i].tolist() == greedy_by_forward(vlm, prompt, imgs[i:i + 1], 5, allowed=actions)
+    vlm.generate(prompts, imgs, max_new_tokens=2, allowed_token_ids=actions)  # the end token allowed: generate's path
+    assert len(calls) == 1
 
 
 def test_add_tokens_appends_consecutive_ids_and_grows_the_tied_output():
@@ -393,6 +413,10 @@ def test_config_rejects_bad_values_with_fixes():
         VLMConfig(image_size=24, patch_size=8)
     with pytest.raises(ValueError, match="text_width=60 must be divisible by text_heads=8"):
         VLMConfig(text_width=60, text_heads=8)
+    with pytest.raises(ValueError, match="text_layers=2 truncates the pretrained weights='smollm2'"):
+        VLMConfig(text_layers=2)
+    with pytest.raises(ValueError, match="text_layers must be a positive int"):
+        VLMConfig(weights="smollm2", text_layers=0)
     with pytest.raises(TypeError, match="list of strings"):
         tiny().encode("one prompt")
 
@@ -420,6 +444,14 @@ def test_smollm2_graft_is_the_pretrained_language_model():
     assert "Paris" in answer.texts[0] and int(answer.lengths[0]) < 12  # stops at <|im_end|>
     with_image = vlm.generate([CHAT.format("Describe the image.")], frames(1, size=96), max_new_tokens=4)
     assert with_image.ids.shape[0] == 1 and vlm.tokens_per_image == 4
+    # text_layers keeps the first pretrained layers: SmolLM2's layer-3 state through its final norm and head
+    short = build_vlm(VLMConfig(weights="smollm2", image_size=64, patch_size=16, vision_depth=1, text_layers=3))
+    assert len(short.model.model.text_model.layers) == 3 and short.model.config.text_config.num_hidden_layers == 3
+    hidden = lm(ids, output_hidden_states=True).hidden_states[3]
+    torch.testing.assert_close(short(short.encode([prompt])).logits[..., :lm.config.vocab_size],
+                               lm.lm_head(lm.model.norm(hidden)), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="has 30 decoder layers; choose 1..30"):
+        build_vlm(VLMConfig(weights="smollm2", image_size=64, patch_size=16, vision_depth=1, text_layers=31))
 
 
 @pytest.mark.slow

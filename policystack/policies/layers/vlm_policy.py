@@ -43,6 +43,7 @@ class VLMPolicyConfig(PolicyConfig):
     text_intermediate: int | None = None  # None: 4 x text_width
     context_length: int = 512
     vocab_size: int | None = None  # None: the tokenizer's; larger pads it (to describe a real model's size)
+    text_layers: int | None = None  # vlm_weights "smollm2": keep its first N pretrained layers (None: all 30)
 
     # --- vision ---
     # "lite0": frozen (or fine-tuned) ImageNet EfficientNet-Lite0 + an MLP projector; "builtin": the VLM's tower
@@ -100,7 +101,7 @@ class VLMPolicyConfig(PolicyConfig):
                          text_width=self.text_width, text_depth=self.text_depth, text_heads=self.text_heads,
                          text_kv_heads=self.text_kv_heads, text_intermediate=self.text_intermediate,
                          context_length=self.context_length, vocab_size=self.vocab_size,
-                         scale_factor=self.scale_factor)
+                         scale_factor=self.scale_factor, text_layers=self.text_layers)
 
 
 class FeatureProjector(nn.Module):
