@@ -8,6 +8,8 @@ checkpoints on the same seeds:
   the records are split by the colour the instruction names: colours seen as goals in the demonstrations,
   and the held-out one (the demos were collected with ``exclude=<colour>``: no demo names it).
 - ``paraphrases``: the same seeds with ``instructions=paraphrases`` (wordings no demo uses).
+- ``--held-out-episodes N``: N more episodes whose goal is always the held-out colour (``target_color=``),
+  since among random episodes only ~1 in 6 names it.
 - VQA / pointing accuracy on held-out scenes (``eval/vqa.py``) for checkpoints that answer in text, beside
   the training set's majority answer.
 
@@ -51,10 +53,11 @@ def rate(successes: list[bool]) -> str:
 
 
 def evaluate(policy, task: str, episodes: int, seed: int, instructions: str | None, n_envs: int = 1,
-             max_steps: int | None = None) -> list:
+             max_steps: int | None = None, target_color: str | None = None) -> list:
     from policystack.eval.runner import EvalRunner
 
-    kw = {"instructions": instructions} if instructions else None
+    kw = {**({"instructions": instructions} if instructions else {}),
+          **({"target_color": target_color} if target_color else {})} or None
     return EvalRunner(task=task, episodes=episodes, n_envs=n_envs, seed=seed, env_kwargs=kw, video_dir=None,
                       max_steps=max_steps, progress=False).run(policy).episodes
 
@@ -67,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--held-out", default="purple", help="the colour no demonstration names")
     ap.add_argument("--no-paraphrases", action="store_true")
+    ap.add_argument("--held-out-episodes", type=int, default=0,
+                    help="also this many episodes whose goal is always the held-out colour (target_color=)")
     ap.add_argument("--vqa-test", default=None, help="held-out `policystack vqa` dataset")
     ap.add_argument("--vqa-train", default=None, help="the training `policystack vqa` dataset (majority baseline)")
     ap.add_argument("--vqa-examples", type=int, default=200)
@@ -90,12 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         reuse.update(json.loads(Path(path).read_text()))
     settings = {"task": args.task, "episodes": args.episodes, "seed": args.seed, "n_envs": args.n_envs,
                 "max_steps": args.max_steps, "paraphrases": not args.no_paraphrases, "vqa_test": args.vqa_test,
-                "vqa_examples": args.vqa_examples}
+                "vqa_examples": args.vqa_examples, "held_out_episodes": args.held_out_episodes}
     for spec in args.run:
         label, _, ckpt = spec.partition("=")
         old = reuse.get(label)
         if old is not None and (old.get("checkpoint"), old.get("settings")) == (ckpt, settings):
-            eps, para = ([SimpleNamespace(**e) for e in old[k]] for k in ("templates", "paraphrases"))
+            eps, para, only = ([SimpleNamespace(**e) for e in old.get(k, [])] for k in ("templates", "paraphrases", "held_out"))
             seconds, report = old["seconds"], old.get("vqa")
         else:
             policy = Policy.from_pretrained(ckpt)
@@ -103,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             run = {"n_envs": args.n_envs, "max_steps": args.max_steps}
             eps = evaluate(policy, args.task, args.episodes, args.seed, None, **run)
             para = [] if args.no_paraphrases else evaluate(policy, args.task, args.episodes, args.seed, "paraphrases", **run)
+            only = [] if not args.held_out_episodes else evaluate(policy, args.task, args.held_out_episodes, args.seed,
+                                                                  None, target_color=args.held_out, **run)
             seconds, report = time.perf_counter() - t0, None
             if args.vqa_test and hasattr(policy, "answer"):
                 from policystack.eval.vqa import evaluate_vqa
@@ -112,9 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         held = [e.success for e in eps if args.held_out in e.task.split()]
         para_seen = [e.success for e in para if args.held_out not in e.task.split()]
         rows.append(f"| {label} | {rate([e.success for e in eps])} | {rate(seen)} | {rate(held)} | "
+                    f"{rate([e.success for e in only]) if only else '-'} | "
                     f"{rate(para_seen) if para else '-'} | {seconds:.0f} |")
         raw[label] = {"checkpoint": ckpt, "settings": settings, "seconds": seconds, "templates": [vars(e) for e in eps],
-                      "paraphrases": [vars(e) for e in para], **({"vqa": report} if report else {})}
+                      "paraphrases": [vars(e) for e in para], "held_out": [vars(e) for e in only],
+                      **({"vqa": report} if report else {})}
         print(rows[-1], flush=True)
         if report:
             vqa_rows.append((label, report))
@@ -127,10 +136,13 @@ def main(argv: list[str] | None = None) -> int:
         f"(Wilson 95% intervals), episode limit {args.max_steps or 'the task default'}, {args.n_envs} environment(s) stepped in "
         f"parallel, {args.threads} torch thread(s), 1-minute load average {load_before:.1f} at the start. Columns: all "
         f"episodes; split by the colour the instruction names (seen as a goal in the demos, or `{args.held_out}`, held "
-        "out of them); the same seeds with paraphrased instructions (seen colours only).",
+        f"out of them); {args.held_out_episodes or 'no'} episodes of the same seeds whose goal is always {args.held_out} "
+        f"(`target_color={args.held_out}`: the goal and a {args.held_out} distractor swap colours, or the goal is "
+        "repainted); the same seeds with paraphrased instructions (seen colours only).",
         "",
-        f"| policy | all | seen colours | held-out colour ({args.held_out}) | paraphrases, seen colours | eval s |",
-        "|---|---|---|---|---|---:|",
+        f"| policy | all | seen colours | held-out colour ({args.held_out}) | every goal {args.held_out} | "
+        "paraphrases, seen colours | eval s |",
+        "|---|---|---|---|---|---|---:|",
         *rows,
     ]
     if vqa_rows:

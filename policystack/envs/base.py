@@ -46,6 +46,10 @@ Truncation after each task's ``max_episode_steps`` is done by Gymnasium's ``Time
 scene and goal): wordings that ``policystack collect`` never records, to test a policy on instructions it
 was not trained on.
 
+``target_color="purple"`` (Reach, PressButton): after the seed's scene is built, the goal object is
+purple (it swaps colours with a purple distractor, or is repainted), so every episode asks for that
+colour: with demos collected with ``exclude=purple``, an evaluation of the held-out colour alone.
+
 ``reset(options={"swap_instruction": True})`` builds the seed's scene, then names another of its objects
 in the instruction (``swap_instruction``; Reach, PressButton, PickPlace, Stack, PlaceObject: the other bowl) and judges success on
 that object: the same scene with another goal, to test that a policy follows the words.
@@ -81,7 +85,7 @@ import numpy as np
 from gymnasium import spaces
 
 from policystack.envs import robot as rb
-from policystack.envs.scene import add_table_and_lights
+from policystack.envs.scene import COLORS, add_table_and_lights
 from policystack.types import ACTION, OBS_ENV_STATE, OBS_STATE, Feature, FeatureSpec, camera_key
 
 POS_SCALE = 0.05  # m per step at |a| = 1
@@ -166,7 +170,7 @@ class TabletopEnv(gym.Env):
     def __init__(self, action_mode: str = "ee_delta", cameras: tuple[str, ...] | list[str] | str = CAMERAS,
                  image_size: int | tuple[int, int] = 96, fps: int = 10, physics_hz: int = 500,
                  render_mode: str | None = None, terminate_on_success: bool = True, env_state: bool = False,
-                 start_pose: str = "random", instructions: str = "templates"):
+                 start_pose: str = "random", instructions: str = "templates", target_color: str | None = None):
         if action_mode not in ("ee_delta", "joint"):
             raise ValueError(f"action_mode={action_mode!r}: expected 'ee_delta' or 'joint'")
         if isinstance(cameras, str):
@@ -187,6 +191,9 @@ class TabletopEnv(gym.Env):
         if instructions not in INSTRUCTION_SETS:
             raise ValueError(f"instructions={instructions!r}: expected one of {INSTRUCTION_SETS}")
         self.instructions = instructions
+        if target_color is not None and target_color not in COLORS:
+            raise ValueError(f"target_color={target_color!r}: expected one of {sorted(COLORS)} or None")
+        self.target_color = target_color
         self.action_mode = action_mode
         self.cameras = tuple(cameras)
         self.image_hw = (int(h), int(w))
@@ -255,6 +262,14 @@ class TabletopEnv(gym.Env):
         then judged on that object. Used by ``reset(options={"swap_instruction": True})`` to test that
         a policy follows the words rather than the scene."""
         raise ValueError(f"{type(self).__name__}: the scene has no other object an instruction could name instead")
+
+    def name_target_color(self, color: str) -> str:
+        """After ``randomize``: give the goal object ``color`` (swapping colours with the distractor that
+        has it, if one does; nothing else of the seed's scene changes) and return the instruction naming it.
+        Used by ``target_color=``: every episode's goal has one colour, e.g. the colour held out of the
+        demonstrations (``policystack collect ... exclude=purple``)."""
+        raise ValueError(f"{type(self).__name__}: target_color needs a task whose instruction names the goal by "
+                         f"its colour (Reach, PressButton)")
 
     def object_state(self) -> np.ndarray:
         """Poses of the objects the instruction names, laid out as ``ENV_STATE_NAMES``."""
@@ -358,6 +373,8 @@ class TabletopEnv(gym.Env):
         self.data.ctrl[self._arm_act] = rb.HOME_QPOS
         self.data.ctrl[self._grip_act] = 0.0
         self.task = self.randomize()  # before the start pose: a seed's layout does not depend on start_pose
+        if self.target_color is not None:
+            self.task = self.name_target_color(self.target_color)
         if (options or {}).get("swap_instruction"):
             self.task = self.swap_instruction()
         if self.start_pose == "random":

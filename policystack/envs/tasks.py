@@ -79,6 +79,17 @@ class _NamedOneOfThree(TabletopEnv):
         self.target = f"{self.part}{i}"
         return self.template.format(c=self.colors[i])
 
+    def name_target_color(self, color: str) -> str:
+        i = int(self.target[-1])
+        if color in self.colors:  # a distractor has it: the two swap colours
+            j = self.colors.index(color)
+            self.colors[i], self.colors[j] = self.colors[j], self.colors[i]
+        else:
+            self.colors[i] = color
+        for k, c in enumerate(self.colors):
+            self.model.geom_rgba[self.model.geom(f"{self.part}{k}").id] = COLORS[c]
+        return self.template.format(c=color)
+
     def object_state(self) -> np.ndarray:
         return self.body_pos(self.target)
 

@@ -4,7 +4,7 @@
         [out=DIR] [videos=2] [max_steps=N] [device=cpu] [policy=NAME] [overwrite=false]
         [cameras=front,wrist] [image_size=96] [action_mode=ee_delta] [start_pose=random|home]
         [swap_instruction=false] [variations=30-49] [camera_convention=lerobot|upright|vflip]
-        [instructions=templates|paraphrases] [threads=1] [n_action_steps=N]
+        [instructions=templates|paraphrases] [target_color=COLOUR] [threads=1] [n_action_steps=N]
         [detector=DIR] [detector_threshold=0.5]
 
 checkpoint: a policy directory, a training checkpoint or a run directory (its latest checkpoint),
@@ -32,6 +32,9 @@ n_action_steps=N: execute N actions of each predicted chunk before predicting ag
 checkpoint's own setting (at most its horizon): an inference-time setting, tried without retraining.
 instructions=paraphrases: the same scenes, the instructions worded by the task's paraphrases, which no
 demonstration uses (docs/envs.md). OUT defaults to ..._paraphrases.
+target_color=purple (Reach, PressButton): every episode's goal is the purple object (the seed's scene, with
+the goal and a purple distractor swapping colours, or the goal repainted): the held-out colour of demos
+collected with ``exclude=purple``, evaluated alone. OUT defaults to ..._purple.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ class EvalArgs:
     # spin against each other (2 threads beside two busy processes: 37 s per PressButton episode, 1: 0.5 s)
     threads: int = 1
     instructions: str = ""
+    target_color: str = ""  # every episode's goal has this colour (Reach, PressButton)
     n_action_steps: int = 0  # 0: the checkpoint's; N: execute N actions of each chunk (<= its horizon)
     detector: str = ""  # a describer checkpoint judging each episode's last frame
     detector_threshold: float = 0.5  # its verdict: P(done) >= this
@@ -93,13 +97,16 @@ class EvalArgs:
             kw["variations"] = tuple(parse_int_ranges(self.variations, "variations"))
         if self.instructions:
             kw["instructions"] = self.instructions
+        if self.target_color:
+            kw["target_color"] = self.target_color
         return kw or None
 
     def out_dir(self) -> Path:
         if self.out:
             return Path(self.out)
         name = "_".join(self.tasks) + ("_swap" if self.swap_instruction else "") \
-            + ("_paraphrases" if self.instructions == "paraphrases" else "")
+            + ("_paraphrases" if self.instructions == "paraphrases" else "") \
+            + (f"_{self.target_color}" if self.target_color else "")
         if self.checkpoint == "expert":
             return Path("outputs/eval/expert") / name
         return Path(self.checkpoint) / "eval" / name

@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from bench_rt2_study import main  # noqa: E402
 
 SETTINGS = {"task": "Reach", "episodes": 2, "seed": 1000, "n_envs": 1, "max_steps": 30, "paraphrases": False,
-            "vqa_test": None, "vqa_examples": 200}
+            "vqa_test": None, "vqa_examples": 200, "held_out_episodes": 0}
 
 
 def test_a_recorded_run_is_reused_and_a_changed_one_is_evaluated_again(tmp_path, capsys):
@@ -25,7 +25,7 @@ def test_a_recorded_run_is_reused_and_a_changed_one_is_evaluated_again(tmp_path,
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| RT-2 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1].endswith("(1/2)") and cells[2].endswith("(0/1)") and cells[3].endswith("(1/1)")
-    assert cells[4:] == ["-", "12"]
+    assert cells[4:] == ["-", "-", "12"]  # no every-goal-purple episodes, no paraphrases
     assert json.loads((tmp_path / "again.json").read_text())["RT-2"]["settings"] == SETTINGS
     # another episode limit is another measurement: the checkpoint is loaded (and here it does not exist)
     with pytest.raises(Exception, match="no_checkpoint_here"):

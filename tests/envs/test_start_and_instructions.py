@@ -70,6 +70,40 @@ def run_episode_with_options(env, expert, seed, options):
     return info["is_success"]
 
 
+@pytest.mark.parametrize("task", ["Reach", "PressButton"])
+def test_target_color_gives_every_goal_that_colour_and_keeps_the_scene(task):
+    plain = envs.make(task, cameras=(), env_state=True)
+    purple = envs.make(task, cameras=(), env_state=True, target_color="purple")
+    had_purple_distractor = repainted = 0
+    for seed in range(12):
+        obs, info = plain.reset(seed=seed)
+        colors = list(plain.unwrapped.colors)
+        p_obs, p_info = purple.reset(seed=seed)
+        u = purple.unwrapped
+        assert "purple" in p_info["task"].split() and u.colors[int(u.target[-1])] == "purple"
+        assert len(set(u.colors)) == 3  # still three colours
+        # the same scene, start and goal object: only colours moved
+        np.testing.assert_array_equal(obs["observation.state"], p_obs["observation.state"])
+        np.testing.assert_array_equal(obs["observation.environment_state"], p_obs["observation.environment_state"])
+        if "purple" in colors and colors[int(u.target[-1])] != "purple":
+            had_purple_distractor += 1
+            j = colors.index("purple")  # it took the goal's old colour
+            assert u.colors[j] == colors[int(u.target[-1])]
+        repainted += "purple" not in colors
+        rgba = u.model.geom_rgba[u.model.geom(f"{u.part}{int(u.target[-1])}").id]
+        np.testing.assert_allclose(rgba, envs.scene.COLORS["purple"])
+    assert had_purple_distractor and repainted  # both cases seen in these seeds
+    assert run_episode_with_options(purple, make_expert(purple), 5, None)  # success is judged on the goal
+    with pytest.raises(ValueError, match="target_color='violet': expected one of"):
+        envs.make(task, cameras=(), target_color="violet")
+
+
+def test_target_color_refused_where_the_goal_has_no_colour():
+    env = envs.make("OpenDrawer", cameras=(), target_color="red")
+    with pytest.raises(ValueError, match="names the goal by its colour"):
+        env.reset(seed=0)
+
+
 def test_swap_refused_where_the_scene_has_no_other_object():
     env = envs.make("Push", cameras=())
     with pytest.raises(ValueError, match="no other object"):

@@ -20,3 +20,13 @@ def test_eval_sets_torch_threads_and_refuses_zero(tmp_path):
                               out=str(tmp_path / "b")), progress=False)
     finally:
         torch.set_num_threads(before)
+
+
+def test_eval_target_color_asks_for_that_colour_in_every_episode(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = EvalArgs(checkpoint="expert", env="Reach", episodes=3, videos=0, target_color="purple")
+    assert args.env_overrides() == {"target_color": "purple"}
+    out = evaluate(args, progress=False)
+    assert str(out["eval_info"]).endswith("outputs/eval/expert/Reach_purple/eval_info.json")
+    episodes = out["results"][0].episodes
+    assert len(episodes) == 3 and all("purple" in e.task.split() and e.success for e in episodes)
