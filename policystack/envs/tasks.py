@@ -69,10 +69,15 @@ class _NamedOneOfThree(TabletopEnv):
         xy = sample_positions(rng, self.n_objects, AREA_LOW, AREA_HIGH, 0.12)
         for i in range(self.n_objects):
             self.place(i, xy[i], rng)
-            self.model.geom_rgba[self.model.geom(f"{self.part}{i}").id] = COLORS[colors[i]]
         self.target = f"{self.part}{int(rng.integers(self.n_objects))}"
         self.colors, self.template = colors, self.pick_template(rng)
+        self._paint()
         return self.template.format(c=colors[int(self.target[-1])])
+
+    def _paint(self) -> None:
+        """Give object i the colour ``self.colors[i]``."""
+        for i, c in enumerate(self.colors):
+            self.model.geom_rgba[self.model.geom(f"{self.part}{i}").id] = COLORS[c]
 
     def swap_instruction(self) -> str:
         i = (int(self.target[-1]) + 1) % self.n_objects
@@ -86,8 +91,7 @@ class _NamedOneOfThree(TabletopEnv):
             self.colors[i], self.colors[j] = self.colors[j], self.colors[i]
         else:
             self.colors[i] = color
-        for k, c in enumerate(self.colors):
-            self.model.geom_rgba[self.model.geom(f"{self.part}{k}").id] = COLORS[c]
+        self._paint()
         return self.template.format(c=color)
 
     def object_state(self) -> np.ndarray:
