@@ -875,14 +875,16 @@ class VisionLanguageModel(nn.Module):
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         inputs = self.encode(prompts, images, reserve=max_new_tokens, image_features=image_features).to(self.model.device)
         eos = self.tokenizer.eos_token_id
-        if (allowed_token_ids is not None and not stop_at_eos and not do_sample and not logits_processors
-                and self.family.cached_greedy):
-            ids = self._greedy_over(inputs, sorted(set(allowed_token_ids) - {eos}), max_new_tokens)
+        allowed = None
+        if allowed_token_ids is not None:
+            allowed = set(allowed_token_ids) | {eos} if stop_at_eos else set(allowed_token_ids) - {eos}
+        if allowed is not None and not stop_at_eos and not do_sample and not logits_processors \
+                and self.family.cached_greedy:
+            ids = self._greedy_over(inputs, sorted(allowed), max_new_tokens)
             lengths = torch.full_like(ids[:, 0], ids.shape[1])
             return Generation(ids=ids, texts=self.tokenizer.batch_decode(ids, skip_special_tokens=True), lengths=lengths)
         processors = LogitsProcessorList()
-        if allowed_token_ids is not None:
-            allowed = set(allowed_token_ids) | {eos} if stop_at_eos else set(allowed_token_ids) - {eos}
+        if allowed is not None:
             processors.append(AllowedTokens(allowed, self.vocab_size))
         processors.extend(logits_processors)
         sampling = {"do_sample": True, "temperature": temperature, "top_k": None, "top_p": None} if do_sample \
