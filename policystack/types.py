@@ -34,6 +34,7 @@ PRIVILEGED_OBJECTS = "privileged.objects"  # float32 [K*5]: per object slot colo
 PRIVILEGED_DECISION = "privileged.decision"  # float32 [1]: the expert's phase, an id into its info's names
 TASK = "task"
 PAD_SUFFIX = "_is_pad"  # f"{key}{PAD_SUFFIX}" marks frames repeated at episode edges
+END_SUFFIX = "_episode_end"  # f"{key}{END_SUFFIX}": the last frames of the sample's episode (loader end_indices)
 
 EPISODE_INDEX = "episode_index"
 FRAME_INDEX = "frame_index"

@@ -11,7 +11,8 @@ How it is fast:
   directory and opened with ``np.load(mmap_mode="r")``: DataLoader workers map the same pages
   instead of copying them (the dataset pickles without its arrays and reopens them in a worker).
 - A window is ``clip(i + deltas, ep_from[i], ep_to[i] - 1)`` and one fancy-index per key; the pad
-  mask is the out-of-episode test, as LeRobot's ``_get_query_indices``.
+  mask is the out-of-episode test, as LeRobot's ``_get_query_indices``. ``end_indices`` (not in
+  LeRobot) adds windows anchored at the episode's last frame instead of at ``i`` (Gato's prompts).
 - Video frames are decoded once per (camera, episode) segment, sequentially, into a uint8 array
   stored in the frame cache (memory-mapped ``.npy`` files whose total size is bounded by
   ``frame_cache_bytes``, least recently used evicted; or an in-process LRU with the same bound when
@@ -50,7 +51,16 @@ import torch
 from policystack.datasets.meta import INFO_PATH, DatasetMeta, read_parquet
 from policystack.datasets.video import DEFAULT_TOLERANCE_S, decode_frames
 from policystack.io import atomic_write_json, atomic_writer
-from policystack.types import EPISODE_INDEX, INDEX, PAD_SUFFIX, TASK, TASK_INDEX, TIMESTAMP, DataError
+from policystack.types import (
+    END_SUFFIX,
+    EPISODE_INDEX,
+    INDEX,
+    PAD_SUFFIX,
+    TASK,
+    TASK_INDEX,
+    TIMESTAMP,
+    DataError,
+)
 
 CACHE_VERSION = 1
 DEFAULT_CACHE_DIR = Path(os.environ.get("POLICYSTACK_CACHE", Path.home() / ".cache" / "policystack")) / "loader"
@@ -284,6 +294,10 @@ class WindowedDataset(torch.utils.data.Dataset):
             computed once per episode and kept in the frame cache beside the decoded frames.
         episodes: keep only these episodes (LeRobot's ``episodes=``): index ``i`` is then the i-th frame
             of the selected episodes, in dataset order; windows never cross an episode anyway.
+        end_indices: key -> offsets in frames from the LAST frame of the sample's episode (0 is that
+            frame, -1 the one before; clamped to the episode's first frame), returned as
+            ``<key>_episode_end`` [T, ...] beside the key's own window: the end of a demonstration,
+            whatever frame was drawn (Gato's prompts). The key must be among ``keys``.
 
     Sample (one index): every returned feature as LeRobot returns it; a key with offsets comes as
     [T, ...] plus ``<key>_is_pad`` bool [T]; cameras as uint8 [3, H, W] / [T, 3, H, W]; ``task`` str.
@@ -293,7 +307,7 @@ class WindowedDataset(torch.utils.data.Dataset):
                  delta_indices: dict[str, Sequence[int]] | None = None, keys: Sequence[str] | None = None,
                  tolerance_s: float = DEFAULT_TOLERANCE_S, cache_dir: str | Path | bool | None = None,
                  frame_cache_bytes: int = DEFAULT_FRAME_CACHE_BYTES, episodes: Sequence[int] | None = None,
-                 frame_transforms: dict | None = None):
+                 frame_transforms: dict | None = None, end_indices: dict[str, Sequence[int]] | None = None):
         self.meta = DatasetMeta.load(root)
         self.root = self.meta.root
         self.tolerance_s = tolerance_s
@@ -306,6 +320,10 @@ class WindowedDataset(torch.utils.data.Dataset):
                            f"(features: {list(features)})")
         self.keys = list(keys)
         self.delta_indices = self._resolve_deltas(delta_timestamps, delta_indices)
+        self.end_indices = self._resolve_deltas(None, end_indices, "end_indices")
+        late = {k: d.tolist() for k, d in self.end_indices.items() if (d > 0).any()}
+        if late:
+            raise ValueError(f"end_indices {late}: offsets from an episode's last frame must be <= 0")
         self.camera_keys = [k for k in self.keys if features[k].is_visual]
         self.frame_transforms = dict(frame_transforms or {})
         for k, fn in self.frame_transforms.items():
@@ -337,7 +355,7 @@ class WindowedDataset(torch.utils.data.Dataset):
         self._rows = None if episodes is None else self._episode_rows(episodes)  # selected global indices
 
     # -- set-up ----------------------------------------------------------------------------------
-    def _resolve_deltas(self, delta_timestamps, delta_indices) -> dict[str, np.ndarray]:
+    def _resolve_deltas(self, delta_timestamps, delta_indices, what: str = "delta") -> dict[str, np.ndarray]:
         if delta_timestamps is not None and delta_indices is not None:
             raise ValueError("give delta_timestamps (seconds) or delta_indices (frames), not both")
         fps = self.meta.fps
@@ -352,13 +370,13 @@ class WindowedDataset(torch.utils.data.Dataset):
         out = {}
         for k, d in (delta_indices or {}).items():
             if k not in self.meta.features:
-                raise KeyError(f"delta on {k!r}, which is not a feature of {self.root / INFO_PATH} "
+                raise KeyError(f"{what} on {k!r}, which is not a feature of {self.root / INFO_PATH} "
                                f"(features: {list(self.meta.features)})")
             if k not in self.keys:
-                raise KeyError(f"delta on {k!r}, which is not among the requested keys {self.keys}")
+                raise KeyError(f"{what} on {k!r}, which is not among the requested keys {self.keys}")
             arr = np.asarray(list(d))
             if arr.ndim != 1 or len(arr) == 0 or not np.issubdtype(arr.dtype, np.integer):
-                raise ValueError(f"delta for {k!r} must be a non-empty list of integer frame offsets, got {d!r}")
+                raise ValueError(f"{what} for {k!r} must be a non-empty list of integer frame offsets, got {d!r}")
             out[k] = arr.astype(np.int64)
         return out
 
@@ -575,11 +593,13 @@ class WindowedDataset(torch.utils.data.Dataset):
             idx = self._rows[idx]
         ep_from, ep_to = cols["_ep_from"][idx], cols["_ep_to"][idx]
         out: dict = {}
-        for key in self.keys:
-            d = self.delta_indices.get(key)
+        windows = [(key, key, self.delta_indices.get(key), idx) for key in self.keys]
+        windows += [(key, key + END_SUFFIX, d, ep_to - 1) for key, d in self.end_indices.items()]
+        for key, name, d, anchor in windows:
             if d is not None:
-                q = idx[:, None] + d[None, :]
-                out[key + PAD_SUFFIX] = torch.from_numpy((q < ep_from[:, None]) | (q >= ep_to[:, None]))
+                q = anchor[:, None] + d[None, :]
+                if name == key:
+                    out[key + PAD_SUFFIX] = torch.from_numpy((q < ep_from[:, None]) | (q >= ep_to[:, None]))
                 q = np.clip(q, ep_from[:, None], ep_to[:, None] - 1)
             else:
                 q = idx[:, None]
@@ -589,9 +609,9 @@ class WindowedDataset(torch.utils.data.Dataset):
                 val = self._gather_frames(key, q, ep_from)
             else:  # strings
                 val = np.asarray(self._strings[key], dtype=object)[q]
-                out[key] = [list(r) if d is not None else r[0] for r in val]
+                out[name] = [list(r) if d is not None else r[0] for r in val]
                 continue
-            out[key] = torch.from_numpy(val if d is not None else val[:, 0])
+            out[name] = torch.from_numpy(val if d is not None else val[:, 0])
         out[TASK] = [self.meta.tasks[t] for t in cols[TASK_INDEX][idx].tolist()]
         return out
 

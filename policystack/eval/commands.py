@@ -5,7 +5,7 @@
         [cameras=front,wrist] [image_size=96] [action_mode=ee_delta] [start_pose=random|home]
         [swap_instruction=false] [variations=30-49] [camera_convention=lerobot|upright|vflip]
         [instructions=templates|paraphrases] [target_color=COLOUR] [threads=1] [n_action_steps=N]
-        [detector=DIR] [detector_threshold=0.5]
+        [detector=DIR] [detector_threshold=0.5] [embodiment=NAME]
 
 checkpoint: a policy directory, a training checkpoint or a run directory (its latest checkpoint),
 or ``expert`` for the task's scripted expert. policy=NAME checks the checkpoint is of that family.
@@ -32,6 +32,9 @@ n_action_steps=N: execute N actions of each predicted chunk before predicting ag
 checkpoint's own setting (at most its horizon): an inference-time setting, tried without retraining.
 instructions=paraphrases: the same scenes, the instructions worded by the task's paraphrases, which no
 demonstration uses (docs/envs.md). OUT defaults to ..._paraphrases.
+embodiment=NAME: a checkpoint that acts on several robots (Gato trained with another robot's dataset in
+``dataset.mixture``) acts as that one (its features choose the env's cameras and sizes); the checkpoint's
+own robot is ``main``, the others are named after their datasets (``mw_reach``).
 target_color=purple (Reach, PressButton): every episode's goal is the purple object (the seed's scene, with
 the goal and a purple distractor swapping colours, or the goal repainted): the held-out colour of demos
 collected with ``exclude=purple``, evaluated alone. OUT defaults to ..._purple.
@@ -78,6 +81,7 @@ class EvalArgs:
     n_action_steps: int = 0  # 0: the checkpoint's; N: execute N actions of each chunk (<= its horizon)
     detector: str = ""  # a describer checkpoint judging each episode's last frame
     detector_threshold: float = 0.5  # its verdict: P(done) >= this
+    embodiment: str = ""  # a multi-robot checkpoint's robot to act as (Gato: main, or a mixed-in dataset's name)
 
     @property
     def tasks(self) -> list[str]:
@@ -140,6 +144,18 @@ def load_policy(checkpoint: str, policy: str = "", device: str = "cpu") -> Any:
     return klass.from_pretrained(checkpoint, map_location=device)
 
 
+def as_embodiment(policy: Any, name: str, checkpoint: str) -> Any:
+    """``policy`` acting as its robot ``name`` (``GatoPolicy.for_embodiment``); refused, naming what the
+    checkpoint has, for a policy of one robot or an unknown name."""
+    names = sorted(getattr(policy, "embodiments", None) or [])
+    if not hasattr(policy, "for_embodiment"):
+        raise ValueError(f"embodiment={name}: {checkpoint} acts on one robot (only multi-robot checkpoints, "
+                         "such as Gato trained with another robot's dataset mixed in, have embodiments)")
+    if name not in names:
+        raise ValueError(f"embodiment={name}: {checkpoint} has no such embodiment; it has {names}")
+    return policy.for_embodiment(name)
+
+
 def set_n_action_steps(policy: Any, n: int, checkpoint: str) -> None:
     """Execute ``n`` actions of each predicted chunk (``PolicyConfig.n_action_steps``) instead of the
     checkpoint's own number; refused for the expert and past the policy's horizon."""
@@ -187,6 +203,8 @@ def evaluate(args: EvalArgs, progress: bool = True) -> dict[str, Any]:
                           detector_threshold=args.detector_threshold)
                for t in args.tasks]  # validates all names before loading
     policy = load_policy(args.checkpoint, args.policy, args.device)
+    if args.embodiment:
+        policy = as_embodiment(policy, args.embodiment, args.checkpoint)
     if args.n_action_steps:
         set_n_action_steps(policy, args.n_action_steps, args.checkpoint)
     if args.detector:

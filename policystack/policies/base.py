@@ -112,6 +112,11 @@ class PolicyConfig:
         return {k: self.observation_delta_indices if k.startswith("observation.") else self.action_delta_indices
                 for k in keys if k.startswith("observation.") or k == ACTION}
 
+    def episode_end_indices(self, keys) -> dict[str, list[int]]:
+        """Frame offsets from the last frame of each sample's episode that the loader also gives (as
+        ``<key>_episode_end``; ``WindowedDataset(end_indices=)``): none by default (Gato's prompts)."""
+        return {}
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -42,9 +42,10 @@ embodiment of each mixed-in robot dataset (``mixture_keys``), so one run trains 
 (15-d state, 7-d action) and MetaWorld Sawyer (39-d state, 4-d action) with a text corpus.
 
 Prompts (Gato section 3.3): in training, with probability ``prompt_fraction`` a sample is prefixed with
-the last timesteps of other demonstrations of the same task in its batch part (the latest frames the
-batch holds of them; the loop samples windows, not whole episodes, so "the end" is the end of what the
-batch has). At evaluation ``set_prompt(task, demo)`` gives a held-out demonstration per task.
+the last ``prompt_steps`` timesteps of another demonstration of the same task in its batch part: the
+loader gives every robot sample its own episode's last frames (``GatoConfig.episode_end_indices``, as
+``<key>_episode_end``), and a sample borrows those of another episode of its task. At evaluation
+``set_prompt(task, demo)`` gives a held-out demonstration per task.
 
 Differences from the paper, all for a CPU: one timestep of context (the Policy contract shows a policy
 observations, never the actions that were executed, so past actions cannot be fed back: the prompt is
@@ -73,8 +74,8 @@ from policystack.policies.layers.transformer import DecoderStack, KVCache
 from policystack.policies.tokenizers import MuLawTokenizer, TokenBlock, subword_tokenizer
 from policystack.types import (
     ACTION,
+    END_SUFFIX,
     EPISODE_INDEX,
-    FRAME_INDEX,
     PAD_SUFFIX,
     TASK,
     DataError,
@@ -155,6 +156,14 @@ class GatoConfig(PolicyConfig):
                 raise ValueError(f"{name}.embodiments: {MAIN!r} is the policy's own features; name the others "
                                  "something else")
             parse_embodiment(feats, f"{name}.embodiments.{emb}")
+
+
+    def episode_end_indices(self, keys) -> dict[str, list[int]]:
+        """The last ``prompt_steps`` frames of each robot sample's episode (observations and action):
+        the training prompts (``GatoPolicy._training_prompts``); none without prompts or an action."""
+        if self.prompt_fraction == 0.0 or ACTION not in keys:
+            return {}
+        return {k: list(range(1 - self.prompt_steps, 1)) for k in self.delta_indices(keys)}
 
 
 def parse_embodiment(feats: dict[str, Any], where: str) -> FeatureSpec:
@@ -382,24 +391,23 @@ class GatoPolicy(Policy):
         return [(e.flatten(0, 1), ids.flatten(), torch.zeros(ids.numel(), dtype=torch.bool, device=self.device))]
 
     def _training_prompts(self, emb: str, part: dict[str, Any], tasks: list[str]) -> list[list]:
-        """Per sample: [] or the prompt pieces of up to ``prompt_steps`` other samples of the same task
-        from other episodes (the latest frames first chosen, then in time order)."""
+        """Per sample: [] or the prompt pieces of the last frames of another episode of the same task,
+        drawn among the part's samples (their ``<key>_episode_end``, which the loader gives when the
+        config's ``episode_end_indices`` asks; a batch without them gets no prompts)."""
         c, N = self.config, len(tasks)
         out: list[list] = [[] for _ in range(N)]
-        if c.prompt_fraction == 0.0:
+        keys = list(self.embodiments[emb])
+        if c.prompt_fraction == 0.0 or any(k + END_SUFFIX not in part for k in keys):
             return out
         episodes = part.get(EPISODE_INDEX)
-        frames = part.get(FRAME_INDEX)
         draw = torch.rand(N) < c.prompt_fraction
         for i in torch.nonzero(draw).flatten().tolist():
-            others = [j for j in range(N) if j != i and tasks[j] == tasks[i]
+            others = [j for j in range(N) if tasks[j] == tasks[i]
                       and (episodes is None or int(episodes[j]) != int(episodes[i]))]
             if not others:
                 continue
-            if frames is not None:
-                others.sort(key=lambda j: -int(frames[j]))
-            chosen = others[:c.prompt_steps][::-1]
-            out[i] = self._prompt_pieces(emb, {k: part[k][chosen] for k in self.embodiments[emb]})
+            j = others[int(torch.randint(len(others), ()))]
+            out[i] = self._prompt_pieces(emb, {k: part[k + END_SUFFIX][j] for k in keys})
         return out
 
     # --- training ---------------------------------------------------------------------------------
@@ -431,8 +439,8 @@ class GatoPolicy(Policy):
         for p, part in enumerate(split_mixture(batch)):
             tasks = list(part[TASK])
             if ACTION in part:
-                x = {k: v[:, 0] if isinstance(v, Tensor) and v.dim() >= 2 and (k.startswith("observation.") or k in
-                                                                               (ACTION, ACTION + PAD_SUFFIX)) else v
+                x = {k: v[:, 0] if isinstance(v, Tensor) and v.dim() >= 2 and not k.endswith(END_SUFFIX) and
+                     (k.startswith("observation.") or k in (ACTION, ACTION + PAD_SUFFIX)) else v
                      for k, v in part.items()}
                 emb = self.embodiment_of(x, f"batch part {p}")
                 e, ids, loss = self.timestep(emb, x, with_action=True)

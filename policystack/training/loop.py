@@ -180,6 +180,7 @@ def load_datasets(cfg: TrainConfig, pcfg: PolicyConfig, policy: Policy, meta: Da
     it has: a vision-language dataset gives cameras and task, no action)."""
     common = dict(cache_dir=cache_dir, frame_cache_bytes=cfg.dataset.frame_cache_bytes)
     primary = WindowedDataset(meta.root, delta_indices=pcfg.delta_indices(features), keys=list(features),
+                              end_indices=pcfg.episode_end_indices(features),
                               episodes=selected_episodes(meta, cfg.dataset.episodes, cfg.dataset.tasks),
                               frame_transforms={k: f for k, f in transforms.items() if k in features}, **common)
     if not cfg.dataset.mixture:
@@ -192,6 +193,7 @@ def load_datasets(cfg: TrainConfig, pcfg: PolicyConfig, policy: Policy, meta: Da
         mix = DatasetMeta.load(path)
         keys = policy.mixture_keys(mix.features, f"{mix.root}/meta/info.json")
         parts.append(WindowedDataset(mix.root, delta_indices=pcfg.delta_indices(keys), keys=keys,
+                                     end_indices=pcfg.episode_end_indices(keys),
                                      frame_transforms={k: f for k, f in transforms.items() if k in keys}, **common))
     return MixtureDataset(parts)
 

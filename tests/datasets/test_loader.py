@@ -143,6 +143,26 @@ def test_future_observation_frames_without_the_action_match_lerobot(lerobot_root
     assert torch.equal(s["observation.state"][2], s["observation.state"][1])  # repeats the episode's last frame
 
 
+def test_end_indices_give_the_last_frames_of_each_samples_episode(lerobot_root, tmp_path):
+    """end_indices={key: [-1, 0]}: <key>_episode_end holds the last two frames of the sample's own episode
+    (whatever frame was drawn; clamped in an episode shorter than the offsets), cameras included."""
+    ends = {"observation.state": [-1, 0], "action": [-1, 0], VIDEO_KEY: [-1, 0]}
+    ds = WindowedDataset(lerobot_root, delta_indices={"action": [0, 1]}, end_indices=ends, cache_dir=tmp_path)
+    starts = np.cumsum((0, *EPISODE_LENGTHS))
+    batch = ds.get_batch([0, 3, int(starts[1]), int(starts[2]) - 1])
+    for row, i in enumerate([0, 3, int(starts[1]), int(starts[2]) - 1]):
+        last = int(starts[np.searchsorted(starts, i, side="right")]) - 1
+        for key in ends:
+            want = torch.stack([ds[last - 1][key] if key != "action" else ds[last - 1][key][0],
+                                ds[last][key] if key != "action" else ds[last][key][0]])
+            assert torch.equal(batch[key + "_episode_end"][row], want), (key, i)
+    assert batch["action"].shape[1] == 2 and "action_episode_end_is_pad" not in batch
+    with pytest.raises(ValueError, match="must be <= 0"):
+        WindowedDataset(lerobot_root, end_indices={"action": [0, 1]}, cache_dir=tmp_path)
+    with pytest.raises(KeyError, match="end_indices on 'observation.nope'"):
+        WindowedDataset(lerobot_root, end_indices={"observation.nope": [0]}, cache_dir=tmp_path)
+
+
 @pytest.mark.parametrize("collate", ["default", "windows"])
 def test_workers_give_the_same_batches(lerobot_root, tmp_path, collate):
     ds = WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=tmp_path)

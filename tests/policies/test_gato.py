@@ -18,7 +18,7 @@ from policystack.policies.gato import IGNORE, GatoConfig, GatoPolicy
 from policystack.policies.layers.patches import PatchEmbedding, patch_intervals, patch_positions
 from policystack.policies.tokenizers import MuLawTokenizer, mu_law, mu_law_inverse, subword_tokenizer
 from policystack.training.config import load_preset
-from policystack.types import ACTION, EPISODE_INDEX, FRAME_INDEX, TASK, DataError, Feature
+from policystack.types import ACTION, END_SUFFIX, EPISODE_INDEX, FRAME_INDEX, TASK, DataError, Feature
 
 SAWYER = {"observation.state": Feature("float32", (39,)), "observation.images.corner2": Feature("video", (32, 32, 3)),
           ACTION: Feature("float32", (4,))}
@@ -165,22 +165,33 @@ def test_loss_on_text_and_action_tokens_only():
     assert torch.isfinite(loss) and {"action_loss", "text_loss", "action_accuracy"} <= set(logs)
 
 
-def test_training_prompts_come_from_other_episodes_of_the_task_without_loss():
+def test_training_prompts_are_the_ends_of_other_episodes_of_the_task_without_loss():
     policy = small(prompt_fraction=1.0, prompt_steps=2)
     batch = robot_batch(FEATURES, 4, ["reach"] * 3 + ["other"])
-    batch[EPISODE_INDEX] = torch.tensor([0, 1, 2, 3])
-    batch[FRAME_INDEX] = torch.tensor([5, 9, 7, 1])
-    samples = policy.samples(batch)
+    batch[EPISODE_INDEX] = torch.tensor([0, 1, 1, 3])
+    assert policy.samples(batch)[0][0][1].numel() == len(policy.text_ids("reach"))  # no episode ends: no prompt
+    ends = policy.config.episode_end_indices(list(FEATURES))
+    assert ends == {k: [-1, 0] for k in FEATURES if k.startswith("observation.") or k == ACTION}
+    episode_end = robot_batch(FEATURES, 4 * 2, ["reach"] * 8, seed=1)  # 2 frames per episode 0..3
+    for k in ends:  # the loader's <key>_episode_end [B, 2, ...]: each sample's own episode's last frames
+        per_episode = episode_end[k][:, 0].reshape(4, 2, *episode_end[k].shape[2:])
+        batch[k + END_SUFFIX] = per_episode[batch[EPISODE_INDEX]]
     step = 4 + 6 + 1 + 4
-    lengths = [sum(len(p[1]) for p in s) for s in samples]
-    text = len(policy.text_ids("reach"))
-    assert lengths[:3] == [text + 3 * step] * 3  # two other episodes' timesteps + its own
-    assert lengths[3] == len(policy.text_ids("other")) + step  # no other demonstration of its task
-    prompt = samples[0][0]
-    assert not prompt[2].any() and len(prompt[1]) == 2 * step
-    # sample 0's prompt: episodes 2 then 1 (the latest frames, in time order): their action ids
-    actions = policy.value_ids(batch[ACTION][[2, 1], 0])
-    assert torch.equal(prompt[1].view(2, step)[:, -4:], actions)
+    for _ in range(5):  # prompts are drawn at random among the other episodes of the task
+        samples = policy.samples(batch)
+        lengths = [sum(len(p[1]) for p in s) for s in samples]
+        text = len(policy.text_ids("reach"))
+        assert lengths[:3] == [text + 3 * step] * 3  # another episode's last two timesteps + its own
+        assert lengths[3] == len(policy.text_ids("other")) + step  # no other demonstration of its task
+        prompt = samples[0][0]
+        assert not prompt[2].any() and len(prompt[1]) == 2 * step
+        # sample 0 (episode 0) is prompted by episode 1's end (sample 1 or 2: the same end), in time order
+        actions = policy.value_ids(batch[ACTION + END_SUFFIX][1])
+        assert torch.equal(prompt[1].view(2, step)[:, -4:], actions)
+        # samples 1 and 2 (episode 1) by episode 0's end, never their own episode's
+        assert torch.equal(samples[1][0][1].view(2, step)[:, -4:], policy.value_ids(batch[ACTION + END_SUFFIX][0]))
+    assert policy.config.episode_end_indices(["observation.images.front"]) == {}  # no action: a text part
+    assert small(prompt_fraction=0.0).config.episode_end_indices(list(FEATURES)) == {}
 
 
 # --- decoding -------------------------------------------------------------------------------------------
@@ -360,3 +371,21 @@ def test_eval_checks_every_task_spec_before_the_first_episode(tmp_path, capsys):
             script.main([str(tmp_path / "ckpt"), "--task", "Reach=main", "--task", spec, "--out", str(tmp_path / "x")])
         assert said in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_policystack_eval_acts_as_the_embodiment_it_is_told(tmp_path, capsys):
+    """`policystack eval ... embodiment=sawyer`: the Sawyer view of a two-robot checkpoint runs MetaWorld
+    (its features build the env); without it the main robot's features do not fit; bad names are refused."""
+    from policystack.eval.commands import as_embodiment, main
+
+    small(embodiments={"sawyer": {k: f.to_json() for k, f in SAWYER.items()}}).save_pretrained(tmp_path / "ckpt")
+    common = [f"checkpoint={tmp_path / 'ckpt'}", "env=metaworld/reach-v3", "episodes=1", "max_steps=3", "videos=0",
+              "camera_convention=upright"]
+    assert main([*common, "embodiment=sawyer", f"out={tmp_path / 'ok'}"]) == 0
+    assert "reach-v3: success" in capsys.readouterr().out and (tmp_path / "ok" / "eval_info.json").exists()
+    assert main([*common, f"out={tmp_path / 'main'}"]) == 2  # the main robot (6-d state) is not a Sawyer
+    assert "observation.state" in capsys.readouterr().err
+    assert main([*common, "embodiment=ur5", f"out={tmp_path / 'x'}"]) == 2
+    assert "embodiment=ur5: " in (err := capsys.readouterr().err) and "it has ['main', 'sawyer']" in err
+    with pytest.raises(ValueError, match="acts on one robot"):
+        as_embodiment(object(), "main", "bc_checkpoint")

@@ -151,3 +151,26 @@ def test_gato_run_with_another_robot_resumes_and_starts_later_runs(camera_ds, tm
     resumed = train(load_config([*common, f"out={tmp_path / 'run'}", "resume=true", "steps=5"]))
     steps = [json.loads(line).get("step") for line in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert max(s for s in steps if s is not None) == 5
+
+
+def test_gato_training_prompts_are_episode_ends_from_the_loader(camera_ds, tmp_path, monkeypatch):
+    """The loop asks the loader for each sample's episode end (GatoConfig.episode_end_indices): with
+    prompt_fraction 1, every training step prompts samples with the last two frames of another episode."""
+    from policystack.policies.gato import GatoPolicy
+
+    prompts = []
+    pieces = GatoPolicy._prompt_pieces
+    monkeypatch.setattr(GatoPolicy, "_prompt_pieces", lambda self, emb, demo: prompts.append(demo) or
+                        pieces(self, emb, demo))
+    train(load_config([f"dataset.path={camera_ds}", "dataset.cache_dir=false", "dataset.num_workers=0",
+                       "batch_size=8", "log.wandb.enabled=false", "log.progress=false", "threads=1", "steps=2",
+                       "policy=gato", "policy.width=32", "policy.depth=1", "policy.heads=2", "policy.mlp_hidden=64",
+                       "policy.image_size=32", "policy.patch_channels=4", "policy.prompt_fraction=1.0",
+                       f"out={tmp_path / 'run'}"]))
+    assert prompts, "no training sample was prompted"
+    ds = WindowedDataset(camera_ds, cache_dir=False)
+    ends = {int(e) - 1 for e in ds.meta.episodes["dataset_to_index"]}
+    for demo in prompts:
+        assert demo[ACTION].shape[0] == 2
+        for row, frame in zip(demo[ACTION], (-1, 0)):  # an episode's last two actions, in time order
+            assert any(torch.equal(row, ds[e + frame][ACTION]) for e in ends)
