@@ -2,13 +2,16 @@
 the trajectory, parse, follow) p50 / p99, and the replanning rate that allows at the suite's 10 Hz, for the
 tiny preset in its three reasoning modes (random weights: the reasoning runs to its token budget, the worst
 case), a trained checkpoint (``--checkpoint``: the text it really writes) and SmolLM2-135M as the text model,
-beside RT-2's tiny preset (the peer: one constrained 7-token action per call) in the same run.
+beside RT-2's tiny preset (the peer: one constrained 7-token action per call) in the same run. The tiny rows of
+reasoning full and none are timed twice: decoded by ``VisionLanguageModel.generate``'s own KV-cache loop (the
+default) and by transformers' ``model.generate`` with the same grammar processor (the peer rows: the same text,
+token for token; ``--no-peer`` leaves them out).
 
 Inputs are a tabletop step: front + wrist uint8 96x96 frames (new random ones every call), a 15-d state with
 the pinch point inside the workspace, an instruction. Batch 1, greedy.
 
     .venv/bin/python benchmarks/bench_emma.py [--plans 12] [--threads 1] [--checkpoint DIR] [--skip-smollm2]
-        [--no-write]
+        [--no-peer] [--no-write]
 
 The table goes to docs/benchmarks.md between ``<!-- BEGIN bench_emma -->`` and ``<!-- END bench_emma -->``.
 """
@@ -16,6 +19,7 @@ The table goes to docs/benchmarks.md between ``<!-- BEGIN bench_emma -->`` and `
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
 import platform
@@ -73,21 +77,33 @@ def measure(policy, plans: int, task: str) -> tuple[np.ndarray, np.ndarray]:
     return np.array(ms), np.array(tokens)
 
 
+def generate_peer(policy):
+    """``policy`` decoding through transformers' ``model.generate`` (the grammar as its logits processor)
+    instead of ``VisionLanguageModel.generate``'s own KV-cache loop: the reference path."""
+    policy.vlm.family = copy.copy(policy.vlm.family)
+    policy.vlm.family.cached_greedy = False
+    return policy
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--plans", type=int, default=12, help="timed plans per row")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--checkpoint", default=None, help="a trained emma checkpoint to time as well")
     ap.add_argument("--skip-smollm2", action="store_true")
+    ap.add_argument("--no-peer", action="store_true", help="no rows decoded by transformers' model.generate")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
     task = "reach the red ball"
     cases = [("rt2 tiny (peer), 1 action per call", lambda: build("rt2"))]
-    cases += [(f"emma tiny, reasoning {r}, random weights", lambda r=r: build("emma", emma_features(), stats(),
-                                                                                  reasoning=r))
-              for r in ("full", "objects", "none")]
+    for r in ("full", "objects", "none"):
+        make = lambda r=r: build("emma", emma_features(), stats(), reasoning=r)  # noqa: E731
+        cases.append((f"emma tiny, reasoning {r}, random weights", make))
+        if r != "objects" and not args.no_peer:
+            cases.append((f"emma tiny, reasoning {r}, random weights, decoded by transformers' generate (peer)",
+                          lambda make=make: generate_peer(make())))
     if args.checkpoint:
         from policystack.policies.base import Policy
 
@@ -112,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, no GPU, torch {torch.__version__}, {args.threads} torch "
         f"thread(s); 1-minute load average {load_before:.1f} before and {load_after:.1f} after (other jobs shared the "
         "cores: compare rows of one run). Batch 1, front + wrist 96x96 frames, greedy; one plan = one "
-        "`predict_action_chunk` (reasoning + grammar-constrained trajectory of 4 waypoints, parse, follow). "
+        "`predict_action_chunk` (reasoning + grammar-constrained trajectory of 4 waypoints, parse, follow), decoded "
+        "by `VisionLanguageModel.generate`'s own KV-cache loop; the peer rows decode the same text through "
+        "transformers' `model.generate` with the same grammar processor. "
         "Untrained weights write reasoning up to the 200-token budget (the worst case). 'replan every' = the "
         "fewest policy steps between plans whose p99 fits in them at 10 Hz.",
         "",

@@ -79,6 +79,12 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE_NAME = "smollm2-135m-instruct"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+# generation-config fields that add no logits processor to greedy decoding (``generate`` overrides the
+# sampling ones and the token ids): with any other field set, ``model.generate`` decodes (_greedy_over does not
+# apply e.g. a repetition penalty)
+GREEDY_NEUTRAL = frozenset({"bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "_from_model_config",
+                            "transformers_version", "do_sample", "temperature", "top_k", "top_p", "min_p", "typical_p",
+                            "max_length", "max_new_tokens", "use_cache"})
 
 
 # --- token utilities -----------------------------------------------------------------------------
@@ -254,7 +260,7 @@ class VLMFamily(ABC):
     image_std: ClassVar[tuple[float, float, float]] = (0.5, 0.5, 0.5)
     accepts_image_features: ClassVar[bool] = False  # a plugged-in vision tower can feed it
     position_offset: ClassVar[int] = 0  # first position id (PaliGemma's are 1-indexed)
-    cached_greedy: ClassVar[bool] = False  # ``generate`` may decode constrained greedy ids itself (_greedy_over)
+    cached_greedy: ClassVar[bool] = False  # ``generate`` may decode greedy ids itself (_greedy_over)
 
     def hf_classes(self) -> tuple[type[PretrainedConfig], type[PreTrainedModel]]:
         return getattr(transformers, self.config_class), getattr(transformers, self.model_class)
@@ -878,23 +884,21 @@ class VisionLanguageModel(nn.Module):
         allowed = None
         if allowed_token_ids is not None:
             allowed = set(allowed_token_ids) | {eos} if stop_at_eos else set(allowed_token_ids) - {eos}
-        if allowed is not None and not stop_at_eos and not do_sample and not logits_processors \
-                and self.family.cached_greedy:
-            ids = self._greedy_over(inputs, sorted(allowed), max_new_tokens)
-            lengths = torch.full_like(ids[:, 0], ids.shape[1])
-            return Generation(ids=ids, texts=self.tokenizer.batch_decode(ids, skip_special_tokens=True), lengths=lengths)
-        processors = LogitsProcessorList()
-        if allowed is not None:
-            processors.append(AllowedTokens(allowed, self.vocab_size))
-        processors.extend(logits_processors)
-        sampling = {"do_sample": True, "temperature": temperature, "top_k": None, "top_p": None} if do_sample \
-            else {"do_sample": False, "temperature": None, "top_k": None, "top_p": None}
-        out = self.model.generate(
-            input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, max_new_tokens=max_new_tokens,
-            min_new_tokens=0 if stop_at_eos else max_new_tokens, logits_processor=processors,
-            eos_token_id=eos if stop_at_eos else None, pad_token_id=self.tokenizer.pad_token_id,
-            **sampling, **self._model_kwargs(inputs, generating=True))
-        ids = out[:, inputs.input_ids.shape[1]:]
+        if not do_sample and self.cached_greedy:
+            ids = self._greedy_over(inputs, max_new_tokens, allowed, logits_processors, eos if stop_at_eos else None)
+        else:
+            processors = LogitsProcessorList()
+            if allowed is not None:
+                processors.append(AllowedTokens(allowed, self.vocab_size))
+            processors.extend(logits_processors)
+            sampling = {"do_sample": True, "temperature": temperature, "top_k": None, "top_p": None} if do_sample \
+                else {"do_sample": False, "temperature": None, "top_k": None, "top_p": None}
+            out = self.model.generate(
+                input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, max_new_tokens=max_new_tokens,
+                min_new_tokens=0 if stop_at_eos else max_new_tokens, logits_processor=processors,
+                eos_token_id=eos if stop_at_eos else None, pad_token_id=self.tokenizer.pad_token_id,
+                **sampling, **self._model_kwargs(inputs, generating=True))
+            ids = out[:, inputs.input_ids.shape[1]:]
         ended = ids == eos if stop_at_eos else torch.zeros_like(ids, dtype=torch.bool)
         first_end = torch.where(ended.any(1), ended.int().argmax(1), torch.full_like(ids[:, 0], ids.shape[1]))
         after = torch.arange(ids.shape[1], device=ids.device) > first_end[:, None]
@@ -902,23 +906,56 @@ class VisionLanguageModel(nn.Module):
         texts = [self.tokenizer.decode(row[:n], skip_special_tokens=True) for row, n in zip(ids, first_end.tolist())]
         return Generation(ids=ids, texts=texts, lengths=first_end)
 
-    def _greedy_over(self, inputs: VLMInputs, allowed: list[int], n: int) -> Tensor:
-        """``n`` greedy tokens from ``allowed`` (sorted ids) with the KV cache: int64 [B, n]. The output
-        layer is applied to the allowed rows only (RT-2's 256 action rows instead of a 49k-word vocabulary,
-        about a third of a 30-layer SmolLM2's cost per token; Python overhead of ``model.generate`` aside).
-        The same ids as ``model.generate`` with ``AllowedTokens``: the first maximum among the allowed ids."""
-        AllowedTokens(allowed, self.vocab_size)  # the same checks on the ids
-        ids_t = torch.tensor(allowed, device=self.model.device)
-        head = self.model.lm_head.weight[ids_t]  # [K, D]
-        mask, text = inputs.attention_mask, self.model.model
+    @property
+    def cached_greedy(self) -> bool:
+        """Whether ``generate`` decodes greedy ids itself (``_greedy_over``) rather than through
+        ``model.generate``: the family's text model takes the KV cache that way (``VLMFamily.cached_greedy``)
+        and the model's generation config adds no logits processor of its own (``GREEDY_NEUTRAL``)."""
+        extra = set(self.model.generation_config.to_diff_dict()) - GREEDY_NEUTRAL
+        return self.family.cached_greedy and not extra
+
+    def _greedy_over(self, inputs: VLMInputs, n: int, allowed: Iterable[int] | None = None,
+                     processors: Sequence[LogitsProcessor] = (), eos: int | None = None) -> Tensor:
+        """Greedy decoding with the KV cache: the loop of ``model.generate(do_sample=False)`` without its
+        per-token overhead (preparing inputs, stopping criteria, the outer model's forward: 15-25% of a tiny
+        model's time per token, benchmarks/bench_emma.py). int64 [B, m], m <= n.
+
+        Each step takes the last position's logits (float32 [B, V]), -inf outside ``allowed``, then each of
+        ``processors`` as ``generate`` calls them (the ids so far, prompt included, [B, L + i]; the scores),
+        and the first maximum. A row that has written ``eos`` continues with the pad id (its ids after the end
+        are not read), and decoding stops once every row has (``eos`` None: after ``n`` tokens). The same ids
+        as ``model.generate`` with ``AllowedTokens`` and the processors (tests check both paths). With
+        ``allowed`` and no processors the output layer is applied to the allowed rows only (RT-2's 256 action
+        rows instead of a 49k-word vocabulary, about a third of a 30-layer SmolLM2's cost per token)."""
+        head = ids_t = None
+        if allowed is not None and not processors:
+            allowed = sorted(allowed)
+            AllowedTokens(allowed, self.vocab_size)  # the same checks on the ids
+            ids_t = torch.tensor(allowed, device=self.model.device)
+            head = self.model.lm_head.weight[ids_t]  # [K, D]
+        elif allowed is not None:
+            processors = [AllowedTokens(allowed, self.vocab_size), *processors]
+        mask, text, seq = inputs.attention_mask, self.model.model, inputs.input_ids
         positions = self.family.position_ids(mask)
-        out = text(input_ids=inputs.input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+        out = text(input_ids=seq, attention_mask=mask, position_ids=positions, use_cache=True,
                    **self._model_kwargs(inputs, generating=True))
+        unfinished = torch.ones(len(mask), dtype=torch.bool, device=mask.device)
         picked = []
         for i in range(n):
-            token = ids_t[(out.last_hidden_state[:, -1].to(head.dtype) @ head.T).argmax(-1)]  # [B]
+            if head is not None:
+                token = ids_t[(out.last_hidden_state[:, -1].to(head.dtype) @ head.T).argmax(-1)]  # [B]
+            else:  # as generate: the output layer on the last position, float32 scores, the processors
+                scores = self.model.lm_head(out.last_hidden_state[:, -1:])[:, -1].to(copy=True, dtype=torch.float32)
+                for processor in processors:
+                    scores = processor(seq, scores)
+                token = scores.argmax(-1)
+            if eos is not None:
+                token = torch.where(unfinished, token, self.tokenizer.pad_token_id)
+                unfinished &= token != eos
             picked.append(token)
-            if i == n - 1:
+            if processors:
+                seq = torch.cat([seq, token[:, None]], 1)
+            if i == n - 1 or not unfinished.any():
                 break
             mask = torch.cat([mask, mask.new_ones(len(mask), 1)], 1)
             positions = positions[:, -1:] + 1

@@ -527,7 +527,8 @@ class EmmaPolicy(VLMPolicy):
         """A fresh constrained-decoding processor for one ``generate`` call."""
         tok, vocab = self.vlm.tokenizer, self.vlm.vocab_size
         if self._token_strings is None:  # decoded once: 49k decodes for SmolLM2
-            self._token_strings = [tok.decode([i]) if i < len(tok) else "" for i in range(vocab)]
+            n = len(tok)  # not in the loop: len() of a fast tokenizer rebuilds its vocabulary (18 ms for SmolLM2's)
+            self._token_strings = [tok.decode([i]) if i < n else "" for i in range(vocab)]
         c = self.config
         encode = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
         return TrajectoryGrammar(self._token_strings, tok.eos_token_id, c.waypoints,

@@ -1,5 +1,6 @@
 """perception/vlm.py: one wrapper over SmolVLM / Idefics3 / PaliGemma / Qwen2-VL, tiny configs offline."""
 
+import copy
 import json
 
 import pytest
@@ -198,7 +199,8 @@ def test_constrained_generation_never_leaves_the_allowed_ids():
 @torch.no_grad()
 def test_constrained_greedy_decodes_over_the_allowed_rows_with_the_cache(monkeypatch):
     """RT-2's case (greedy, allowed ids, no end token) takes _greedy_over (the output layer on the allowed
-    rows only): per row of a left-padded batch, the ids a full forward's masked argmax gives."""
+    rows only): per row of a left-padded batch, the ids a full forward's masked argmax gives; with the end token
+    allowed too, the ids and lengths of transformers' model.generate."""
     vlm = tiny()
     actions = vlm.add_tokens([f"<act_{i}>" for i in range(8)])
     calls = []
@@ -209,8 +211,22 @@ def test_constrained_greedy_decodes_over_the_allowed_rows_with_the_cache(monkeyp
     assert len(calls) == 1 and out.ids.shape == (2, 5) and out.lengths.tolist() == [5, 5]
     for i, prompt in enumerate(prompts):
         assert out.ids[i].tolist() == greedy_by_forward(vlm, prompt, imgs[i:i + 1], 5, allowed=actions)
-    vlm.generate(prompts, imgs, max_new_tokens=2, allowed_token_ids=actions)  # the end token allowed: generate's path
-    assert len(calls) == 1
+    with_end = vlm.generate(prompts, imgs, max_new_tokens=4, allowed_token_ids=actions)  # the end token allowed too
+    assert len(calls) == 2
+    vlm.family = copy.copy(vlm.family)
+    vlm.family.cached_greedy = False  # the reference: transformers' model.generate with AllowedTokens
+    reference = vlm.generate(prompts, imgs, max_new_tokens=4, allowed_token_ids=actions)
+    assert len(calls) == 2 and with_end.ids.tolist() == reference.ids.tolist()
+    assert with_end.lengths.tolist() == reference.lengths.tolist()
+
+
+def test_a_generation_config_with_processors_of_its_own_decodes_through_model_generate():
+    """_greedy_over applies AllowedTokens and the caller's processors only: a model whose generation config
+    adds one (a repetition penalty) is decoded by transformers' model.generate."""
+    vlm = tiny()
+    assert vlm.cached_greedy and not tiny("paligemma").cached_greedy
+    vlm.model.generation_config.repetition_penalty = 1.5
+    assert not vlm.cached_greedy
 
 
 def test_add_tokens_appends_consecutive_ids_and_grows_the_tied_output():

@@ -4,6 +4,7 @@ from privileged columns, the counts eval reports, and the privileged columns rea
 
 from __future__ import annotations
 
+import copy
 import random
 
 import numpy as np
@@ -216,6 +217,36 @@ def test_a_plan_from_the_model_is_decoded_under_the_grammar(policy):
     assert parse_trajectory(body, [[-10] * 3, [10] * 3])[1] == "ok"  # well formed (an untrained model's numbers)
     chunk = policy.predict_action_chunk(obs)
     assert chunk.shape == (1, 5, 7) and torch.isfinite(chunk).all() and policy.episode_stats()["plans"] == 1
+
+
+@pytest.mark.parametrize("reasoning", ["full", "none"])
+def test_plans_decoded_by_the_cached_loop_are_those_of_model_generate(reasoning, monkeypatch):
+    """vlm.generate decodes a plan with its own KV-cache loop (_greedy_over, the grammar as a logits processor,
+    rows that have ended continue with padding); transformers' model.generate with the same processor is the
+    reference: the same texts, for a left-padded batch of two prompts whose rows end at different tokens."""
+    torch.manual_seed(0)
+    p = EmmaPolicy(EmmaConfig(reasoning=reasoning, max_reasoning_tokens=24, text_depth=2), FEATURES_FOR["emma"],
+                   None).eval()
+    g = torch.Generator().manual_seed(1)
+    obs = {OBS_STATE: torch.rand(2, 15, generator=g),
+           "observation.images.front": torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=g),
+           TASK: ["reach the red ball", "open the top drawer of the cabinet, slowly"]}
+    calls = {"loop": 0, "generate": 0}
+    loop, generate = p.vlm._greedy_over, p.vlm.model.generate
+    monkeypatch.setattr(p.vlm, "_greedy_over", lambda *a: calls.update(loop=calls["loop"] + 1) or loop(*a))
+    monkeypatch.setattr(p.vlm.model, "generate", lambda **k: calls.update(generate=calls["generate"] + 1) or generate(**k))
+    p.reset()
+    fast = p.plan(obs)
+    assert calls == {"loop": 1, "generate": 0}
+    p.vlm.family = copy.copy(p.vlm.family)
+    p.vlm.family.cached_greedy = False  # the reference path
+    p.reset()
+    reference = p.plan(obs)
+    assert calls == {"loop": 1, "generate": 1}
+    assert fast == reference
+    assert fast[0] != fast[1] and len(fast[0]) != len(fast[1])  # the rows differ and end apart (padding written)
+    for text in fast:
+        assert parse_trajectory(text, [[-10] * 3, [10] * 3])[1] == "ok"
 
 
 def test_labels_need_the_privileged_columns(policy):
