@@ -5,6 +5,7 @@
     policystack dataset stats PATH [--write] [--json]
     policystack dataset merge SRC [SRC ...] --out DST [--copy]
     policystack dataset convert-rlds SRC DST [--mapping FILE.yaml] [--max-episodes N] [--no-videos] [--overwrite]
+    policystack dataset cache [--dir DIR] [--prune [--stale] [--older-than DAYS] [--keep-gb GB] [--dry-run]]
 
 Bad data -> one line on stderr naming the file and key, exit status 1 (no traceback).
 """
@@ -281,6 +282,40 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 # --- entry ------------------------------------------------------------------------------------
+# --- cache ------------------------------------------------------------------------------------
+def cmd_cache(args: argparse.Namespace) -> int:
+    """List the loader's cache (one entry per dataset version: columns, decoded frames, encoder features),
+    or remove entries: stale ones, unused ones, the least recently used beyond a size."""
+    import shutil
+    import time
+
+    from policystack.datasets.loader import DEFAULT_CACHE_DIR, cache_entries, entries_to_prune
+
+    root = Path(args.dir) if args.dir else DEFAULT_CACHE_DIR
+    entries = cache_entries(root)
+    gb = lambda n: f"{n / 2**30:.2f} GB"  # noqa: E731
+    if not args.prune:
+        now = time.time()
+        for e in entries:
+            print(f"{gb(e.nbytes):>10}  {(now - e.last_used) / 86400:6.1f} days ago  {e.state:<8} {e.path.name}"
+                  f"  {e.source or '(dataset not recorded)'}")
+        print(f"{len(entries)} entries, {gb(sum(e.nbytes for e in entries))} in {root}")
+        return 0
+    if not (args.stale or args.older_than is not None or args.keep_gb is not None):
+        raise ValueError("--prune needs --stale, --older-than DAYS and/or --keep-gb GB (what to remove)")
+    if (args.older_than is not None and args.older_than < 0) or (args.keep_gb is not None and args.keep_gb < 0):
+        raise ValueError(f"--older-than ({args.older_than}) and --keep-gb ({args.keep_gb}) must be >= 0")
+    doomed = entries_to_prune(entries, args.stale, args.older_than,
+                              None if args.keep_gb is None else int(args.keep_gb * 2**30))
+    for e in doomed:
+        print(f"{'would remove' if args.dry_run else 'removing'} {e.path} ({gb(e.nbytes)}, {e.state})")
+        if not args.dry_run:
+            shutil.rmtree(e.path, ignore_errors=True)
+    freed = sum(e.nbytes for e in doomed)
+    print(f"{len(doomed)} of {len(entries)} entries, {gb(freed)} {'to free' if args.dry_run else 'freed'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="policystack dataset", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -313,6 +348,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-videos", action="store_true", help="store cameras as PNG images, not MP4")
     s.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     s.set_defaults(func=cmd_convert_rlds)
+    s = sub.add_parser("cache", help="list or prune the loader's cache (columns, decoded frames, encoder features)")
+    s.add_argument("--dir", help="the cache directory (default: ~/.cache/policystack/loader, $POLICYSTACK_CACHE/loader)")
+    s.add_argument("--prune", action="store_true", help="remove the entries the options below select")
+    s.add_argument("--stale", action="store_true", help="entries whose dataset is gone or has changed since")
+    s.add_argument("--older-than", type=float, metavar="DAYS", help="entries not used for DAYS days")
+    s.add_argument("--keep-gb", type=float, metavar="GB", help="then the least recently used until GB are left")
+    s.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    s.set_defaults(func=cmd_cache)
     return p
 
 
@@ -320,6 +363,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)
-    except (DataError, FileExistsError, FileNotFoundError) as e:
+    except (DataError, FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"policystack dataset {args.command}: error: {e}", file=sys.stderr)
         return 1

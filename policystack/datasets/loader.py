@@ -39,6 +39,7 @@ import json
 import math
 import os
 import shutil
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -135,6 +136,77 @@ def cache_key(meta: DatasetMeta) -> str:
         st = p.stat() if p.is_file() else None
         h.update(f"{p.relative_to(root)}:{st.st_size if st else -1}:{st.st_mtime_ns if st else -1}".encode())
     return f"{root.resolve().name}-{h.hexdigest()[:16]}"
+
+
+@dataclass
+class CacheEntry:
+    """One dataset's loader cache directory (``cache_entries``).
+
+    state: ``current`` (its dataset is where it was and unchanged), ``stale`` (the dataset is gone or its
+    files changed: a new entry replaced this one, which nothing reads any more) or ``unknown`` (written
+    before entries recorded their dataset, or not finished)."""
+
+    path: Path
+    nbytes: int
+    last_used: float  # seconds since the epoch: the last load of the entry (or its last write)
+    source: Path | None
+    state: str
+
+
+def _tree_bytes(path: Path) -> tuple[int, float]:
+    """(bytes, newest mtime) of the files under ``path``."""
+    total, newest = 0, 0.0
+    for dirpath, _, names in os.walk(path):
+        for name in names:
+            try:
+                st = os.stat(os.path.join(dirpath, name))
+            except OSError:  # removed meanwhile
+                continue
+            total, newest = total + st.st_size, max(newest, st.st_mtime)
+    return total, newest
+
+
+def cache_entries(cache_dir: str | Path | None = None) -> list[CacheEntry]:
+    """The entries of a loader cache (default ``DEFAULT_CACHE_DIR``), least recently used first."""
+    root = Path(cache_dir) if cache_dir not in (None, True) else DEFAULT_CACHE_DIR
+    out = []
+    for path in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        nbytes, newest = _tree_bytes(path)
+        manifest = path / "columns" / "manifest.json"
+        source, state, last = None, "unknown", newest
+        if manifest.is_file():
+            last = manifest.stat().st_mtime
+            try:
+                recorded = json.loads(manifest.read_text()).get("root")
+            except (OSError, ValueError):
+                recorded = None
+            if recorded:
+                source = Path(recorded)
+                try:
+                    state = "current" if cache_key(DatasetMeta.load(source)) == path.name else "stale"
+                except (OSError, DataError, ValueError, KeyError):
+                    state = "stale"  # the dataset is gone or no longer loads
+        out.append(CacheEntry(path, nbytes, last, source, state))
+    return sorted(out, key=lambda e: e.last_used)
+
+
+def entries_to_prune(entries: list[CacheEntry], stale: bool = False, older_than_days: float | None = None,
+                     keep_bytes: int | None = None, now: float | None = None) -> list[CacheEntry]:
+    """The entries (least recently used first, as ``cache_entries`` gives them) to remove: stale ones
+    (``stale``), those unused for ``older_than_days``, then the least recently used until the rest fits
+    in ``keep_bytes``."""
+    now = time.time() if now is None else now
+    doomed = [e for e in entries if (stale and e.state == "stale")
+              or (older_than_days is not None and now - e.last_used > 86400.0 * older_than_days)]
+    if keep_bytes is not None:
+        left = sum(e.nbytes for e in entries if e not in doomed)
+        for e in entries:
+            if left <= keep_bytes:
+                break
+            if e not in doomed:
+                doomed.append(e)
+                left -= e.nbytes
+    return [e for e in entries if e in doomed]
 
 
 def link_cached_segments(src: DatasetMeta, dst: DatasetMeta, episode_offset: int,
@@ -389,6 +461,10 @@ class WindowedDataset(torch.utils.data.Dataset):
         manifest_path = self.cache_dir / "columns" / "manifest.json" if self.cache_dir else None
         if manifest_path is not None and manifest_path.is_file():
             manifest = json.loads(manifest_path.read_text())
+            try:  # its mtime says when the entry was last used (`policystack dataset cache`)
+                os.utime(manifest_path)
+            except OSError:
+                pass
             self._file_starts = [(self.root / p, s) for p, s in manifest["file_starts"]]
             self._open_columns()
             for k in self.string_keys:  # strings are not cached: read just those columns
@@ -419,7 +495,8 @@ class WindowedDataset(torch.utils.data.Dataset):
             return
         for k, arr in columns.items():
             _atomic_save_npy(self._column_path(k), np.ascontiguousarray(arr))
-        manifest = {"file_starts": [[str(p.relative_to(self.root)), s] for p, s in self._file_starts]}
+        manifest = {"root": str(self.root.resolve()),
+                    "file_starts": [[str(p.relative_to(self.root)), s] for p, s in self._file_starts]}
         atomic_write_json(manifest_path, manifest)  # written last: its presence means the columns are complete
         self._open_columns()
 

@@ -168,3 +168,39 @@ def test_convert_rlds_command(tmp_path):
     assert validate_dataset(dst, progress=False)[0] == []
     r = cli("convert-rlds", src, dst, "--max-episodes", "1")
     assert r.returncode == 1 and "Traceback" not in r.stderr  # exists, no --overwrite
+
+
+def test_cache_lists_and_prunes_stale_old_and_least_recently_used_entries(ours_ds, tmp_path):
+    """`dataset cache`: each entry with its size, last use, dataset and state; --prune --stale removes the
+    entry of a dataset that changed since (a new entry replaced it), --older-than the unused, --keep-gb the
+    least recently used; --dry-run removes nothing; bad options are one line, exit 1."""
+    from policystack.datasets.loader import WindowedDataset, cache_entries, entries_to_prune
+
+    cache = tmp_path / "cache"
+    a, b = _copy(ours_ds, tmp_path / "a"), _copy(ours_ds, tmp_path / "b")
+    WindowedDataset(a, cache_dir=cache).get_batch([0, 5])  # columns and decoded frames
+    old = WindowedDataset(b, cache_dir=cache).cache_dir
+    WindowedDataset(b, cache_dir=cache).get_batch([1])
+    os.utime(next((b / "data").rglob("*.parquet")), (1, 1))  # b's files changed: a new entry next time
+    new = WindowedDataset(b, cache_dir=cache).cache_dir
+    assert new != old
+    entries = cache_entries(cache)
+    assert {e.path: e.state for e in entries} == {WindowedDataset(a, cache_dir=cache).cache_dir: "current",
+                                                  old: "stale", new: "current"}
+    assert all(e.nbytes > 0 for e in entries) and {e.source for e in entries} == {a.resolve(), b.resolve()}
+    r = cli("cache", "--dir", cache)
+    assert r.returncode == 0, r.stderr
+    assert "stale" in r.stdout and "3 entries" in r.stdout
+    r = cli("cache", "--dir", cache, "--prune", "--stale", "--dry-run")
+    assert r.returncode == 0 and "would remove" in r.stdout and old.is_dir()
+    r = cli("cache", "--dir", cache, "--prune", "--stale")
+    assert r.returncode == 0, r.stderr
+    assert not old.exists() and new.is_dir() and len(cache_entries(cache)) == 2
+    # the least recently used first: keep_bytes 0 removes everything, in last-use order
+    entries = cache_entries(cache)
+    assert entries_to_prune(entries, keep_bytes=entries[-1].nbytes) == entries[:-1]
+    assert entries_to_prune(entries, older_than_days=1.0, now=entries[-1].last_used + 86400 * 2) == entries
+    assert entries_to_prune(entries, older_than_days=1.0) == []
+    for bad, said in [(["--prune"], "needs --stale"), (["--prune", "--keep-gb", "-1"], "must be >= 0")]:
+        r = cli("cache", "--dir", cache, *bad)
+        assert r.returncode == 1 and said in r.stderr and "Traceback" not in r.stderr
