@@ -509,7 +509,7 @@ class EmmaPolicy(VLMPolicy):
             answers.append(self.answer(task, ee[b, T - 1].numpy(), float(grip[b, T - 1]),
                                        None if objects is None else objects[b],
                                        None if decisions is None else decisions[b], waypoints[b]))
-        tokens = self.image_tokens({k: batch[k][:, -1:] for k in self.camera_keys})  # current frame
+        tokens = self.image_tokens({k: batch[k][:, -1:] for k in self.camera_keys}, batch[TASK])  # current frame
         inputs = self.vlm.encode(prompts, answers=answers, image_features=tokens)
         logits, targets, _ = self.vlm.answer_logits(inputs)  # [N, V], [N]
         loss = F.cross_entropy(logits.float(), targets)
@@ -546,7 +546,7 @@ class EmmaPolicy(VLMPolicy):
         window, _ = self.history.window(self.history_step(obs))
         path = window[OBS_STATE].float().cpu()[..., self.ee_index]  # [B, T, 3]
         prompts = [self.prompt(t, path[b]) for b, t in enumerate(tasks)]
-        tokens = self.image_tokens({k: obs[k][:, None] for k in self.camera_keys})
+        tokens = self.image_tokens({k: obs[k][:, None] for k in self.camera_keys}, tasks)
         grammar = self.grammar()
         try:
             gen = self.vlm.generate(prompts, image_features=tokens, max_new_tokens=grammar.max_tokens(),

@@ -149,7 +149,8 @@ class RT2Policy(VLMPolicy):
             missing = [k for k in (*self.camera_keys, TASK) if k not in part]
             if missing:
                 raise KeyError(f"RT2Policy.compute_loss: a batch part has no {missing}; got {sorted(part)}")
-            tokens.append(self.image_tokens({k: part[k] for k in self.camera_keys}))
+            words = part[TASK] if ACTION in part else [split_vl_task(t)[0] for t in part[TASK]]  # not the answer
+            tokens.append(self.image_tokens({k: part[k] for k in self.camera_keys}, words))
             if ACTION in part:
                 prompts += [PROMPT.format(instruction=t) for t in part[TASK]]
                 answers += self.action_answers(part[ACTION], part.get(ACTION + PAD_SUFFIX))
@@ -185,7 +186,7 @@ class RT2Policy(VLMPolicy):
         B = obs[self.camera_keys[0]].shape[0]
         tasks = [obs[TASK]] * B if isinstance(obs[TASK], str) else list(obs[TASK])
         images, _ = self.history.window({k: obs[k] for k in self.camera_keys})  # [B, T, 3, h, w] each
-        return self.image_tokens(images), [PROMPT.format(instruction=t) for t in tasks]
+        return self.image_tokens(images, tasks), [PROMPT.format(instruction=t) for t in tasks]
 
     @torch.no_grad()
     def predict_action_chunk_with_done(self, obs: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
@@ -210,7 +211,7 @@ class RT2Policy(VLMPolicy):
     def answer(self, images: dict[str, Tensor], questions: list[str], max_new_tokens: int = 24) -> list[str]:
         """Vision-language use of the same model (what co-training teaches): camera key -> uint8 frames
         [B, 3, h, w], one question each -> the answers in text (greedy, until the end token)."""
-        tokens = self.image_tokens({k: images[k][:, None] for k in self.camera_keys})
+        tokens = self.image_tokens({k: images[k][:, None] for k in self.camera_keys}, questions)
         gen = self.vlm.generate([VL_PROMPT.format(question=q) for q in questions], image_features=tokens,
                                 max_new_tokens=max_new_tokens)
         return [t.strip() for t in gen.texts]

@@ -242,6 +242,39 @@ def test_mixed_batches_train_on_actions_and_text_answers_together():
     assert policy.answer(images, [q for q, _ in qa]) == [a for _, a in qa]
 
 
+def test_film_makes_the_image_tokens_depend_on_the_instruction():
+    """film=hashed: the Lite0 maps are modulated by the instruction before the projector (the identity at
+    init); after a training step the same images give other tokens for other words; the VQA part is
+    modulated by its question, never by its answer; refused without instructions or with the builtin tower."""
+    policy = build(film="hashed")
+    b = batch_for(policy.config, B=2)
+    images = {k: b[k][:1].expand(2, -1, -1, -1, -1) for k in CAMS}  # one scene, two instructions
+    two = ["reach the red ball", "reach the blue ball"]
+    plain = build()
+    assert torch.allclose(policy.image_tokens(images, two), plain.image_tokens(images))  # identity at init
+    loss, _ = policy.compute_loss(b)
+    loss.backward()
+    with torch.no_grad():
+        for p in policy.film.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    tokens = policy.image_tokens(images, two)
+    assert not torch.allclose(tokens[0], tokens[1])
+    seen = []
+    policy.image_tokens = lambda imgs, tasks=None: seen.append(list(tasks)) or RT2Policy.image_tokens(policy, imgs, tasks)
+    mixed = dict(b)
+    for k in CAMS:
+        mixed[mixture_key(1, k)] = b[k]
+    mixed[mixture_key(1, "task")] = [vl_task("what colour is the ball?", "red")] * 2
+    policy.compute_loss(mixed)
+    assert seen == [b["task"], ["what colour is the ball?"] * 2]
+    with pytest.raises(ValueError, match="needs each sample's instruction"):
+        RT2Policy.image_tokens(policy, images)
+    with pytest.raises(ValueError, match="film is 'hashed'.*vision_tower 'lite0'"):
+        RT2Config(**{**SMALL, "film": "hashed", "vision_tower": "builtin"})
+    with pytest.raises(ValueError, match="film is 'bert'"):
+        RT2Config(**{**SMALL, "film": "bert"})
+
+
 # --- LoRA ------------------------------------------------------------------------------------------------
 def test_lora_trains_the_adapters_and_the_action_rows_only():
     policy = build(finetune="lora", lora_rank=4)

@@ -5,11 +5,18 @@ cached Lite0 maps) into image tokens, and injects LoRA adapters.
 
 Shapes (B batch, T frames, C cameras, K tokens per image, D the text model's width):
     images uint8 [B, T, 3, h, w] per camera (or cached Lite0 maps float [B, T, 112, g, g])
-    -> ``VLMPolicy.image_tokens`` -> float [B, T*C, K, D] (the VLM's ``image_features=``)
+    -> [FiLM by the instruction, ``film``] -> ``VLMPolicy.image_tokens`` -> float [B, T*C, K, D]
+    (the VLM's ``image_features=``)
+
+``film: hashed`` (or ``minilm``, ``hashed_ordered``: a sentence encoder of perception/text.py) modulates
+every camera's Lite0 map by the instruction before the projector, as RT-1, bc and UWM condition theirs
+(layers/film.py, the identity at initialisation): the image tokens the language model reads already
+depend on which object the words name. The text model still reads the instruction in its prompt.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,9 +25,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from policystack.perception.image import LITE0_CHANNELS, PretrainedImageEncoder, lite0_grid
+from policystack.perception.text import TEXT_ENCODERS, encode_instructions, text_encoder_dim
 from policystack.perception.vlm import FAMILIES as VLM_FAMILIES
 from policystack.perception.vlm import VisionLanguageModel, VLMConfig, build_vlm
 from policystack.policies.base import Policy, PolicyConfig
+from policystack.policies.layers.film import FiLM
 from policystack.types import FeatureSpec, Stats, image_keys
 
 VISION_TOWERS = ("lite0", "builtin")
@@ -52,6 +61,7 @@ class VLMPolicyConfig(PolicyConfig):
     lite0_stages: int = 5  # Lite0 stages kept (5: 112 channels at stride 16 -> 6x6 at 96 px)
     image_grid: int | None = None  # lite0: pool the map to grid x grid tokens per image (None: as it is)
     freeze_vision: bool = True  # no gradient into the vision encoder (its projector always trains)
+    film: str = "none"  # lite0: FiLM each Lite0 map by the instruction through this sentence encoder ("none": off)
     patch_size: int = 16  # builtin tower sizes (random init unless vlm_weights is a directory)
     vision_width: int = 256
     vision_depth: int = 4
@@ -78,6 +88,10 @@ class VLMPolicyConfig(PolicyConfig):
             ok = sorted(n for n, f in VLM_FAMILIES.items() if f.accepts_image_features)
             raise ValueError(f"{name}: vision_tower 'lite0' feeds projected features, which vlm_family "
                              f"{self.vlm_family!r} does not take; use one of {ok} or vision_tower 'builtin'")
+        if self.film != "none" and (self.film not in TEXT_ENCODERS or self.vision_tower != "lite0"):
+            raise ValueError(f"{name}.film is {self.film!r}: FiLM of the Lite0 maps by the instruction takes one of "
+                             f"{sorted(TEXT_ENCODERS)} (or 'none') and vision_tower 'lite0' (got "
+                             f"{self.vision_tower!r})")
         if self.finetune not in FINETUNES:
             raise ValueError(f"{name}.finetune is {self.finetune!r}; choose one of {FINETUNES}")
         if not 1 <= self.lite0_stages <= len(LITE0_CHANNELS):
@@ -143,6 +157,7 @@ class VLMPolicy(Policy):
         # Lite0 (ImageNet weights from load_external_weights), frozen or fine-tuned; in the checkpoint either way
         self.image_encoder: PretrainedImageEncoder | None = None
         self.projector: FeatureProjector | None = None
+        self.film: FiLM | None = None
 
     def finish_init(self, new_token_ids: list[int]) -> None:
         """Build the vision side (after the subclass's tokens, so parameter order stays as it was) and LoRA."""
@@ -152,6 +167,8 @@ class VLMPolicy(Policy):
                                                         frozen=c.freeze_vision)
             self.projector = FeatureProjector(LITE0_CHANNELS[c.lite0_stages - 1], c.image_grid or c.lite0_grid,
                                               self.vlm.hidden_size, len(self.camera_keys))
+            if c.film != "none":
+                self.film = FiLM(text_encoder_dim(c.film), LITE0_CHANNELS[c.lite0_stages - 1])
         elif c.freeze_vision:
             for p in self.vlm.vision_parameters():
                 p.requires_grad_(False)
@@ -216,16 +233,27 @@ class VLMPolicy(Policy):
                              "expected uint8 images [N, 3, H, W]")
         return x.to(self.device).float()
 
-    def image_tokens(self, images: dict[str, Tensor]) -> Tensor:
+    def image_tokens(self, images: dict[str, Tensor], tasks: Sequence[str] | None = None) -> Tensor:
         """Camera key -> uint8 frames [B, T, 3, h, w] (or cached Lite0 maps [B, T, C, g, g]) ->
-        projected image tokens [B, T*C, K, D], frames in time order, cameras in ``camera_keys`` order."""
+        projected image tokens [B, T*C, K, D], frames in time order, cameras in ``camera_keys`` order.
+        ``tasks``: each sample's instruction (B strings), which FiLM modulates the maps by (``film``)."""
+        cond = None
+        if self.film is not None:
+            B = next(iter(images.values())).shape[0]
+            if tasks is None:
+                raise ValueError(f"{type(self).__name__}(film={self.config.film!r}) modulates the image features by "
+                                 "the instruction: image_tokens needs each sample's instruction (tasks=)")
+            cond = encode_instructions(self.config.film, list(tasks), B, self.device)  # [B, E]
         per_camera = []
         for i, key in enumerate(self.camera_keys):
             x = images[key]
             B, T = x.shape[:2]
             flat = x.flatten(0, 1)
             if self.projector is not None:
-                tokens = self.projector(self._lite0_maps(flat, key), i)  # [B*T, K, D]
+                maps = self._lite0_maps(flat, key)
+                if cond is not None:
+                    maps = self.film(maps, cond.repeat_interleave(T, 0))
+                tokens = self.projector(maps, i)  # [B*T, K, D]
             else:
                 tokens = self.vlm.image_features(flat.to(self.device))[:, 0]
             per_camera.append(tokens.view(B, T, *tokens.shape[1:]))
