@@ -9,7 +9,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from bench_rt2_study import main  # noqa: E402
 
-SETTINGS = {"task": "Reach", "episodes": 2, "seed": 1000, "n_envs": 1, "max_steps": 30, "paraphrases": False,
+SETTINGS = {"task": "Reach", "episodes": 2, "seed": 5000, "n_envs": 1, "max_steps": 30, "paraphrases": False,
             "vqa_test": None, "vqa_examples": 200, "held_out_episodes": 0}
 
 
@@ -30,3 +30,17 @@ def test_a_recorded_run_is_reused_and_a_changed_one_is_evaluated_again(tmp_path,
     # another episode limit is another measurement: the checkpoint is loaded (and here it does not exist)
     with pytest.raises(Exception, match="no_checkpoint_here"):
         main([*args[:5], "35", *args[6:]])
+
+
+def test_seeds_a_checkpoints_demos_used_are_refused(monkeypatch, capsys):
+    """Evaluating on training scenes is not held-out success: refused before any episode (seeds 1000.. were
+    reach_xp's training scenes in the 2026-12-07 study; the default is now 5000)."""
+    from types import SimpleNamespace
+
+    from policystack.policies.base import Policy
+
+    seen = SimpleNamespace(data_provenance={"dataset": "data/reach_xp", "sim_seeds": {"Reach": [0, 2387]}})
+    monkeypatch.setattr(Policy, "from_pretrained", staticmethod(lambda path: seen))
+    with pytest.raises(SystemExit):
+        main(["--run", "RT-2=ckpt", "--episodes", "2", "--seed", "1000", "--no-paraphrases", "--no-write"])
+    assert "are training scenes" in capsys.readouterr().err

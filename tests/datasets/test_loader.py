@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 from pathlib import Path
 
@@ -182,10 +183,12 @@ def test_workers_give_the_same_batches(lerobot_root, tmp_path, collate):
 
 def test_column_cache_is_reused_and_shared_by_mmap(lerobot_root, tmp_path):
     first = WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=tmp_path)
-    manifest = first.cache_dir / "columns" / "manifest.json"
-    mtime = manifest.stat().st_mtime_ns
+    manifest, column = first.cache_dir / "columns" / "manifest.json", first._column_path("action")
+    os.utime(manifest, (1, 1))
+    mtime = column.stat().st_mtime_ns
     second = WindowedDataset(lerobot_root, delta_indices=DELTAS, cache_dir=tmp_path)
-    assert manifest.stat().st_mtime_ns == mtime  # not rebuilt
+    assert column.stat().st_mtime_ns == mtime  # not rebuilt
+    assert manifest.stat().st_mtime > 1  # its mtime says when the entry was last used (`dataset cache`)
     assert isinstance(second._ensure_open()["action"], np.memmap)
     assert torch.equal(first[20]["action"], second[20]["action"])
 
