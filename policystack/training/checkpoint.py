@@ -262,10 +262,12 @@ def check_compatible(pretrained_dir: str | Path, policy: Policy) -> None:
         raise ValueError(f"{path}: checkpoint of policy {saved.get('policy')!r}, but this run trains "
                          f"{policy.name!r}; use policy={saved.get('policy')} or another checkpoint")
     mine = json.loads(json.dumps(policy.config.to_dict()))
-    diff = sorted(k for k in set(mine) | set(saved["config"]) if mine.get(k) != saved["config"].get(k))
+    # through from_dict: a key added since the checkpoint was saved takes the value its checkpoints mean
+    theirs_cfg = json.loads(json.dumps(type(policy.config).from_dict(saved["config"], str(path)).to_dict()))
+    diff = sorted(k for k in set(mine) | set(theirs_cfg) if mine.get(k) != theirs_cfg.get(k))
     if diff:
         raise ValueError(f"{path}: policy config differs from this run's in {diff}: "
-                         f"saved {[saved['config'].get(k) for k in diff]}, run {[mine.get(k) for k in diff]}")
+                         f"saved {[theirs_cfg.get(k) for k in diff]}, run {[mine.get(k) for k in diff]}")
     theirs = {k: Feature.from_json(v, f"{path}: features[{k!r}]") for k, v in saved["features"].items()}
     if _shapes(theirs) != _shapes(policy.features):  # a camera stored as video or PNG is the same input
         raise ValueError(f"{path}: checkpoint features {_shapes(theirs)} differ from this run's dataset "

@@ -140,6 +140,19 @@ def test_init_from_checkpoint_of_another_policy_or_config(state_ds, tmp_path):
     (other / "config.json").write_text(json.dumps({**meta, "policy": "diffusion"}))
     with pytest.raises(ValueError, match="checkpoint of policy 'diffusion', but this run trains 'bc'"):
         train(load_config(tiny_overrides(state_ds, tmp_path / "b", f"init_from={other}")))
+    # a checkpoint saved before a config key existed (the key absent: its default) is still this config
+    import dataclasses
+
+    from policystack.policies.bc import BCConfig
+
+    older = tmp_path / "older"
+    shutil.copytree(checkpoint.latest_checkpoint(run) / "pretrained", older)
+    saved = json.loads((older / "config.json").read_text())
+    defaults = {f.name: f.default for f in dataclasses.fields(BCConfig) if f.default is not dataclasses.MISSING}
+    key = next(k for k, v in saved["config"].items() if k in defaults and defaults[k] == v)
+    del saved["config"][key]
+    (older / "config.json").write_text(json.dumps(saved))
+    checkpoint.check_compatible(older, Policy.from_pretrained(checkpoint.latest_checkpoint(run) / "pretrained"))
     # a compatible one starts from its weights
     fine = train(load_config(tiny_overrides(state_ds, tmp_path / "c", f"init_from={run}", "steps=1",
                                             "optim.lr=1e-12", "optim.warmup_steps=0")))
