@@ -196,17 +196,17 @@ def entries_to_prune(entries: list[CacheEntry], stale: bool = False, older_than_
     (``stale``), those unused for ``older_than_days``, then the least recently used until the rest fits
     in ``keep_bytes``."""
     now = time.time() if now is None else now
-    doomed = [e for e in entries if (stale and e.state == "stale")
-              or (older_than_days is not None and now - e.last_used > 86400.0 * older_than_days)]
+    doomed = {e.path for e in entries if (stale and e.state == "stale")
+              or (older_than_days is not None and now - e.last_used > 86400.0 * older_than_days)}
     if keep_bytes is not None:
-        left = sum(e.nbytes for e in entries if e not in doomed)
+        left = sum(e.nbytes for e in entries if e.path not in doomed)
         for e in entries:
             if left <= keep_bytes:
                 break
-            if e not in doomed:
-                doomed.append(e)
+            if e.path not in doomed:
+                doomed.add(e.path)
                 left -= e.nbytes
-    return [e for e in entries if e in doomed]
+    return [e for e in entries if e.path in doomed]
 
 
 def link_cached_segments(src: DatasetMeta, dst: DatasetMeta, episode_offset: int,
