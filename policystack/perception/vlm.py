@@ -673,9 +673,11 @@ class VisionLanguageModel(nn.Module):
         """token string -> id, including added tokens."""
         return self.tokenizer.get_vocab()
 
-    def add_tokens(self, tokens: Sequence[str]) -> list[int]:
+    def add_tokens(self, tokens: Sequence[str], special: bool = True) -> list[int]:
         """Append new special tokens (e.g. ``<act_0>`` ... ``<act_255>``) to the vocabulary and grow
         the embeddings (and a tied or separate output layer); returns their ids, consecutive.
+        ``special=False`` adds ordinary text tokens instead (EMMA's ``number_tokens``: "0.42" one token):
+        the tokenizer matches them in any text and decoding writes them out.
 
         Dedicated new ids rather than the least-used existing ones (OpenVLA's choice): SmolLM2's last
         ids are ordinary BPE merges, the byte tokenizer has no spare ids at all, and co-training keeps
@@ -685,8 +687,11 @@ class VisionLanguageModel(nn.Module):
         taken = [t for t in tokens if t in vocab]
         if taken or len(set(tokens)) != len(tokens):
             raise ValueError(f"add_tokens: tokens must be new and distinct; already in the vocabulary: {taken[:5]}")
-        self.tokenizer.add_special_tokens({"additional_special_tokens": list(tokens)},
-                                          replace_additional_special_tokens=False)
+        if special:
+            self.tokenizer.add_special_tokens({"additional_special_tokens": list(tokens)},
+                                              replace_additional_special_tokens=False)
+        else:
+            self.tokenizer.add_tokens(list(tokens))
         ids = self.tokenizer.convert_tokens_to_ids(list(tokens))
         if ids != list(range(ids[0], ids[0] + len(ids))):
             raise RuntimeError(f"add_tokens: the tokenizer gave non-consecutive ids {ids[:5]}...")

@@ -59,9 +59,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from transformers import LogitsProcessor
 
+from policystack.perception.text import encode_instructions, text_encoder_dim
 from policystack.policies.layers.vlm_policy import VLMPolicy, VLMPolicyConfig
 from policystack.types import (
     ACTION,
@@ -77,6 +78,8 @@ from policystack.types import (
 PROMPT = "In: {instruction}. Gripper path: {path}.\nOut:"
 TRAJECTORY = "Trajectory:"
 REASONING = ("full", "objects", "none")
+NUMBER_TOKENS = [f"{v / 100:.2f}" for v in range(-100, 101) if v]  # number_tokens: as fmt writes them ("0.00" is
+NUMBER_TOKENS.insert(100, "0.00")  # there once, never "-0.00")
 HUGE = 100.0  # |value| above this (m) is a "huge number": a parse failure, not just out of the workspace
 
 
@@ -99,6 +102,21 @@ class EmmaConfig(VLMPolicyConfig):
     waypoints: int = 4  # k future waypoints per plan
     waypoint_stride: int = 3  # policy steps between waypoints (and from now to the first)
     max_reasoning_tokens: int = 200  # then " Trajectory:" is forced
+    # one vocabulary token per number -1.00 .. 1.00 ("0.42", "-0.10"; the text is unchanged): a coordinate is
+    # one token (one class of 201, as RT-2's action bins) instead of 4-5 characters, the answer ~2x shorter
+    number_tokens: bool = False
+    # number_tokens: > 0 (m) trains each number token on a Gaussian of this width over the 201 number tokens
+    # around the true value instead of one-hot (HL-Gauss, Farebrother et al. 2024): a near miss costs less than
+    # a far one, a graded signal as regression has; 0: one-hot cross-entropy like every other token
+    number_sigma: float = 0.0
+    # auxiliary training loss (0: off): the first critical object's position (privileged, the Objects step's)
+    # regressed from the image tokens by attention pooling with the instruction as the query, weight x MSE in dm^2;
+    # a training signal into the projector (and FiLM) only, never read at inference
+    locate_weight: float = 0.0
+    # the first text_batch samples of a batch train the text, all of them the locate head (None: all): the text
+    # model costs ~100x the image side per sample, so batch 128 with text_batch 16 gives the cheap auxiliary
+    # target 8x the samples at ~the text's cost
+    text_batch: int | None = None
 
     # --- reading the state, following the plan (the tabletop suite's ee_delta action) ---
     ee_state_names: list[str] = field(default_factory=lambda: ["ee_x", "ee_y", "ee_z"])  # in observation.state
@@ -114,6 +132,13 @@ class EmmaConfig(VLMPolicyConfig):
         name = type(self).__name__
         if self.reasoning not in REASONING:
             raise ValueError(f"{name}.reasoning is {self.reasoning!r}; choose one of {REASONING}")
+        if self.locate_weight < 0:
+            raise ValueError(f"{name}.locate_weight must be >= 0, got {self.locate_weight}")
+        if self.number_sigma < 0 or (self.number_sigma > 0 and not self.number_tokens):
+            raise ValueError(f"{name}.number_sigma={self.number_sigma}: expected 0, or > 0 with number_tokens: true")
+        if self.text_batch is not None and (self.text_batch < 1 or self.locate_weight == 0):
+            raise ValueError(f"{name}.text_batch={self.text_batch}: expected null, or >= 1 with locate_weight > 0 "
+                             "(the rest of the batch trains only the locate head)")
         for f in ("waypoints", "waypoint_stride", "max_reasoning_tokens"):
             if getattr(self, f) < 1:
                 raise ValueError(f"{name}.{f} must be >= 1, got {getattr(self, f)}")
@@ -393,6 +418,22 @@ def _a(words: str) -> str:
     return ("an " if words[0] in "aeiou" else "a ") + words
 
 
+class Locator(nn.Module):
+    """``locate_weight``'s head: image tokens [B, N, D] and the instruction's sentence embedding [B, E] ->
+    the named object's position [B, 3] (m), by 4-head attention pooling with the instruction as the query."""
+
+    def __init__(self, width: int, cond_dim: int):
+        super().__init__()
+        self.query = nn.Linear(cond_dim, width)
+        self.attend = nn.MultiheadAttention(width, 4, batch_first=True)
+        self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU(), nn.Linear(width, 3))
+
+    def forward(self, tokens: Tensor, cond: Tensor) -> Tensor:
+        q = self.query(cond.to(tokens.dtype))[:, None]
+        pooled, _ = self.attend(q, tokens, tokens, need_weights=False)
+        return self.out(pooled[:, 0])
+
+
 # ----------------------------------------------------------------------------------------------
 # The policy
 # ----------------------------------------------------------------------------------------------
@@ -426,9 +467,17 @@ class EmmaPolicy(VLMPolicy):
                              f"must hold {needed}, got {action_names}")
         self.action_index = [action_names.index(n) for n in needed]
         self.action_dim = len(action_names)
-        self.finish_init([])  # Lite0 + projector, LoRA; no new tokens: the answer is ordinary text
+        # ordinary text tokens (LoRA trains their rows); none by default: the answer is byte-level text
+        self.number_ids = self.vlm.add_tokens(NUMBER_TOKENS, special=False) if c.number_tokens else []
+        self.finish_init(self.number_ids)
+        self.locator = Locator(self.vlm.hidden_size, text_encoder_dim(self._locate_encoder)) \
+            if c.locate_weight > 0 else None
         self._token_strings: list[str] | None = None
         self.counts = self._zero_counts()
+
+    @property
+    def _locate_encoder(self) -> str:
+        return self.config.film if self.config.film != "none" else "hashed"
 
     @staticmethod
     def _zero_counts() -> dict[str, int]:
@@ -439,6 +488,22 @@ class EmmaPolicy(VLMPolicy):
         """The prompt of one sample: its instruction and the pinch point's last positions [T, 3]."""
         return PROMPT.format(instruction=instruction.rstrip("."), path=", ".join(point(p) for p in path.tolist()))
 
+    def scene_objects(self, instruction: str, objects: np.ndarray) -> tuple[list, list]:
+        """The scene's objects and the critical ones, each a list of (name, position [3]), from a
+        ``privileged.objects`` row [K*5]. Critical: the objects the instruction names ("red ball"), else
+        those whose colour it names ("touch the red sphere"), else those of a kind it names, else all."""
+        colors, kinds = self.vocab[PRIVILEGED_OBJECTS]["colors"], self.vocab[PRIVILEGED_OBJECTS]["kinds"]
+        scene = []
+        for color, kind, *xyz in np.asarray(objects, dtype=np.float64).reshape(-1, 5):
+            ci, ki = int(round(color)), int(round(kind))
+            if 0 <= ci < len(colors) and 0 <= ki < len(kinds):
+                scene.append((f"{colors[ci]} {kinds[ki]}", np.array(xyz)))
+        words = f" {instruction.lower().replace('.', ' ').replace(',', ' ')} "
+        critical = [o for o in scene if f" {o[0]} " in words] or \
+            [o for o in scene if f" {o[0].split()[0]} " in words] or \
+            [o for o in scene if f" {o[0].split()[1]} " in words] or scene
+        return scene, critical
+
     def answer(self, instruction: str, ee: np.ndarray, closure: float, objects: np.ndarray | None,
                decision: float | None, waypoints: np.ndarray) -> str:
         """The label text of one sample: reasoning (per ``config.reasoning``) and the trajectory.
@@ -447,18 +512,7 @@ class EmmaPolicy(VLMPolicy):
         and decision (privileged.decision): None with reasoning "none"; waypoints [k, 4]."""
         parts = []
         if self.config.reasoning != "none":
-            colors, kinds = self.vocab[PRIVILEGED_OBJECTS]["colors"], self.vocab[PRIVILEGED_OBJECTS]["kinds"]
-            scene = []  # (name, position)
-            for color, kind, *xyz in np.asarray(objects, dtype=np.float64).reshape(-1, 5):
-                ci, ki = int(round(color)), int(round(kind))
-                if 0 <= ci < len(colors) and 0 <= ki < len(kinds):
-                    scene.append((f"{colors[ci]} {kinds[ki]}", np.array(xyz)))
-            # critical: the objects the instruction names ("red ball"), else those whose colour it names
-            # ("touch the red sphere"), else those of a kind it names, else all of them
-            words = f" {instruction.lower().replace('.', ' ').replace(',', ' ')} "
-            critical = [o for o in scene if f" {o[0]} " in words] or \
-                [o for o in scene if f" {o[0].split()[0]} " in words] or \
-                [o for o in scene if f" {o[0].split()[1]} " in words] or scene
+            scene, critical = self.scene_objects(instruction, objects)
             if self.config.reasoning == "full":
                 names = [_a(n) for n, _ in scene]
                 listing = "nothing" if not names else names[0] if len(names) == 1 else \
@@ -483,13 +537,15 @@ class EmmaPolicy(VLMPolicy):
         """Cross-entropy on every answer token (reasoning and trajectory) and the end token."""
         c, T = self.config, self.config.n_obs_steps
         need = [*self.camera_keys, TASK, OBS_STATE]
-        if c.reasoning != "none":
+        privileged = c.reasoning != "none" or self.locator is not None
+        if privileged:
             need += [PRIVILEGED_OBJECTS, PRIVILEGED_DECISION]
             if len(self.vocab) < 2:
-                raise KeyError(f"EmmaPolicy(reasoning={c.reasoning!r}) builds its labels from the privileged columns "
+                raise KeyError(f"EmmaPolicy(reasoning={c.reasoning!r}, locate_weight={c.locate_weight}) builds its "
+                               "labels from the privileged columns "
                                f"{PRIVILEGED_OBJECTS!r} and {PRIVILEGED_DECISION!r} (with their vocabularies in the "
                                "features' info); collect the demos with `policystack collect ... privileged=true`, "
-                               "or train with reasoning=none")
+                               "or train with reasoning=none (and locate_weight=0)")
         missing = [k for k in need if k not in batch]
         if missing:
             raise KeyError(f"EmmaPolicy.compute_loss: the batch has no {missing}; got {sorted(batch)}")
@@ -500,23 +556,55 @@ class EmmaPolicy(VLMPolicy):
         ee, grip = state[..., self.ee_index], state[..., self.gripper_index]
         waypoints = torch.cat([ee[:, T:], (grip[:, T:, None] > 0.5).float()], -1).numpy()  # [B, k, 4]
         objects = decisions = None
-        if c.reasoning != "none":  # the current frame's columns: [B, 1, K*5] and [B, 1] (a [1] feature's window)
+        if privileged:  # the current frame's columns: [B, 1, K*5] and [B, 1] (a [1] feature's window)
             objects = batch[PRIVILEGED_OBJECTS].float().cpu().reshape(len(state), -1).numpy()
             decisions = batch[PRIVILEGED_DECISION].float().cpu().reshape(len(state), -1)[:, -1].tolist()
         prompts, answers = [], []
-        for b, task in enumerate(batch[TASK]):
+        n = len(state) if c.text_batch is None else min(c.text_batch, len(state))  # samples whose text trains
+        for b, task in enumerate(batch[TASK][:n]):
             prompts.append(self.prompt(task, ee[b, :T]))
             answers.append(self.answer(task, ee[b, T - 1].numpy(), float(grip[b, T - 1]),
-                                       None if objects is None else objects[b],
-                                       None if decisions is None else decisions[b], waypoints[b]))
+                                       None if c.reasoning == "none" else objects[b],
+                                       None if c.reasoning == "none" else decisions[b], waypoints[b]))
         tokens = self.image_tokens({k: batch[k][:, -1:] for k in self.camera_keys}, batch[TASK])  # current frame
-        inputs = self.vlm.encode(prompts, answers=answers, image_features=tokens)
+        inputs = self.vlm.encode(prompts, answers=answers, image_features=tokens[:n])
         logits, targets, _ = self.vlm.answer_logits(inputs)  # [N, V], [N]
-        loss = F.cross_entropy(logits.float(), targets)
+        loss = self.text_loss(logits.float(), targets)
         with torch.no_grad():
             accuracy = (logits.argmax(-1) == targets).float().mean().item()
-        return loss, {"loss": loss.item(), "token_accuracy": accuracy,
-                      "answer_tokens": float(len(targets)) / len(prompts)}
+        info = {"text_loss": loss.item(), "token_accuracy": accuracy,
+                "answer_tokens": float(len(targets)) / len(prompts)}
+        if self.locator is not None:
+            critical = [self.scene_objects(t, objects[b])[1] for b, t in enumerate(batch[TASK])]
+            has = torch.tensor([bool(o) for o in critical])
+            if has.any():
+                goal = torch.tensor(np.array([o[0][1] if o else np.zeros(3) for o in critical]), dtype=torch.float32)
+                cond = encode_instructions(self._locate_encoder, list(batch[TASK]), len(critical), self.device)
+                guess = self.locator(tokens.flatten(1, 2), cond).float().cpu()
+                err = (guess - goal)[has]
+                locate = (10 * err).square().sum(-1).mean()  # dm^2
+                loss = loss + c.locate_weight * locate
+                info.update(locate_loss=locate.item(), locate_cm=100 * err.norm(dim=-1).mean().item())
+        info["loss"] = loss.item()
+        return loss, info
+
+    def text_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """Mean cross-entropy over the answer tokens, logits float [N, V], targets [N]; with ``number_sigma`` a
+        number token's target is a Gaussian over the number tokens (by value) centred on it."""
+        sigma = self.config.number_sigma
+        if sigma == 0:
+            return F.cross_entropy(logits, targets)
+        logp = F.log_softmax(logits, -1)
+        nll = -logp.gather(1, targets[:, None])[:, 0]
+        first, n = self.number_ids[0], len(self.number_ids)
+        is_number = (targets >= first) & (targets < first + n)
+        if is_number.any():
+            values = torch.tensor([float(t) for t in NUMBER_TOKENS], device=logits.device)
+            soft = torch.softmax(-(values[None] - values[targets[is_number] - first][:, None]).square()
+                                 / (2 * sigma ** 2), -1)  # [M, 201]
+            nll = nll.clone()
+            nll[is_number] = -(soft * logp[is_number, first:first + n]).sum(-1)
+        return nll.mean()
 
     # --- inference ----------------------------------------------------------------------------------
     def history_step(self, obs: dict[str, Any]) -> Any:

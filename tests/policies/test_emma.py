@@ -10,10 +10,12 @@ import random
 import numpy as np
 import pytest
 import torch
-from test_contract import FEATURES_FOR, stats_of
+import torch.nn.functional as F
+from test_contract import FEATURES_FOR, make_batch, stats_of
 
 from policystack.perception.vlm import byte_tokenizer
 from policystack.policies.emma import (
+    NUMBER_TOKENS,
     TRAJECTORY,
     EmmaConfig,
     EmmaPolicy,
@@ -249,11 +251,99 @@ def test_plans_decoded_by_the_cached_loop_are_those_of_model_generate(reasoning,
         assert parse_trajectory(text, [[-10] * 3, [10] * 3])[1] == "ok"
 
 
+def test_number_tokens_write_each_coordinate_as_one_token():
+    """number_tokens: the same text, each number one token (201 of them, as fmt writes them), the grammar
+    still lets only the template out and accepts the labels."""
+    assert len(set(NUMBER_TOKENS)) == 201 and "0.00" in NUMBER_TOKENS and "-0.00" not in NUMBER_TOKENS
+    features = FEATURES_FOR["emma"]
+    plain = EmmaPolicy(EmmaConfig(text_depth=1), features, None)
+    p = EmmaPolicy(EmmaConfig(text_depth=1, number_tokens=True), features, None)
+    assert p.vlm.vocab_size == plain.vlm.vocab_size + 201
+    objects = np.array([0, 0, 0.42, -0.10, 0.03, 1, 1, 0.5, 0.2, 0.02], dtype=np.float32)
+    wps = np.array([[0.42, -0.1, 0.12, 0], [0.42, -0.1, 0.09, 0], [0.42, -0.1, 0.07, 0], [0.42, -0.1, 0.05, 1]])
+    text = p.answer("reach the red ball", np.array([0.42, -0.10, 0.24]), 0.0, objects, 0.0, wps)
+    tok = p.vlm.tokenizer
+    ids = tok.encode(text, add_special_tokens=False)
+    assert tok.decode(ids) == text
+    pieces = [tok.decode([i]) for i in ids]
+    assert pieces[-13:] == ["(", "0.42", ",", " ", "-0.10", ",", " ", "0.05", ",", " ", "1", ")", "]"]
+    assert len(ids) <= len(plain.vlm.tokenizer.encode(text, add_special_tokens=False)) - 45  # 15 numbers, 3-4 characters fewer each
+    grammar = p.grammar()
+    row = {"mode": "free", "n": 0, "tail": ""}
+    body = tok.encode(text[text.index(TRAJECTORY):], add_special_tokens=False)
+    for i in tok.encode(text[:text.index(TRAJECTORY)], add_special_tokens=False) + body:
+        grammar._step(row, i)
+        assert row["mode"] != "end" or i == body[-1]
+    assert row["mode"] == "traj" and row["pos"] == len(grammar.atoms)  # the whole template, in number tokens
+
+
+def test_number_sigma_makes_a_near_miss_cheaper_than_a_far_one():
+    """number_sigma: a number token's target is a Gaussian over the number tokens by value; other tokens and
+    sigma -> 0 are plain cross-entropy."""
+    features = FEATURES_FOR["emma"]
+    p = EmmaPolicy(EmmaConfig(text_depth=1, number_tokens=True, number_sigma=0.02), features, None)
+    first, V = p.number_ids[0], p.vlm.vocab_size
+    at = {t: first + i for i, t in enumerate(NUMBER_TOKENS)}
+    target = torch.tensor([at["0.42"]])
+
+    def peaked(token):  # logits with nearly all mass on one token
+        logits = torch.zeros(1, V)
+        logits[0, at[token]] = 20.0
+        return logits
+    near, far = p.text_loss(peaked("0.43"), target), p.text_loss(peaked("-0.50"), target)
+    assert near < far - 3  # graded: mass next to the target counts
+    one_hot = F.cross_entropy(peaked("0.43"), target)
+    assert one_hot == pytest.approx(F.cross_entropy(peaked("-0.50"), target))  # one-hot: every miss alike
+    p.config.number_sigma = 1e-4
+    logits = torch.randn(3, V)
+    targets = torch.tensor([at["0.42"], 65, at["-1.00"]])  # a number, a letter, the lowest number
+    assert p.text_loss(logits, targets) == pytest.approx(F.cross_entropy(logits, targets).item(), rel=1e-4)
+    with pytest.raises(ValueError, match="number_sigma=0.02: expected 0, or > 0 with number_tokens"):
+        EmmaConfig(number_sigma=0.02)
+
+
+def test_locate_loss_trains_the_image_side_toward_the_named_object():
+    """locate_weight: the first critical object's true position regressed from the image tokens; its loss is
+    part of the total, its gradient reaches the projector, and the head is never used to act."""
+    torch.manual_seed(0)
+    features = FEATURES_FOR["emma"]
+    p = EmmaPolicy(EmmaConfig(text_depth=1, locate_weight=2.0), features, stats_of(features))
+    batch = make_batch(p.config, features, stats_of(features))
+    batch[PRIVILEGED_OBJECTS] = torch.tensor([[0, 0, 0.42, -0.10, 0.03, 1, 1, 0.5, 0.2, 0.02]] * 3)[:, None]
+    batch[PRIVILEGED_DECISION] = torch.zeros(3, 1)
+    batch[TASK] = ["reach the red ball", "touch the blue cube", "reach the red ball"]
+    loss, info = p.compute_loss(batch)
+    assert info["loss"] == pytest.approx(info["text_loss"] + 2.0 * info["locate_loss"], rel=1e-5)
+    assert info["locate_cm"] > 0
+    loss.backward()
+    assert p.locator.query.weight.grad.abs().sum() > 0 and p.projector.mlp[0].weight.grad.abs().sum() > 0
+    # the named object is the target: moving the blue cube changes the second sample's target only
+    moved = dict(batch)
+    moved[PRIVILEGED_OBJECTS] = batch[PRIVILEGED_OBJECTS].clone()
+    moved[PRIVILEGED_OBJECTS][:, 0, 7] += 0.3
+    torch.manual_seed(0)
+    assert p.compute_loss(moved)[1]["locate_loss"] != pytest.approx(info["locate_loss"])
+    # text_batch 1: the text of the first sample only, the locate head on all three
+    p.config.text_batch = 1
+    short = p.compute_loss(batch)[1]
+    assert short["locate_loss"] == pytest.approx(info["locate_loss"]) and short["text_loss"] != pytest.approx(
+        info["text_loss"])
+    with pytest.raises(ValueError, match="locate_weight must be >= 0"):
+        EmmaConfig(locate_weight=-1)
+    with pytest.raises(ValueError, match="text_batch=4: expected null, or >= 1 with locate_weight > 0"):
+        EmmaConfig(text_batch=4)
+
+
 def test_labels_need_the_privileged_columns(policy):
     no_vocab = EmmaPolicy(EmmaConfig(text_depth=1), {k: f for k, f in FEATURES_FOR["emma"].items()
                                                       if k not in (PRIVILEGED_OBJECTS, PRIVILEGED_DECISION)}, None)
     with pytest.raises(KeyError, match="privileged=true"):
         no_vocab.compute_loss({TASK: ["x"]})
+    locating = EmmaPolicy(EmmaConfig(text_depth=1, reasoning="none", locate_weight=1.0),
+                          {k: f for k, f in FEATURES_FOR["emma"].items()
+                           if k not in (PRIVILEGED_OBJECTS, PRIVILEGED_DECISION)}, None)
+    with pytest.raises(KeyError, match="locate_weight=1.0"):  # the auxiliary target is privileged too
+        locating.compute_loss({TASK: ["x"]})
     assert PRIVILEGED_OBJECTS not in policy.features  # nothing privileged among its inputs (eval, daemon)
 
 
