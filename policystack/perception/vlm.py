@@ -697,7 +697,12 @@ class VisionLanguageModel(nn.Module):
             raise RuntimeError(f"add_tokens: the tokenizer gave non-consecutive ids {ids[:5]}...")
         if len(self.tokenizer) > self.vocab_size:
             # new rows drawn around the mean of the old ones (not at the init scale of a fresh model)
-            self.model.resize_token_embeddings(len(self.tokenizer), mean_resizing=True)
+            verbosity = transformers.logging.get_verbosity()
+            transformers.logging.set_verbosity_error()  # its note on mean resizing, at every build and load
+            try:
+                self.model.resize_token_embeddings(len(self.tokenizer), mean_resizing=True)
+            finally:
+                transformers.logging.set_verbosity(verbosity)
         return ids
 
     def drop_builtin_tower(self) -> None:
