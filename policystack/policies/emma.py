@@ -576,15 +576,15 @@ class EmmaPolicy(VLMPolicy):
                 "answer_tokens": float(len(targets)) / len(prompts)}
         if self.locator is not None:
             critical = [self.scene_objects(t, objects[b])[1] for b, t in enumerate(batch[TASK])]
-            has = torch.tensor([bool(o) for o in critical])
+            has = torch.tensor([bool(o) for o in critical], dtype=torch.float32)  # samples naming an object
+            goal = torch.tensor(np.array([o[0][1] if o else np.zeros(3) for o in critical]), dtype=torch.float32)
+            cond = encode_instructions(self._locate_encoder, list(batch[TASK]), len(critical), self.device)
+            err = self.locator(tokens.flatten(1, 2), cond).float().cpu() - goal
+            locate = ((10 * err).square().sum(-1) * has).sum() / has.sum().clamp(min=1)  # dm^2; 0 without any
+            loss = loss + c.locate_weight * locate
+            info["locate_loss"] = locate.item()
             if has.any():
-                goal = torch.tensor(np.array([o[0][1] if o else np.zeros(3) for o in critical]), dtype=torch.float32)
-                cond = encode_instructions(self._locate_encoder, list(batch[TASK]), len(critical), self.device)
-                guess = self.locator(tokens.flatten(1, 2), cond).float().cpu()
-                err = (guess - goal)[has]
-                locate = (10 * err).square().sum(-1).mean()  # dm^2
-                loss = loss + c.locate_weight * locate
-                info.update(locate_loss=locate.item(), locate_cm=100 * err.norm(dim=-1).mean().item())
+                info["locate_cm"] = 100 * err.norm(dim=-1)[has.bool()].mean().item()
         info["loss"] = loss.item()
         return loss, info
 
