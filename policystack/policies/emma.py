@@ -80,6 +80,7 @@ TRAJECTORY = "Trajectory:"
 REASONING = ("full", "objects", "none")
 NUMBER_TOKENS = [f"{v / 100:.2f}" for v in range(-100, 101) if v]  # number_tokens: as fmt writes them ("0.00" is
 NUMBER_TOKENS.insert(100, "0.00")  # there once, never "-0.00")
+NUMBER_VALUES = torch.tensor([float(t) for t in NUMBER_TOKENS])  # ascending: -1.00 .. 1.00
 HUGE = 100.0  # |value| above this (m) is a "huge number": a parse failure, not just out of the workspace
 
 
@@ -103,7 +104,7 @@ class EmmaConfig(VLMPolicyConfig):
     waypoint_stride: int = 3  # policy steps between waypoints (and from now to the first)
     max_reasoning_tokens: int = 200  # then " Trajectory:" is forced
     # one vocabulary token per number -1.00 .. 1.00 ("0.42", "-0.10"; the text is unchanged): a coordinate is
-    # one token (one class of 201, as RT-2's action bins) instead of 4-5 characters, the answer ~2x shorter
+    # one token (one class of 201, as RT-2's action bins) instead of 4-5 characters (full answer 305 -> 223 tokens)
     number_tokens: bool = False
     # number_tokens: > 0 (m) trains each number token on a Gaussian of this width over the 201 number tokens
     # around the true value instead of one-hot (HL-Gauss, Farebrother et al. 2024): a near miss costs less than
@@ -534,7 +535,8 @@ class EmmaPolicy(VLMPolicy):
 
     # --- training -----------------------------------------------------------------------------------
     def compute_loss(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
-        """Cross-entropy on every answer token (reasoning and trajectory) and the end token."""
+        """Cross-entropy on every answer token (reasoning and trajectory) and the end token (``text_loss``),
+        plus ``locate_weight`` x the locate head's squared error (dm^2) where the batch names an object."""
         c, T = self.config, self.config.n_obs_steps
         need = [*self.camera_keys, TASK, OBS_STATE]
         privileged = c.reasoning != "none" or self.locator is not None
@@ -599,7 +601,7 @@ class EmmaPolicy(VLMPolicy):
         first, n = self.number_ids[0], len(self.number_ids)
         is_number = (targets >= first) & (targets < first + n)
         if is_number.any():
-            values = torch.tensor([float(t) for t in NUMBER_TOKENS], device=logits.device)
+            values = NUMBER_VALUES.to(logits.device)
             soft = torch.softmax(-(values[None] - values[targets[is_number] - first][:, None]).square()
                                  / (2 * sigma ** 2), -1)  # [M, 201]
             nll = nll.clone()
