@@ -167,6 +167,17 @@ def lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(logits[where].float(), targets)
 
 
+def resize_embeddings(model: PreTrainedModel, rows: int) -> None:
+    """Grow the input embeddings (and a separate output layer) to ``rows``, new rows drawn around the mean
+    of the old ones, without transformers' note on mean resizing at every build and checkpoint load."""
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        model.resize_token_embeddings(rows, mean_resizing=True)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+
+
 def byte_tokenizer(special_tokens: Sequence[str] = ()) -> transformers.PreTrainedTokenizerFast:
     """A byte-level tokenizer with no merges: ids 0..255 are the bytes (GPT-2's byte-to-unicode
     alphabet), then ``<bos>``, ``<eos>``, ``<pad>`` and ``special_tokens``. Needs no files; every
@@ -697,12 +708,7 @@ class VisionLanguageModel(nn.Module):
             raise RuntimeError(f"add_tokens: the tokenizer gave non-consecutive ids {ids[:5]}...")
         if len(self.tokenizer) > self.vocab_size:
             # new rows drawn around the mean of the old ones (not at the init scale of a fresh model)
-            verbosity = transformers.logging.get_verbosity()
-            transformers.logging.set_verbosity_error()  # its note on mean resizing, at every build and load
-            try:
-                self.model.resize_token_embeddings(len(self.tokenizer), mean_resizing=True)
-            finally:
-                transformers.logging.set_verbosity(verbosity)
+            resize_embeddings(self.model, len(self.tokenizer))
         return ids
 
     def drop_builtin_tower(self) -> None:
@@ -1141,7 +1147,7 @@ def _graft_smollm2(cfg: VLMConfig, family: VLMFamily, model_class: type[PreTrain
     if not config.tie_word_embeddings:
         model.lm_head.load_state_dict(lm.lm_head.state_dict())
     model.tie_weights()
-    model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    resize_embeddings(model, len(tokenizer))
     return VisionLanguageModel(model.eval(), tokenizer, family, cfg.image_size)
 
 
