@@ -23,7 +23,7 @@ from policystack.envs.vqa import scene_objects
 from policystack.eval.commands import load_policy
 from policystack.eval.envs import env_kwargs_from_features
 from policystack.policies.emma import objects_in
-from policystack.types import TASK
+from policystack.types import OBS_STATE, TASK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         batch = {k: torch.from_numpy(np.asarray(v))[None] for k, v in obs.items()}
         batch[TASK] = [task]
         text = policy.plan(batch)[0]
-        found = objects_in(text).get(target.name)
+        found = objects_in(text, policy.origin(batch[OBS_STATE][0])).get(target.name)
         if found is None:
             missing += 1
         else:

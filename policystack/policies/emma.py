@@ -15,10 +15,14 @@ Data flow, one sample (C cameras, K image tokens per camera, D the text model's 
          Trajectory: [(0.44, -0.06, 0.25, 0), (0.43, -0.08, 0.18, 0), ...]"
         reasoning "objects": only "Objects: ... Trajectory: [...]"; "none": only "Trajectory: [...]"
 
-Units and frame (everything written as text): metres, two decimals, in the arm's base frame (the
+Units and frame (everything written as text): metres, two decimals, along the arm's base frame's axes (the
 simulator's world frame: the Panda's base at the origin, x forward, y left, z up, the table top at
 z = 0); a waypoint is ``(x, y, z, g)`` with ``g`` 1 = gripper closed, 0 = open, and waypoint j is where
 the pinch point is ``j * waypoint_stride`` policy steps ahead (0.3 s apart at 10 Hz by default).
+``frame``: "base" writes the Objects step's positions and the waypoints in the base frame; "ee" writes
+them as offsets from the pinch point now (EMMA's ego frame: its coordinates are the vehicle's), so a
+waypoint is the motion still to make and an object is where it is from the gripper, which the wrist camera
+sees directly; the prompt's path stays in the base frame either way (where the gripper is).
 
 Labels, built automatically from the demonstrations (EMMA built its labels automatically too): the
 dataset records the simulator's privileged state beside each frame (``policystack collect
@@ -78,6 +82,7 @@ from policystack.types import (
 PROMPT = "In: {instruction}. Gripper path: {path}.\nOut:"
 TRAJECTORY = "Trajectory:"
 REASONING = ("full", "objects", "none")
+FRAMES = ("base", "ee")
 NUMBER_TOKENS = [f"{v / 100:.2f}" for v in range(-100, 101) if v]  # number_tokens: as fmt writes them ("0.00" is
 NUMBER_TOKENS.insert(100, "0.00")  # there once, never "-0.00")
 NUMBER_VALUES = torch.tensor([float(t) for t in NUMBER_TOKENS])  # ascending: -1.00 .. 1.00
@@ -103,6 +108,9 @@ class EmmaConfig(VLMPolicyConfig):
     waypoints: int = 4  # k future waypoints per plan
     waypoint_stride: int = 3  # policy steps between waypoints (and from now to the first)
     max_reasoning_tokens: int = 200  # then " Trajectory:" is forced
+    # where the Objects step's positions and the waypoints are measured from: "base" (the arm's base) or "ee"
+    # (offsets from the pinch point now, EMMA's ego frame; same axes); the prompt's path is in the base frame
+    frame: str = "base"
     # one vocabulary token per number -1.00 .. 1.00 ("0.42", "-0.10"; the text is unchanged): a coordinate is
     # one token (one class of 201, as RT-2's action bins) instead of 4-5 characters (full answer 305 -> 223 tokens)
     number_tokens: bool = False
@@ -133,6 +141,8 @@ class EmmaConfig(VLMPolicyConfig):
         name = type(self).__name__
         if self.reasoning not in REASONING:
             raise ValueError(f"{name}.reasoning is {self.reasoning!r}; choose one of {REASONING}")
+        if self.frame not in FRAMES:
+            raise ValueError(f"{name}.frame is {self.frame!r}; choose one of {FRAMES}")
         if self.locate_weight < 0:
             raise ValueError(f"{name}.locate_weight must be >= 0, got {self.locate_weight}")
         if self.number_sigma < 0 or (self.number_sigma > 0 and not self.number_tokens):
@@ -327,8 +337,9 @@ _TUPLE = re.compile(r"\(" + ",".join([_NUMBER] * 4) + r"\)")
 _LIST = re.compile(r"\s*\[\s*(" + _TUPLE.pattern + r"(?:\s*,\s*" + _TUPLE.pattern + r")*)\s*\]\s*$")
 
 
-def parse_trajectory(text: str, workspace, max_waypoints: int = 32) -> tuple[np.ndarray | None, str]:
-    """The waypoints of an answer, or why not; never raises.
+def parse_trajectory(text: str, workspace, max_waypoints: int = 32, origin=None) -> tuple[np.ndarray | None, str]:
+    """The waypoints of an answer, or why not; never raises. ``origin`` [3] (m): what the written positions
+    are offsets from (``frame: ee``: the pinch point now), added before the workspace check (None: zeros).
 
     Returns:
         (float64 [n, 4] (x, y, z, g with g in {0, 1}), "ok"), or (None, reason) with reason one of
@@ -353,6 +364,8 @@ def parse_trajectory(text: str, workspace, max_waypoints: int = 32) -> tuple[np.
         return None, "huge"
     if not np.all(np.isin(values[:, 3], (0.0, 1.0))):
         return None, "malformed"
+    if origin is not None:
+        values[:, :3] += np.asarray(origin, dtype=np.float64)
     box = np.asarray(workspace, dtype=np.float64)
     if np.any(values[:, :3] < box[0]) or np.any(values[:, :3] > box[1]):
         return None, "out of workspace"
@@ -362,9 +375,10 @@ def parse_trajectory(text: str, workspace, max_waypoints: int = 32) -> tuple[np.
 _OBJECT = re.compile(r"([a-z]+ [a-z]+) at \(\s*([^,()\s]+)\s*,\s*([^,()\s]+)\s*,\s*([^,()\s]+)\s*\)")
 
 
-def objects_in(text: str) -> dict[str, np.ndarray]:
-    """The "Objects:" step of an answer as name -> position [3] (m): the same weights used as an object
-    locator ("where is the red ball?"); entries that do not parse into finite numbers are left out."""
+def objects_in(text: str, origin=None) -> dict[str, np.ndarray]:
+    """The "Objects:" step of an answer as name -> position [3] (m; plus ``origin`` [3], what they are written
+    from, see ``EmmaPolicy.origin``): the same weights used as an object locator ("where is the red ball?");
+    entries that do not parse into finite numbers are left out."""
     out = {}
     for m in _OBJECT.finditer(section(text, "Objects")):
         try:
@@ -372,7 +386,7 @@ def objects_in(text: str) -> dict[str, np.ndarray]:
         except ValueError:
             continue
         if np.all(np.isfinite(xyz)):
-            out[m.group(1)] = xyz
+            out[m.group(1)] = xyz if origin is None else xyz + np.asarray(origin, dtype=np.float64)
     return out
 
 
@@ -510,7 +524,11 @@ class EmmaPolicy(VLMPolicy):
         """The label text of one sample: reasoning (per ``config.reasoning``) and the trajectory.
 
         ee [3]: the pinch point now; closure: the gripper's in [0, 1]; objects [K*5] (privileged.objects)
-        and decision (privileged.decision): None with reasoning "none"; waypoints [k, 4]."""
+        and decision (privileged.decision): None with reasoning "none"; waypoints [k, 4] (base frame; written
+        from the pinch point with ``frame: ee``)."""
+        shift = np.asarray(ee, dtype=np.float64) if self.config.frame == "ee" else np.zeros(3)
+        waypoints = np.asarray(waypoints, dtype=np.float64).copy()
+        waypoints[:, :3] -= shift
         parts = []
         if self.config.reasoning != "none":
             scene, critical = self.scene_objects(instruction, objects)
@@ -519,7 +537,7 @@ class EmmaPolicy(VLMPolicy):
                 listing = "nothing" if not names else names[0] if len(names) == 1 else \
                     ", ".join(names[:-1]) + " and " + names[-1]
                 parts.append(f"Scene: {listing}.")
-            parts.append("Objects: " + ("; ".join(f"{n} at {point(p)}" for n, p in critical) or "none") + ".")
+            parts.append("Objects: " + ("; ".join(f"{n} at {point(p - shift)}" for n, p in critical) or "none") + ".")
             if self.config.reasoning == "full":
                 state = "closed" if closure > 0.5 else "open"
                 if critical:
@@ -645,6 +663,13 @@ class EmmaPolicy(VLMPolicy):
             raise ValueError(f"EmmaPolicy: {e} (instruction {tasks[0]!r:.200})") from None
         return gen.texts
 
+    def origin(self, state: Tensor) -> np.ndarray:
+        """[3] (m): what the answer's positions are written from for a measured state [D]: the pinch point
+        (``frame: ee``) or the base (zeros)."""
+        if self.config.frame == "base":
+            return np.zeros(3)
+        return state.float().cpu()[self.ee_index].numpy().astype(np.float64)
+
     def actions_from_text(self, texts: list[str], state: Tensor) -> Tensor:
         """The follower's [B, H, A] actions for each answer (hold where it does not parse or leaves the
         workspace) from the measured state [B, D]; counts plans, failures and holds."""
@@ -652,7 +677,7 @@ class EmmaPolicy(VLMPolicy):
         state = state.float().cpu()
         out = torch.zeros(len(texts), c.horizon, self.action_dim)
         for b, text in enumerate(texts):
-            waypoints, why = parse_trajectory(text, c.workspace)
+            waypoints, why = parse_trajectory(text, c.workspace, origin=self.origin(state[b]))
             self.counts["plans"] += 1
             if why == "out of workspace":
                 self.counts["out_of_workspace"] += 1

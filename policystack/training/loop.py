@@ -11,6 +11,9 @@ called through ``LossModule`` wrapped in DistributedDataParallel, or, with ``str
 by FSDP (``training/fsdp.py``); each process reads its own slice of the seeded data order
 (``StepBatchSampler``); rank 0 alone logs, evaluates and checkpoints.
 
+Stopping: SIGTERM or Ctrl-C (SIGINT) ends the run after the step in progress, with a checkpoint of it (the
+same path as ``time_limit_min``), so ``resume=true`` continues it; a second signal stops at once.
+
 Exactness: the data order is a function of the step, the sanity step and the evaluations run on
 forked RNG streams, and checkpoints hold every RNG state, so a run killed and resumed reproduces
 the weights of an uninterrupted run on CPU bit for bit (tests/training/test_resume.py).
@@ -21,7 +24,9 @@ from __future__ import annotations
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from datetime import datetime, timedelta
@@ -465,6 +470,7 @@ def train(cfg: TrainConfig) -> Path:
     sums: dict[str, float] = {}
     n_logged, t_last, t0 = 0, time.perf_counter(), time.perf_counter()
     clock0 = _budget_clock(cfg)
+    stop = _StopOnSignal()
     try:
         for step, batch in enumerate(loader, start=start):
             batch = to_device(batch, device)
@@ -486,7 +492,7 @@ def train(cfg: TrainConfig) -> Path:
                 sums[k] = sums.get(k, 0.0) + float(v)
             n_logged += 1
             bar.update(1)
-            last = done == cfg.steps or _out_of_time(cfg, clock0, world, device)
+            last = done == cfg.steps or _should_stop(cfg, clock0, stop, world, device)
 
             if done % cfg.log.every == 0 or last:
                 record = {k: v / n_logged for k, v in sums.items()}
@@ -524,11 +530,15 @@ def train(cfg: TrainConfig) -> Path:
                 if world > 1:
                     dist.barrier()
             if last:
-                if done < cfg.steps and master:
+                if done < cfg.steps and master and stop.signal is not None:
+                    print(f"policystack train: {stop.signal} received: stopped at step {done} of {cfg.steps}; "
+                          f"checkpoint {done} written (resume=true continues the run)", file=sys.stderr, flush=True)
+                elif done < cfg.steps and master:
                     print(f"policystack train: time_limit_min={cfg.time_limit_min} ({cfg.time_limit_clock}) reached at step {done} of "
                           f"{cfg.steps}; checkpoint {done} written", file=sys.stderr, flush=True)
                 break
     finally:
+        stop.restore()
         bar.close()
         if tracker is not None:
             tracker.close()
@@ -542,11 +552,35 @@ def _budget_clock(cfg: TrainConfig) -> float:
     return time.process_time() if cfg.time_limit_clock == "cpu" else time.perf_counter()
 
 
-def _out_of_time(cfg: TrainConfig, clock0: float, world: int, device: torch.device) -> bool:
-    """Whether ``cfg.time_limit_min`` has passed since ``clock0`` (rank 0's clock decides for every process)."""
-    if cfg.time_limit_min is None:
-        return False
-    over = _budget_clock(cfg) - clock0 > 60.0 * cfg.time_limit_min
+class _StopOnSignal:
+    """SIGTERM / SIGINT set ``signal`` (its name) instead of killing the run, so the loop stops after the step in
+    progress and checkpoints it; a second one acts as it would have (the handlers before are put back). Only
+    in the main thread (``signal`` allows no handler elsewhere); ``restore`` puts the old handlers back."""
+
+    def __init__(self):
+        self.signal: str | None = None
+        self._old: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal = signal.Signals(signum).name
+        print(f"\npolicystack train: {self.signal}: stopping after this step with a checkpoint (again: stop now)",
+              file=sys.stderr, flush=True)
+        self.restore()
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+
+def _should_stop(cfg: TrainConfig, clock0: float, stop: _StopOnSignal, world: int, device: torch.device) -> bool:
+    """Whether ``cfg.time_limit_min`` has passed since ``clock0`` or a stop signal came (rank 0 decides for every
+    process)."""
+    over = stop.signal is not None or (cfg.time_limit_min is not None and
+                                       _budget_clock(cfg) - clock0 > 60.0 * cfg.time_limit_min)
     if world > 1:
         flag = torch.tensor([float(over)], device=device)
         dist.broadcast(flag, src=0)

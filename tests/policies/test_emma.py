@@ -182,6 +182,31 @@ def test_labels_are_written_from_the_privileged_columns(policy):
         "In: reach the red ball. Gripper path: (0.40, 0.00, 0.30), (0.41, 0.00, 0.29).\nOut:"
 
 
+def test_ee_frame_writes_offsets_from_the_pinch_point_and_follows_them():
+    features = FEATURES_FOR["emma"]
+    p = EmmaPolicy(EmmaConfig(frame="ee", text_depth=1), features, None)
+    objects = np.array([0, 0, 0.42, -0.10, 0.03, -1, -1, 0, 0, 0])
+    ee = np.array([0.40, 0.00, 0.24])
+    text = p.answer("reach the red ball", ee, 0.0, objects, 0.0, np.array([[0.42, -0.1, 0.12, 0]]))
+    assert "Objects: red ball at (0.02, -0.10, -0.21). Behaviour: gripper 23 cm from it" in text
+    assert text.endswith("Trajectory: [(0.02, -0.10, -0.12, 0)]")
+    state = torch.zeros(2, 15)
+    state[:, 8:11] = torch.tensor(ee, dtype=torch.float32)
+    assert np.allclose(p.origin(state[0]), ee) and np.allclose(objects_in(text, p.origin(state[0]))["red ball"],
+                                                                 [0.42, -0.10, 0.03])
+    # the same offsets move the arm toward base-frame (0.42, -0.10, 0.12); one that leaves the workspace from
+    # here (z 0.24 - 0.30 < 0) holds, though the written numbers alone would be inside the box
+    p.reset()
+    actions = p.actions_from_text([text, "Trajectory: [(0.30, 0.20, -0.30, 0)]"], state)
+    direction = actions[0, 0, :3].numpy()
+    assert np.allclose(direction / np.linalg.norm(direction), np.array([0.02, -0.10, -0.12]) / np.linalg.norm(
+        [0.02, -0.10, -0.12]), atol=1e-4)
+    assert torch.all(actions[1, :, :3] == 0) and p.episode_stats()["out_of_workspace"] == 1
+    assert EmmaPolicy(EmmaConfig(text_depth=1), features, None).origin(state[0]).tolist() == [0, 0, 0]
+    with pytest.raises(ValueError, match="frame is 'world'"):
+        EmmaConfig(frame="world")
+
+
 @pytest.mark.parametrize("reasoning,starts", [("objects", "Objects: red ball at"), ("none", "Trajectory: [")])
 def test_chain_of_thought_ablations_write_less(reasoning, starts):
     features = FEATURES_FOR["emma"]

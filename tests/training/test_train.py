@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import signal
 from dataclasses import dataclass
 
 import numpy as np
@@ -342,6 +344,26 @@ def test_metaworld_data_that_records_no_camera_convention(lerobot_metaworld_ds, 
     record = camera_record(Policy.from_pretrained(run).features["observation.image"])
     assert record == {"camera.name": "metaworld/corner2", "camera.convention": "lerobot", "camera.shadows": True,
                       "camera.reflections": True}  # the checkpoint now says which images it expects
+
+
+def test_sigterm_stops_after_the_step_with_a_checkpoint_and_resumes(state_ds, tmp_path, capsys, monkeypatch):
+    calls = []
+    loss_of = BCPolicy.compute_loss
+
+    def compute_loss(self, batch):  # the 1st call is the loop's check step; the 3rd is step 2
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss_of(self, batch)
+
+    monkeypatch.setattr(BCPolicy, "compute_loss", compute_loss)
+    before = signal.getsignal(signal.SIGTERM)
+    run = train(load_config(tiny_overrides(state_ds, tmp_path / "run", "steps=50", "checkpoint.every=20")))
+    assert checkpoint.latest_checkpoint(run).name == "000002"  # the step in progress finished and was saved
+    assert "SIGTERM received: stopped at step 2 of 50; checkpoint 2 written" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is gone with the run
+    resumed = train(load_config(tiny_overrides(state_ds, tmp_path / "run", "steps=4", "resume=true")))
+    assert checkpoint.latest_checkpoint(resumed).name == "000004"
 
 
 def test_time_limit_stops_with_a_checkpoint(state_ds, tmp_path, capsys):
