@@ -126,6 +126,11 @@ class EmmaConfig(VLMPolicyConfig):
     # model costs ~100x the image side per sample, so batch 128 with text_batch 16 gives the cheap auxiliary
     # target 8x the samples at ~the text's cost
     text_batch: int | None = None
+    # one more image for the text model: K instruction-aware tokens (K = a camera's tokens), each a learned query
+    # plus the instruction's sentence embedding attending over every camera's image tokens (InstructBLIP's
+    # instruction-aware Q-Former, one cross-attention layer; RT-1's TokenLearner plays this part there); the
+    # locate head, when on, reads its first token, so the position it learns is in what the text reads
+    instruction_image: bool = False
 
     # --- reading the state, following the plan (the tabletop suite's ee_delta action) ---
     ee_state_names: list[str] = field(default_factory=lambda: ["ee_x", "ee_y", "ee_z"])  # in observation.state
@@ -434,19 +439,24 @@ def _a(words: str) -> str:
 
 
 class Locator(nn.Module):
-    """``locate_weight``'s head: image tokens [B, N, D] and the instruction's sentence embedding [B, E] ->
-    the named object's position [B, 3] (m), by 4-head attention pooling with the instruction as the query."""
+    """Image tokens [B, N, D] and the instruction's sentence embedding [B, E] -> (the named object's position
+    [B, 3] (m), the pooled tokens [B, Q, D]) by 4-head attention pooling with Q queries: the instruction's
+    projection (plus a learned vector per query when Q > 1). ``locate_weight``'s head reads the position from
+    the first; ``instruction_image`` gives the text model all Q as one more image."""
 
-    def __init__(self, width: int, cond_dim: int):
+    def __init__(self, width: int, cond_dim: int, queries: int = 1):
         super().__init__()
         self.query = nn.Linear(cond_dim, width)
+        self.queries = nn.Parameter(0.02 * torch.randn(queries, width)) if queries > 1 else None
         self.attend = nn.MultiheadAttention(width, 4, batch_first=True)
         self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU(), nn.Linear(width, 3))
 
-    def forward(self, tokens: Tensor, cond: Tensor) -> Tensor:
+    def forward(self, tokens: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
         q = self.query(cond.to(tokens.dtype))[:, None]
+        if self.queries is not None:
+            q = q + self.queries
         pooled, _ = self.attend(q, tokens, tokens, need_weights=False)
-        return self.out(pooled[:, 0])
+        return self.out(pooled[:, 0]), pooled
 
 
 # ----------------------------------------------------------------------------------------------
@@ -485,8 +495,12 @@ class EmmaPolicy(VLMPolicy):
         # ordinary text tokens (LoRA trains their rows); none by default: the answer is byte-level text
         self.number_ids = self.vlm.add_tokens(NUMBER_TOKENS, special=False) if c.number_tokens else []
         self.finish_init(self.number_ids)
-        self.locator = Locator(self.vlm.hidden_size, text_encoder_dim(self._locate_encoder)) \
-            if c.locate_weight > 0 else None
+        self.locator = None
+        if c.instruction_image:
+            tokens_per_image = self.projector.grid ** 2 if self.projector is not None else self.vlm.tokens_per_image
+            self.locator = Locator(self.vlm.hidden_size, text_encoder_dim(self._locate_encoder), tokens_per_image)
+        elif c.locate_weight > 0:
+            self.locator = Locator(self.vlm.hidden_size, text_encoder_dim(self._locate_encoder))
         self._token_strings: list[str] | None = None
         self.counts = self._zero_counts()
 
@@ -557,7 +571,7 @@ class EmmaPolicy(VLMPolicy):
         plus ``locate_weight`` x the locate head's squared error (dm^2) where the batch names an object."""
         c, T = self.config, self.config.n_obs_steps
         need = [*self.camera_keys, TASK, OBS_STATE]
-        privileged = c.reasoning != "none" or self.locator is not None
+        privileged = c.reasoning != "none" or c.locate_weight > 0
         if privileged:
             need += [PRIVILEGED_OBJECTS, PRIVILEGED_DECISION]
             if len(self.vocab) < 2:
@@ -587,6 +601,7 @@ class EmmaPolicy(VLMPolicy):
                                        None if c.reasoning == "none" else objects[b],
                                        None if c.reasoning == "none" else decisions[b], waypoints[b]))
         tokens = self.image_tokens({k: batch[k][:, -1:] for k in self.camera_keys}, batch[TASK])  # current frame
+        tokens, located = self.with_instruction_image(tokens, list(batch[TASK]))
         inputs = self.vlm.encode(prompts, answers=answers, image_features=tokens[:n])
         logits, targets, _ = self.vlm.answer_logits(inputs)  # [N, V], [N]
         loss = self.text_loss(logits.float(), targets)
@@ -594,12 +609,11 @@ class EmmaPolicy(VLMPolicy):
             accuracy = (logits.argmax(-1) == targets).float().mean().item()
         info = {"text_loss": loss.item(), "token_accuracy": accuracy,
                 "answer_tokens": float(len(targets)) / len(prompts)}
-        if self.locator is not None:
+        if c.locate_weight > 0:
             critical = [self.scene_objects(t, objects[b])[1] for b, t in enumerate(batch[TASK])]
             has = torch.tensor([bool(o) for o in critical], dtype=torch.float32)  # samples naming an object
             goal = torch.tensor(np.array([o[0][1] if o else np.zeros(3) for o in critical]), dtype=torch.float32)
-            cond = encode_instructions(self._locate_encoder, list(batch[TASK]), len(critical), self.device)
-            err = self.locator(tokens.flatten(1, 2), cond).float().cpu() - goal
+            err = located.float().cpu() - goal
             locate = ((10 * err).square().sum(-1) * has).sum() / has.sum().clamp(min=1)  # dm^2; 0 without any
             loss = loss + c.locate_weight * locate
             info["locate_loss"] = locate.item()
@@ -607,6 +621,18 @@ class EmmaPolicy(VLMPolicy):
                 info["locate_cm"] = 100 * err.norm(dim=-1)[has.bool()].mean().item()
         info["loss"] = loss.item()
         return loss, info
+
+    def with_instruction_image(self, tokens: Tensor, tasks: list[str]) -> tuple[Tensor, Tensor | None]:
+        """Image tokens [B, n, K, D] -> (the tokens the text model reads: + the instruction-aware image
+        [B, n + 1, K, D] with ``instruction_image``, else as they are; the locate head's positions [B, 3] or
+        None without the head)."""
+        if self.locator is None:
+            return tokens, None
+        cond = encode_instructions(self._locate_encoder, tasks, len(tokens), self.device)
+        located, pooled = self.locator(tokens.flatten(1, 2), cond)
+        if self.config.instruction_image:
+            tokens = torch.cat([tokens, pooled[:, None]], 1)
+        return tokens, located
 
     def text_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
         """Mean cross-entropy over the answer tokens, logits float [N, V], targets [N]; with ``number_sigma`` a
@@ -655,6 +681,8 @@ class EmmaPolicy(VLMPolicy):
         path = window[OBS_STATE].float().cpu()[..., self.ee_index]  # [B, T, 3]
         prompts = [self.prompt(t, path[b]) for b, t in enumerate(tasks)]
         tokens = self.image_tokens({k: obs[k][:, None] for k in self.camera_keys}, tasks)
+        if self.config.instruction_image:
+            tokens = self.with_instruction_image(tokens, tasks)[0]
         grammar = self.grammar()
         try:
             gen = self.vlm.generate(prompts, image_features=tokens, max_new_tokens=grammar.max_tokens(),

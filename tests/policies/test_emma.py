@@ -359,6 +359,30 @@ def test_locate_loss_trains_the_image_side_toward_the_named_object():
         EmmaConfig(text_batch=4)
 
 
+def test_instruction_image_is_one_more_image_the_text_reads():
+    """instruction_image: K instruction-aware tokens pooled from every camera go in as one more image; the text's
+    loss trains the pooling, the plan reads it, the instruction changes it, and it needs nothing privileged."""
+    torch.manual_seed(0)
+    features = FEATURES_FOR["emma"]
+    plain = {k: f for k, f in features.items() if k not in (PRIVILEGED_OBJECTS, PRIVILEGED_DECISION)}
+    p = EmmaPolicy(EmmaConfig(text_depth=1, reasoning="none", instruction_image=True), plain, stats_of(plain))
+    batch = make_batch(p.config, plain, stats_of(plain))
+    batch[TASK] = ["reach the red ball", "touch the blue cube", "reach the red ball"]
+    tokens = p.image_tokens({k: batch[k][:, -1:] for k in p.camera_keys}, batch[TASK])
+    more, located = p.with_instruction_image(tokens, batch[TASK])
+    assert more.shape == (3, tokens.shape[1] + 1, *tokens.shape[2:]) and torch.equal(more[:, :-1], tokens)
+    assert not torch.allclose(more[0, -1], more[1, -1])  # other words, other tokens (the same images)
+    assert located.shape == (3, 3)
+    loss, info = p.compute_loss(batch)
+    loss.backward()
+    assert p.locator.queries.grad.abs().sum() > 0 and p.locator.attend.in_proj_weight.grad.abs().sum() > 0
+    obs = {OBS_STATE: torch.zeros(1, 15), TASK: ["reach the red ball"],
+           **{k: torch.zeros(1, 3, 64, 64, dtype=torch.uint8) for k in p.camera_keys}}
+    p.eval().reset()
+    assert parse_trajectory(p.plan(obs)[0], [[-10] * 3, [10] * 3])[1] == "ok"
+    assert EmmaPolicy(EmmaConfig(text_depth=1, locate_weight=1.0), features, None).locator.queries is None  # as saved
+
+
 def test_labels_need_the_privileged_columns(policy):
     no_vocab = EmmaPolicy(EmmaConfig(text_depth=1), {k: f for k, f in FEATURES_FOR["emma"].items()
                                                       if k not in (PRIVILEGED_OBJECTS, PRIVILEGED_DECISION)}, None)
