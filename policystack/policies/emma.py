@@ -6,7 +6,8 @@ waypoints; a waypoint follower turns the text into the env's actions.
 Data flow, one sample (C cameras, K image tokens per camera, D the text model's width, k waypoints):
 
     images uint8 [C, 3, h, w] (the current frame) -> frozen Lite0 + projector (layers/vlm_policy.py)
-        -> [C, K, D] image tokens
+        -> [C, K, D] image tokens (``instruction_image``: + [1, K, D] pooled from them by K queries made
+        from the instruction, ``Locator``)
     prompt "In: {instruction}. Gripper path: (x, y, z), (x, y, z), (x, y, z).\\nOut:"
         the pinch point's last ``n_obs_steps`` positions, oldest first
     answer (reasoning "full"):

@@ -66,7 +66,8 @@ NO_PAPER_PRESET = {"bc": "policystack's own baseline: there is no published size
 _EMMA_RECIPE = ("the measured recipe (docs/results.md `## emma`); the EmmaConfig default keeps the first recipe's "
                 "value, so a checkpoint saved before the key existed loads as it was trained")
 PRESET_DIFFERS_ON_PURPOSE: dict[str, dict[str, str]] = {
-    "emma": dict.fromkeys(["text_width", "film", "number_tokens", "number_sigma", "locate_weight", "text_batch"],
+    "emma": dict.fromkeys(["text_width", "film", "number_tokens", "number_sigma", "locate_weight", "text_batch",
+                           "frame", "instruction_image"],
                           _EMMA_RECIPE),
 }
 TASKS = ["reach the red ball", "open the drawer", "press the blue button"]
