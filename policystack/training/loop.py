@@ -432,7 +432,8 @@ def train(cfg: TrainConfig) -> Path:
     sampler = make_sampler(dataset, cfg, start, cfg.steps, rank, world)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=cfg.dataset.num_workers, collate_fn=collate_windows,
-        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed))
+        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed),
+        worker_init_fn=_ignore_stop_signals)
 
     # -- run directory and tracking (rank 0)
     tracker = None
@@ -574,6 +575,14 @@ class _StopOnSignal:
         for sig, old in self._old.items():
             signal.signal(sig, old)
         self._old = {}
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """A loader worker leaves SIGTERM / SIGINT to the main process: Ctrl-C or a kill of the process group reaches
+    the workers too, and a worker killed by one makes torch raise in the main process before it can checkpoint
+    (the loader stops its workers itself; they also exit when the main process is gone)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _should_stop(cfg: TrainConfig, clock0: float, stop: _StopOnSignal, world: int, device: torch.device) -> bool:

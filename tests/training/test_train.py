@@ -8,9 +8,12 @@ import math
 import os
 import shutil
 import signal
+import subprocess
+import time
 from dataclasses import dataclass
 
 import numpy as np
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -346,19 +349,29 @@ def test_metaworld_data_that_records_no_camera_convention(lerobot_metaworld_ds, 
                       "camera.reflections": True}  # the checkpoint now says which images it expects
 
 
-def test_sigterm_stops_after_the_step_with_a_checkpoint_and_resumes(state_ds, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_sigterm_stops_after_the_step_with_a_checkpoint_and_resumes(state_ds, tmp_path, capsys, monkeypatch, workers):
+    """As `kill PID`, and (workers=1) as a kill of the process group or Ctrl-C: the loader's workers get the
+    signal too and must leave it to the main process."""
     calls = []
     loss_of = BCPolicy.compute_loss
 
     def compute_loss(self, batch):  # the 1st call is the loop's check step; the 3rd is step 2
         calls.append(1)
         if len(calls) == 3:
+            children = [c for c in psutil.Process().children() if c.pid not in others]  # the loader's workers
+            assert len(children) == workers
+            if children:  # sent by another process, as pkill / Slurm / systemd do (torch's workers quietly exit
+                subprocess.run(["kill", "-TERM", *(str(c.pid) for c in children)], check=True)  # for their parent)
+            time.sleep(0.5 if workers else 0)  # let a worker die (it must not) before the main process is told
             os.kill(os.getpid(), signal.SIGTERM)
         return loss_of(self, batch)
 
     monkeypatch.setattr(BCPolicy, "compute_loss", compute_loss)
     before = signal.getsignal(signal.SIGTERM)
-    run = train(load_config(tiny_overrides(state_ds, tmp_path / "run", "steps=50", "checkpoint.every=20")))
+    others = {c.pid for c in psutil.Process().children()}  # earlier tests' processes
+    run = train(load_config(tiny_overrides(state_ds, tmp_path / "run", "steps=50", "checkpoint.every=20",
+                                           f"dataset.num_workers={workers}")))
     assert checkpoint.latest_checkpoint(run).name == "000002"  # the step in progress finished and was saved
     assert "SIGTERM received: stopped at step 2 of 50; checkpoint 2 written" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is gone with the run
